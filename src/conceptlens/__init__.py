@@ -1,0 +1,41 @@
+"""conceptlens: explain what a PyTorch image classifier has learned in terms of concepts.
+
+>>> import conceptlens as cl
+>>> model = cl.models.load("efficientnet_lite0")
+>>> split = cl.ModelSplit(model, layer="auto")
+>>> x = cl.data.sample_images(model.preset)
+>>> ex = cl.ConceptExplainer(split, method="nmf", n_concepts=10).fit(x, target="Egyptian cat")
+>>> cl.metrics.fidelity(ex, x)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import data, decompose, importance, metrics, models
+from .errors import ConceptLensError, NotFittedError
+from .explainer import ConceptExplainer, LocalExplanation
+from .split import ModelSplit
+
+
+def __getattr__(name: str):  # lazy: matplotlib / jinja2 / the synthetic world load only when used
+    import importlib
+
+    if name in ("report", "synthetic", "cli", "bench"):
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'conceptlens' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__",
+    "ConceptExplainer",
+    "ConceptLensError",
+    "LocalExplanation",
+    "ModelSplit",
+    "NotFittedError",
+    "data",
+    "decompose",
+    "importance",
+    "metrics",
+    "models",
+]

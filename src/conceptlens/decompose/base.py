@@ -1,0 +1,163 @@
+"""The Decomposition protocol and the registry of concept extractors.
+
+Notation (fixed for every module of ``conceptlens.decompose``):
+
+=====  ==============  ============================================================
+``A``  ``[n, C]``      activations, one row per spatial position (or per image)
+``W``  ``[k, C]``      the concept bank, ``components_`` (ICE's P, sklearn's ``components_``)
+``U``  ``[n, k]``      concept coefficients, ``A ≈ U @ W`` (+ ``mean_`` for PCA)
+=====  ==============  ============================================================
+
+Every method accepts ``A`` as ``[n, C]`` or any ``[..., C]`` (e.g. ``[N, h, w, C]``); ``encode``
+returns ``[..., k]`` with the same leading shape and ``decode`` maps ``[..., k]`` back to ``[..., C]``.
+Adding a method = one new file that subclasses :class:`Decomposition` and calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
+
+import torch
+
+from ..errors import ActivationError, NotFittedError, ParameterError, nearest
+
+__all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_finite"]
+
+_REGISTRY: dict[str, type[Decomposition]] = {}
+T = TypeVar("T", bound="type[Decomposition]")
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: make a decomposition available as ``method=name``."""
+
+    def deco(cls: T) -> T:
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return deco
+
+
+def get(name: str) -> type[Decomposition]:
+    """The decomposition class registered as ``name``; raises ParameterError listing the known ones."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        hint = nearest(key, _REGISTRY)
+        raise ParameterError(
+            f"unknown concept method {name!r}; available: {', '.join(sorted(_REGISTRY))}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+        )
+    return _REGISTRY[key]
+
+
+def available() -> list[str]:
+    """Names of all registered decompositions."""
+    return sorted(_REGISTRY)
+
+
+def as_rows(A: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Flatten ``[..., C]`` to ``[n, C]``; returns the rows and the leading shape to restore."""
+    if not isinstance(A, torch.Tensor):
+        raise ActivationError(f"activations must be a torch.Tensor, got {type(A).__name__}")
+    if A.ndim < 1:
+        raise ActivationError("activations must have at least one dimension (channels last)")
+    lead = tuple(A.shape[:-1])
+    return A.reshape(-1, A.shape[-1]), lead
+
+
+def check_finite(A: torch.Tensor, where: str = "activations") -> None:
+    """Raise ActivationError when ``A`` holds NaN or Inf."""
+    if not torch.isfinite(A).all():
+        bad = int((~torch.isfinite(A)).sum())
+        raise ActivationError(
+            f"{where} contain {bad} NaN/Inf values; check the model's input normalisation "
+            "and that the layer's outputs are finite (e.g. run the model on the same images alone)"
+        )
+
+
+class Decomposition:
+    """Base class of concept extractors: ``fit(A)``, ``encode(A)``, ``decode(U)``, ``components_``.
+
+    Subclasses set ``components_`` (``W [k, C]``) in ``fit`` and implement ``_encode_rows`` and
+    optionally ``_decode_rows``. Fitted attributes end in ``_``.
+    """
+
+    name: ClassVar[str] = "base"
+    #: True when the method requires non-negative activations (NMF-like).
+    nonnegative: ClassVar[bool] = False
+
+    def __init__(self, n_concepts: int = 10, seed: int = 0) -> None:
+        self.n_concepts = n_concepts
+        self.seed = seed
+
+    # -- scikit-learn style parameters ------------------------------------------------------
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments, as a JSON-friendly dict."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters if p != "self" and hasattr(self, p)}
+
+    def _validate(self, A: torch.Tensor) -> torch.Tensor:
+        rows, _ = as_rows(A)
+        if not isinstance(self.n_concepts, int) or self.n_concepts < 1:
+            raise ParameterError(f"n_concepts must be a positive integer, got {self.n_concepts!r}")
+        C = rows.shape[1]
+        if self.n_concepts > C:
+            raise ParameterError(
+                f"n_concepts={self.n_concepts} is larger than the number of channels C={C}; "
+                f"use at most {C} concepts or choose a wider layer"
+            )
+        if rows.shape[0] < 1:
+            raise ActivationError("no activation rows to fit on (empty input)")
+        check_finite(rows)
+        return rows
+
+    # -- protocol -----------------------------------------------------------------------
+    def fit(self, A: torch.Tensor) -> Decomposition:
+        """Fit the concept bank on ``A [..., C]``; returns self."""
+        raise NotImplementedError
+
+    def _check_fitted(self, what: str) -> None:
+        if getattr(self, "components_", None) is None:
+            raise NotFittedError(f"{type(self).__name__}.{what} needs a fitted bank: call .fit(A) first")
+
+    def encode(self, A: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``U [..., k]`` of ``A [..., C]`` with the bank frozen."""
+        self._check_fitted("encode")
+        rows, lead = as_rows(A)
+        if rows.shape[1] != self.components_.shape[1]:
+            raise ActivationError(
+                f"activations have {rows.shape[1]} channels but the bank was fitted on "
+                f"{self.components_.shape[1]}; use the same layer as at fit time"
+            )
+        check_finite(rows)
+        U = self._encode_rows(rows.to(self.components_.dtype))
+        return U.reshape(*lead, U.shape[-1])
+
+    def decode(self, U: torch.Tensor) -> torch.Tensor:
+        """Reconstruction ``A_hat [..., C]`` from coefficients ``U [..., k]``."""
+        self._check_fitted("decode")
+        rows, lead = as_rows(U)
+        Ah = self._decode_rows(rows.to(self.components_.dtype))
+        return Ah.reshape(*lead, Ah.shape[-1])
+
+    def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _decode_rows(self, U: torch.Tensor) -> torch.Tensor:
+        return U @ self.components_
+
+    # -- saving ----------------------------------------------------------------------------
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors to save (safetensors); subclasses with extra state extend it."""
+        self._check_fitted("state_tensors")
+        return {"components_": self.components_}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore fitted tensors saved by :meth:`state_tensors`."""
+        for k, v in tensors.items():
+            setattr(self, k, v)
+
+    components_: torch.Tensor

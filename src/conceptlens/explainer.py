@@ -1,0 +1,507 @@
+"""ConceptExplainer: the one module that knows the whole pipeline (data → split → decompose → importance).
+
+Notation: ``x [N,3,H,W]``, ``A = g(x) [N,h,w,C]``, ``W [k,C]`` the concept bank, ``U [N,h,w,k]`` the
+coefficients, ``c`` the target class. A concept's *score* on an image is the spatial mean of its
+coefficient map; its *weight* is ``∂logit_c/∂score`` (ICE); its *contribution* is ``score × weight``.
+For a GAP + linear head ``Σ contributions + residual + bias = logit_c`` exactly.
+
+Saved explainers are one safetensors file: the tensors plus a JSON manifest in the header (schema,
+library versions, model name, layer, method, parameters, a SHA-256 of the tensors). Loading parses data
+only; nothing is unpickled or executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import decompose
+from . import importance as importance_mod
+from .errors import (
+    ActivationError,
+    ImageError,
+    NotFittedError,
+    ParameterError,
+    SavedFileError,
+    TargetError,
+    nearest,
+)
+from .importance.base import Context, Importance, concept_directions
+from .importance.linear import scores as spatial_scores
+from .split import ModelSplit
+
+__all__ = ["ConceptExplainer", "LocalExplanation", "resolve_target", "SCHEMA"]
+
+SCHEMA = "conceptlens.explainer/1"
+
+
+@dataclass(frozen=True)
+class LocalExplanation:
+    """How the concepts make up one class's logit on each image.
+
+    Attributes
+    ----------
+    scores : torch.Tensor
+        ``[n, k]`` concept scores (spatial mean of ``U``).
+    weights : torch.Tensor
+        ``[k]`` concept weights for the target class.
+    contributions : torch.Tensor
+        ``[n, k]`` ``scores × weights``.
+    residual : torch.Tensor
+        ``[n]`` what the concepts miss: ``logit − bias − Σ contributions`` (for a GAP + linear head it
+        is computed independently as ``mean_hw(A − decode(U)) · w_c``).
+    bias : float
+        The head's bias for the class plus the decode offset's share (PCA's mean).
+    logits : torch.Tensor
+        ``[n]`` the model's target logit.
+    maps : torch.Tensor
+        ``[n, k, H, W]`` concept maps at the image's resolution.
+    target : int
+        The class explained.
+    """
+
+    scores: torch.Tensor
+    weights: torch.Tensor
+    contributions: torch.Tensor
+    residual: torch.Tensor
+    bias: float
+    logits: torch.Tensor
+    maps: torch.Tensor
+    target: int
+
+
+def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int:
+    """Class index from an index or a class name (case-insensitive); TargetError otherwise."""
+    if isinstance(target, bool):
+        raise TargetError(f"target must be a class index or name, got {target!r}")
+    if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
+        t = int(target)
+        if not 0 <= t < n_outputs:
+            raise TargetError(f"target class {t} is out of range: the model has {n_outputs} classes (0–{n_outputs - 1})")
+        return t
+    if isinstance(target, str):
+        low = [c.lower() for c in classes]
+        if target.lower() in low:
+            return low.index(target.lower())
+        hint = nearest(target.lower(), low)
+        raise TargetError(
+            f"unknown class name {target!r}"
+            + (f"; did you mean {', '.join(repr(classes[low.index(h)]) for h in hint)}?" if hint else "")
+            + " (or pass the class index)"
+        )
+    raise TargetError(f"target must be a class index or name, got {type(target).__name__}")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _digest(tensors: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(k.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+class ConceptExplainer:
+    """Find concepts in a layer, weigh them for a class, and explain images with them (ICE and peers).
+
+    Parameters
+    ----------
+    split
+        A :class:`~conceptlens.split.ModelSplit` (or an ``nn.Module``, cut at ``layer="auto"``).
+    method
+        A registered decomposition: ``"nmf"`` (default), ``"pca"``, ``"kmeans"``, … (see
+        ``conceptlens.decompose.available()``).
+    n_concepts
+        ``k``, the number of concepts.
+    importance
+        ``"auto"`` (closed form for a GAP + linear head, else autograd), ``"linear"``, ``"gradient"``,
+        ``"sobol"``, … (see ``conceptlens.importance.available()``).
+    seed
+        Seed of every random step.
+    method_params
+        Extra keyword arguments for the decomposition (e.g. ``{"max_iter": 400}``).
+    importance_params
+        Extra keyword arguments for the importance estimator (e.g. ``{"n_designs": 64}``).
+    progress
+        Progress bars (None: only on a terminal).
+
+    Attributes
+    ----------
+    concepts_ : torch.Tensor
+        ``[k, C]`` the concept bank ``W``.
+    importance_ : torch.Tensor
+        ``[k]`` global importance for the target.
+    weights_ : torch.Tensor
+        ``[k]`` ICE concept weights for the target.
+    target_ : int
+    decomposition_ : Decomposition
+    fit_scores_ : torch.Tensor
+        ``[N, k]`` scores of the fit images (prototypes are the top-scoring ones).
+    """
+
+    def __init__(
+        self,
+        split: ModelSplit | Any,
+        method: str = "nmf",
+        n_concepts: int = 10,
+        importance: str = "auto",
+        seed: int = 0,
+        *,
+        method_params: dict[str, Any] | None = None,
+        importance_params: dict[str, Any] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        if not isinstance(split, ModelSplit):
+            import torch.nn as nn
+
+            if isinstance(split, nn.Module):
+                split = ModelSplit(split, "auto", progress=progress)
+            else:
+                raise ParameterError(f"split must be a ModelSplit or an nn.Module, got {type(split).__name__}")
+        self.split = split
+        self.method = method.lower()
+        decompose.get(self.method)  # validate the name early
+        if importance != "auto":
+            importance_mod.get(importance)
+        if not isinstance(n_concepts, int) or isinstance(n_concepts, bool) or n_concepts < 1:
+            raise ParameterError(f"n_concepts must be a positive integer, got {n_concepts!r}")
+        C = split.activation_shape[-1]
+        if n_concepts > C:
+            raise ParameterError(
+                f"n_concepts={n_concepts} is larger than the {C} channels of layer {split.layer!r}; "
+                f"use at most {C}"
+            )
+        self.n_concepts = n_concepts
+        self.importance = importance
+        self.seed = seed
+        self.method_params = dict(method_params or {})
+        self.importance_params = dict(importance_params or {})
+        self.progress = progress
+
+    # ------------------------------------------------------------------ properties
+    def _fitted(self, what: str) -> None:
+        if getattr(self, "decomposition_", None) is None:
+            raise NotFittedError(f"ConceptExplainer.{what} needs a fitted explainer: call .fit(x, target) first")
+
+    @property
+    def concepts_(self) -> torch.Tensor:
+        """``[k, C]`` the concept bank."""
+        self._fitted("concepts_")
+        return self.decomposition_.components_
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names from the model's preset (may be empty)."""
+        return list(getattr(self.split.preset, "classes", []) or [])
+
+    @property
+    def target_name_(self) -> str:
+        """Name of the fitted target class (its index when the model has no names)."""
+        self._fitted("target_name_")
+        cls = self.classes
+        return cls[self.target_] if self.target_ < len(cls) else str(self.target_)
+
+    def get_params(self) -> dict[str, Any]:
+        """Constructor arguments (JSON-friendly)."""
+        return {
+            "method": self.method,
+            "n_concepts": self.n_concepts,
+            "importance": self.importance,
+            "seed": self.seed,
+            "method_params": self.method_params,
+            "importance_params": self.importance_params,
+        }
+
+    # ------------------------------------------------------------------ fit
+    def _check_images(self, x: torch.Tensor) -> None:
+        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
+            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ImageError(
+                f"expected images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
+                "load them with cl.data.load_images(path, preset=model.preset)"
+            )
+
+    def activations(self, x: torch.Tensor) -> torch.Tensor:
+        """``g(x)``: activations ``[N,h,w,C]`` at the split's layer, checked for NaN/Inf."""
+        self._check_images(x)
+        A = self.split.g(x, progress=self.progress)
+        if not torch.isfinite(A).all():
+            raise ActivationError(
+                f"activations at layer {self.split.layer!r} contain NaN/Inf; check the images' "
+                "normalisation (cl.data.load_images with the model's preset)"
+            )
+        return A
+
+    def fit(
+        self,
+        x: torch.Tensor,
+        target: int | str | None = None,
+        *,
+        A: torch.Tensor | None = None,
+    ) -> ConceptExplainer:
+        """Fit the concept bank on the images of a class and weigh the concepts for ``target``.
+
+        Parameters
+        ----------
+        x
+            ``[N,3,H,W]`` normalised images (ideally of the target class).
+        target
+            Class index or name; None = the class the model predicts most often on ``x``.
+        A
+            Precomputed activations ``g(x)`` (skips the forward pass, e.g. when comparing methods).
+
+        Returns
+        -------
+        ConceptExplainer
+            self, with ``concepts_``, ``importance_``, ``weights_`` … set.
+        """
+        self._check_images(x)
+        A = self.activations(x) if A is None else A
+        with torch.no_grad():
+            logits = self.split.h(A)
+        n_out = logits.shape[1]
+        if target is None:
+            target = int(torch.bincount(logits.argmax(1), minlength=n_out).argmax())
+        self.target_ = resolve_target(target, self.classes, n_out)
+        cls = decompose.get(self.method)
+        if getattr(cls, "nonnegative", False) and float(A.min()) < 0:
+            raise ActivationError(
+                f"method {self.method!r} needs non-negative activations, but layer {self.split.layer!r} has "
+                f"values down to {float(A.min()):.4g}. Choose a layer after a ReLU-like activation "
+                f"(layer='auto' picks the last one) or use method='pca' (allows negative values)"
+            )
+        d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
+        d.fit(A)
+        self.decomposition_ = d
+        U = d.encode(A)
+        self.fit_scores_ = spatial_scores(U)
+        self.fit_logits_ = logits[:, self.target_]
+        imp = self._importance(U)
+        self.importance_result_ = imp
+        self.importance_ = imp.values
+        self.weights_ = imp.weights
+        return self
+
+    def _importance(self, U: torch.Tensor) -> Importance:
+        name = self.importance
+        linear = self.split.linear_head() is not None
+        if name == "auto":
+            name = "linear" if linear else "gradient"
+        ctx = Context(U=U, decomposition=self.decomposition_, split=self.split, target=self.target_,
+                      seed=self.seed, progress=self.progress, options=self.importance_params)
+        return importance_mod.get(name)(ctx)
+
+    # ------------------------------------------------------------------ explain
+    def encode(self, A: torch.Tensor) -> torch.Tensor:
+        """Coefficients ``U [N, ..., k]`` of activations ``A [N, ..., C]``."""
+        self._fitted("encode")
+        return self.decomposition_.encode(A)
+
+    def approximate_logits(self, A: torch.Tensor) -> torch.Tensor:
+        """``F̂ = h(decode(encode(A)))``: logits ``[N, K]`` of the model seen through the concepts."""
+        self._fitted("approximate_logits")
+        with torch.no_grad():
+            return self.split.h(self.decomposition_.decode(self.decomposition_.encode(A)))
+
+    def explain(self, x: torch.Tensor, *, maps: str = "upsample", A: torch.Tensor | None = None) -> LocalExplanation:
+        """Explain the target logit on each image with the concepts.
+
+        Parameters
+        ----------
+        x
+            ``[n,3,H,W]`` normalised images.
+        maps
+            ``"upsample"`` (the coefficient maps, bilinearly upsampled to ``H×W``) or ``"none"``.
+        A
+            Precomputed ``g(x)``.
+
+        Returns
+        -------
+        LocalExplanation
+        """
+        self._fitted("explain")
+        self._check_images(x)
+        if maps not in ("upsample", "none"):
+            raise ParameterError(f"maps must be 'upsample' or 'none', got {maps!r}")
+        A = self.activations(x) if A is None else A
+        d = self.decomposition_
+        U = d.encode(A)
+        s = spatial_scores(U)
+        w = self.weights_
+        contrib = s * w
+        with torch.no_grad():
+            logits = self.split.h(A)[:, self.target_]
+        head = self.split.linear_head()
+        D, offset = concept_directions(d)
+        if head is not None:
+            wc = head.weight[self.target_].to(A.dtype)
+            bias = float(head.bias[self.target_]) + float(offset @ wc)
+            R = A - d.decode(U)
+            residual = spatial_scores(R) @ wc
+        else:
+            with torch.no_grad():
+                zero = offset.expand(*A.shape[:-1], A.shape[-1]).contiguous()
+                bias = float(self.split.h(zero[:1])[0, self.target_])
+            residual = logits - bias - contrib.sum(1)
+        if maps == "upsample":
+            m = upsample_maps(U, tuple(x.shape[-2:]))
+        else:
+            m = torch.zeros(U.shape[0], U.shape[-1], 0, 0)
+        return LocalExplanation(scores=s, weights=w, contributions=contrib, residual=residual, bias=bias,
+                                logits=logits, maps=m, target=self.target_)
+
+    # ------------------------------------------------------------------ save / load
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the fitted explainer to one safetensors file (atomic; no pickle). Returns the path."""
+        self._fitted("save")
+        from safetensors.torch import save as st_save
+
+        tensors = {f"decomposition.{k}": v.detach().cpu().contiguous()
+                   for k, v in self.decomposition_.state_tensors().items()}
+        imp = self.importance_result_
+        tensors.update({"importance": imp.values.detach().cpu().contiguous(),
+                        "weights": imp.weights.detach().cpu().contiguous(),
+                        "fit_scores": self.fit_scores_.detach().cpu().contiguous(),
+                        "fit_logits": self.fit_logits_.detach().cpu().contiguous()})
+        if imp.ci_low is not None and imp.ci_high is not None:
+            tensors["importance_ci_low"] = imp.ci_low.detach().cpu().contiguous()
+            tensors["importance_ci_high"] = imp.ci_high.detach().cpu().contiguous()
+        import safetensors
+
+        from . import __version__
+
+        manifest = {
+            "schema": SCHEMA,
+            "versions": {"conceptlens": __version__, "torch": torch.__version__,
+                         "safetensors": getattr(safetensors, "__version__", "?")},
+            "model": getattr(self.split.model, "cl_name", type(self.split.model).__name__),
+            "layer": self.split.layer,
+            "params": self.get_params(),
+            "decomposition_params": _jsonable(self.decomposition_.get_params()),
+            "target": self.target_,
+            "importance_method": imp.method,
+            "sha256": _digest(tensors),
+        }
+        data = st_save(tensors, metadata={"conceptlens": json.dumps(manifest)})
+        p = Path(path)
+        _atomic_write(p, data)
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None) -> ConceptExplainer:
+        """Load an explainer written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The saved file.
+        model
+            The model it was fitted on (``nn.Module``), or a name for :func:`conceptlens.models.load`;
+            None loads the model named in the manifest.
+        split
+            Use this split instead of cutting ``model`` at the saved layer.
+        """
+        manifest, tensors = read_saved(path)
+        if split is None:
+            from . import models
+
+            if model is None or isinstance(model, str):
+                model = models.load(model or manifest["model"])
+            split = ModelSplit(model, manifest["layer"])
+        elif split.layer != manifest["layer"]:
+            raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, the split is at {split.layer!r}")
+        p = manifest["params"]
+        ex = cls(split, method=p["method"], n_concepts=p["n_concepts"], importance=p["importance"], seed=p["seed"],
+                 method_params=p.get("method_params"), importance_params=p.get("importance_params"))
+        dcls = decompose.get(p["method"])
+        d = dcls(**manifest.get("decomposition_params", {}))
+        d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("decomposition.")})
+        if d.components_.shape[1] != split.activation_shape[-1]:
+            raise SavedFileError(
+                f"the saved bank has {d.components_.shape[1]} channels but layer {split.layer!r} has "
+                f"{split.activation_shape[-1]}: load it with the model it was fitted on"
+            )
+        ex.decomposition_ = d
+        ex.target_ = int(manifest["target"])
+        ex.fit_scores_ = tensors["fit_scores"]
+        ex.fit_logits_ = tensors["fit_logits"]
+        ex.importance_result_ = Importance(values=tensors["importance"], weights=tensors["weights"],
+                                           method=manifest["importance_method"],
+                                           ci_low=tensors.get("importance_ci_low"),
+                                           ci_high=tensors.get("importance_ci_high"))
+        ex.importance_ = ex.importance_result_.values
+        ex.weights_ = ex.importance_result_.weights
+        return ex
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(i, (int, float, str, bool)) for i in v):
+            out[k] = list(v)
+    return out
+
+
+def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Parse a saved explainer: ``(manifest, tensors)``; SavedFileError on any corruption or tampering."""
+    p = Path(path)
+    if not p.is_file():
+        raise SavedFileError(f"no saved explainer at {str(p)!r}")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except Exception as exc:
+        raise SavedFileError(
+            f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); fit and save it again"
+        ) from exc
+    try:
+        manifest = json.loads(meta["conceptlens"])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; was it written by ConceptExplainer.save?") from exc
+    if manifest.get("schema") != SCHEMA:
+        raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; this version reads {SCHEMA!r}")
+    if manifest.get("sha256") != _digest(tensors):
+        raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); refusing to load it")
+    for key in ("model", "layer", "params", "target", "importance_method"):
+        if key not in manifest:
+            raise SavedFileError(f"{str(p)!r}: the manifest lacks {key!r}")
+    return manifest, tensors
+
+
+def upsample_maps(U: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Coefficient maps ``U [N,h,w,k]`` → ``[N,k,H,W]`` (bilinear); flat ``[N,k]`` become constant maps."""
+    if U.ndim == 4:
+        return F.interpolate(U.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    s = spatial_scores(U)
+    return s[:, :, None, None].expand(*s.shape, *size)

@@ -1,0 +1,17 @@
+"""How much each concept matters to a class: ``linear`` (closed form), ``gradient`` (autograd), ``sobol``.
+
+Each estimator is registered by name (see :mod:`conceptlens.importance.base`); adding one = one new file
+here that calls :func:`register`.
+"""
+
+from __future__ import annotations
+
+from . import gradient, linear
+from .base import Context, Importance, available, get, register
+
+try:  # Sobol needs scipy's quasi-Monte-Carlo designs
+    from . import sobol
+except ImportError:  # pragma: no cover - scipy is a hard dependency
+    sobol = None  # type: ignore[assignment]
+
+__all__ = ["Context", "Importance", "available", "get", "register", "linear", "gradient", "sobol"]
