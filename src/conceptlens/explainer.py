@@ -298,6 +298,8 @@ class ConceptExplainer:
             )
         d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
         d.fit(A)
+        # the same memory layout as after save/load, so that reloaded explainers give identical numbers
+        d.load_state_tensors({k: v.detach().clone() for k, v in d.state_tensors().items()})
         self.decomposition_ = d
         U = d.encode(A)
         self.fit_scores_ = spatial_scores(U)
@@ -480,7 +482,8 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+            # fresh, aligned storage: BLAS kernels may sum in another order on oddly aligned buffers
+            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except Exception as exc:
         raise SavedFileError(
             f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); fit and save it again"

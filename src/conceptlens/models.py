@@ -162,6 +162,8 @@ def load(
             factory = getattr(importlib.import_module(mod_name), fn_name)
         except (ImportError, AttributeError) as exc:
             raise ModelError(f"cannot import {name!r} ({exc}); give 'package.module:factory'") from exc
+        if num_classes is not None:
+            kwargs["num_classes"] = num_classes
         model = factory(**kwargs)
         if not isinstance(model, nn.Module):
             raise ModelError(f"{name!r} returned {type(model).__name__}, not a torch.nn.Module")

@@ -1,0 +1,243 @@
+"""The ``conceptlens`` command line: it parses arguments and calls the explainer, nothing more.
+
+Commands: ``demo``, ``fit``, ``explain``, ``evaluate``, ``report``, ``layers``, ``bench``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Explain what a PyTorch image classifier has learned, in terms of concepts.",
+)
+
+_MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvision:<arch>' with --weights, "
+               "or 'package.module:factory'.")
+
+
+def _fail(exc: Exception) -> None:
+    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)
+
+
+def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, list[str]]:
+    from . import data
+
+    x, names = data.load_images(path, preset=preset, return_paths=True)  # type: ignore[arg-type]
+    if crop:
+        x, idx, _ = data.crops(x, patch_size=crop, out_size=x.shape[-1])
+        names = [f"{names[int(i)]}#{j}" for j, i in enumerate(idx)]
+    return x, names
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for the HTML report."),
+    method: str = typer.Option("nmf", help="Concept method: nmf, pca, kmeans, …"),
+    n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts."),
+    patch: int = typer.Option(64, help="Crop size in pixels (crops are resized to the model's input)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """EfficientNet-Lite0 on crops of the bundled sample photos; explains the class predicted for 'chelsea'.
+
+    Writes OUT/index.html and prints its path and the fidelity (fid_c, fid_r).
+    """
+    import torch
+
+    import conceptlens as cl
+
+    t0 = time.time()
+    try:
+        model = cl.models.load("efficientnet_lite0")
+        photos, names = cl.data.sample_images(model.preset, return_names=True)
+        with torch.no_grad():
+            target = int(model(photos[:1]).argmax(1))
+        x, idx, _ = cl.data.crops(photos, patch_size=patch, out_size=model.preset.size)
+        typer.echo(f"{len(names)} photos → {x.shape[0]} crops of {patch} px; target = "
+                   f"{model.preset.classes[target]!r} (the class predicted for 'chelsea')")
+        split = cl.ModelSplit(model, "auto")
+        ex = cl.ConceptExplainer(split, method=method, n_concepts=n_concepts, seed=seed)
+        A = ex.activations(x)
+        ex.fit(x, target=target, A=A)
+        fid = cl.metrics.fidelity(ex, x, A=A)
+        crop_names = [f"{names[int(i)]} crop {j}" for j, i in enumerate(idx)]
+        path = cl.report.write(ex, x, out, names=crop_names)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"fid_c = {fid['fid_c']:.3f} (top-1 agreement), fid_r = {fid['fid_r']:.3f}")
+    typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
+
+
+@app.command()
+def fit(
+    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of class images (repeatable)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output file for the fitted explainer (.cl)."),
+    model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
+    layer: str = typer.Option("auto", help="Layer name, or 'auto' (the last spatial layer before pooling)."),
+    target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
+    method: str = typer.Option("nmf", help="Concept method: nmf, pca, kmeans, …"),
+    n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts."),
+    importance: str = typer.Option("auto", help="Importance: auto, linear, gradient, sobol."),
+    crop: int = typer.Option(0, help="Fit on crops of this many pixels (0: whole images)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Fit concepts for a class on a folder of images and save the explainer."""
+    import conceptlens as cl
+
+    try:
+        m = cl.models.load(model, weights=weights)
+        x, _ = _images(images, m.preset, crop)
+        ex = cl.ConceptExplainer(cl.ModelSplit(m, layer), method=method, n_concepts=n_concepts,
+                                 importance=importance, seed=seed)
+        ex.fit(x, target=target)  # type: ignore[arg-type]
+        ex.save(out)
+        fid = cl.metrics.fidelity(ex, x)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"fitted {n_concepts} {method} concepts for {ex.target_name_!r} at layer {ex.split.layer!r} "
+               f"on {x.shape[0]} images; fid_c = {fid['fid_c']:.3f}, fid_r = {fid['fid_r']:.3f}")
+    typer.echo(f"saved: {out}")
+
+
+def _load(file: Path, model: Optional[str], weights: Optional[str]):  # noqa: UP045
+    import conceptlens as cl
+    from .explainer import read_saved
+
+    manifest, _ = read_saved(file)
+    m = cl.models.load(model or manifest["model"], weights=weights)
+    return cl.ConceptExplainer.load(file, model=m)
+
+
+@app.command()
+def explain(
+    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
+    images: list[str] = typer.Argument(..., help="Images, folders or globs to explain."),
+    out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Output folder."),
+    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+) -> None:
+    """Explain images with a fitted explainer: a JSON of contributions and a report of their maps."""
+    import conceptlens as cl
+
+    try:
+        ex = _load(file, model, weights)
+        x, names = _images(images, ex.split.preset, 0)
+        e = ex.explain(x)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = [{"image": n, "logit": float(e.logits[i]), "bias": e.bias, "residual": float(e.residual[i]),
+                 "scores": e.scores[i].tolist(), "contributions": e.contributions[i].tolist()}
+                for i, n in enumerate(names)]
+        (out / "explanations.json").write_text(json.dumps({"target": ex.target_name_, "weights": e.weights.tolist(),
+                                                           "images": rows}, indent=1))
+        cl.report.write(ex, x, out, names=names)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    for r in rows:
+        typer.echo(f"{r['image']}: logit {r['logit']:.3f} = Σ contributions {sum(r['contributions']):.3f} "
+                   f"+ residual {r['residual']:.3f} + bias {r['bias']:.3f}")
+    typer.echo(f"wrote {out / 'explanations.json'} and {out / 'index.html'}")
+
+
+@app.command()
+def evaluate(
+    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
+    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
+    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images."""
+    import conceptlens as cl
+
+    try:
+        ex = _load(file, model, weights)
+        x, _ = _images(images, ex.split.preset, 0)
+        m = cl.metrics.evaluate(ex, x)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(m, indent=1))
+        return
+    typer.echo(f"{'metric':<24}value")
+    for k, v in m.items():
+        typer.echo(f"{k:<24}{v:.4f}")
+
+
+@app.command()
+def report(
+    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
+    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
+    out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder."),
+    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+) -> None:
+    """Write the HTML report (concept prototypes with heatmaps, local explanations) for images."""
+    import conceptlens as cl
+
+    try:
+        ex = _load(file, model, weights)
+        x, names = _images(images, ex.split.preset, 0)
+        path = cl.report.write(ex, x, out, names=names)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    typer.echo(f"report: {Path(path).resolve()}")
+
+
+@app.command()
+def layers(
+    model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+) -> None:
+    """List the model's layers (call sites) with their activation shapes; '*' marks layer='auto'."""
+    import conceptlens as cl
+
+    try:
+        m = cl.models.load(model, weights=weights)
+        s = cl.ModelSplit(m, "auto", check=False)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    for name, shape in s.describe_layers():
+        typer.echo(f"{'*' if name == s.layer else ' '} {name:<48} {list(shape)}")
+
+
+@app.command()
+def bench(
+    what: str = typer.Argument("all", help="Which benchmark: nmf, fidelity, groundtruth or all."),
+    quick: bool = typer.Option(False, help="Small sizes (for tests)."),
+    out: Path = typer.Option(Path("bench/results"), "--out", "-o", help="Folder for the JSON results."),
+) -> None:
+    """Run benchmarks that report ratios against peers measured in the same run; writes JSON."""
+    from . import bench as bench_mod
+
+    try:
+        bench_mod.run(what, quick=quick, out=out)
+    except Exception as exc:  # noqa: BLE001 - surface any failure as a clean exit code
+        from .errors import ConceptLensError
+
+        if isinstance(exc, ConceptLensError):
+            _fail(exc)
+        raise
+
+
+def main() -> None:
+    """Entry point of the ``conceptlens`` console script."""
+    app(prog_name="conceptlens")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
