@@ -898,3 +898,26 @@ def batched(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
     for i in range(0, x.shape[0], int(batch_size)):
         yield x[i : i + int(batch_size)]
+
+
+def demo_set(
+    preset: Preset | None = None, *, patch_size: int = 112, stride: int | float | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """The demo's images: crops of every bundled sample photo, resized to the model's input.
+
+    Parameters
+    ----------
+    preset
+        The model's preset (size, normalisation).
+    patch_size, stride
+        Crop geometry in pixels of the ``preset.size`` photos (stride default 0.8 × patch).
+
+    Returns
+    -------
+    tuple
+        ``x [M,3,S,S]`` normalised crops and their names (``"chelsea crop 3"``).
+    """
+    photos, names = sample_images(preset, return_names=True)
+    size = photos.shape[-1]
+    x, idx, _ = crops(photos, patch_size=patch_size, stride=stride, out_size=size)
+    return x, [f"{names[int(i)]} crop {j}" for j, i in enumerate(idx)]

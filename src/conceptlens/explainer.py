@@ -297,6 +297,8 @@ class ConceptExplainer:
                 f"(layer='auto' picks the last one) or use method='pca' (allows negative values)"
             )
         d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
+        if hasattr(d, "set_head"):  # methods that use the classifier (FACE's KL term, EDDP's alignment)
+            d.set_head(self.split.h)
         d.fit(A)
         # the same memory layout as after save/load, so that reloaded explainers give identical numbers
         d.load_state_tensors({k: v.detach().clone() for k, v in d.state_tensors().items()})
@@ -443,6 +445,8 @@ class ConceptExplainer:
                  method_params=p.get("method_params"), importance_params=p.get("importance_params"))
         dcls = decompose.get(p["method"])
         d = dcls(**manifest.get("decomposition_params", {}))
+        if hasattr(d, "set_head"):
+            d.set_head(split.h)
         d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("decomposition.")})
         if d.components_.shape[1] != split.activation_shape[-1]:
             raise SavedFileError(
