@@ -5,6 +5,8 @@
     on the demo data (EfficientNet-Lite0, crops of the sample photos, target = the class of 'chelsea').
 ``conceptlens bench nmf``
     Our NMF against scikit-learn's (cd and mu solvers) on the same matrix, same process.
+``conceptlens bench face``
+    FACE's λ sweep (MSE, KL, accuracy, C-Ins, C-Del, C-Gini, sparsity, stability) with λ = 0 = plain NMF.
 ``conceptlens bench groundtruth``
     The ground-truth leaderboard on the synthetic concept world.
 
@@ -103,10 +105,25 @@ def _bench_groundtruth(quick: bool, out: Path) -> dict[str, Any]:
     return groundtruth.run(quick=quick, out=out)
 
 
+def _bench_face(quick: bool, out: Path, kl_weights: tuple[float, ...] | None = None) -> dict[str, Any]:
+    from .metrics_face import format_table, sweep
+
+    split, x, A, target = demo_activations(quick)
+    lams = kl_weights or ((0.0, 1e-3, 1e-1) if quick else (0.0, 1e-5, 1e-3, 1e-2, 1e-1, 1.0, 10.0))
+    rows = sweep(A, split.h, target, kl_weights=lams, n_concepts=10, seed=0, with_stability=not quick,
+                 max_time=30.0 if quick else 120.0)
+    print(f"FACE λ sweep on {x.shape[0]} images, layer {split.layer}, target {split.preset.classes[target]!r}, k = 10")
+    print(format_table(rows))
+    payload = {"n_images": int(x.shape[0]), "layer": split.layer, "target": target, "rows": rows}
+    print(f"wrote {write_json(out, 'face', payload)}")
+    return payload
+
+
 BENCHES: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
     "fidelity": _bench_fidelity,
     "nmf": _bench_nmf,
     "groundtruth": _bench_groundtruth,
+    "face": _bench_face,
 }
 
 
