@@ -129,6 +129,15 @@ def test_corrupt_truncated_tampered_files(fitted, lite0, tmp_path) -> None:
     (tmp_path / "schema.cl").write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n :])
     with pytest.raises(SavedFileError, match="schema"):
         cl.ConceptExplainer.load(tmp_path / "schema.cl", model=lite0)
+    # a manifest edited by hand (another layer) is refused too: the checksum covers it
+    manifest["schema"] = cl.explainer.SCHEMA
+    manifest["layer"] = "_blocks.15"
+    header["__metadata__"]["conceptlens"] = json.dumps(manifest)
+    hb = json.dumps(header).encode()
+    hb += b" " * ((8 - len(hb) % 8) % 8)
+    (tmp_path / "layer.cl").write_bytes(struct.pack("<Q", len(hb)) + hb + raw[8 + n :])
+    with pytest.raises(SavedFileError, match="modified"):
+        cl.ConceptExplainer.load(tmp_path / "layer.cl", model=lite0)
     with pytest.raises(SavedFileError, match="no saved explainer"):
         cl.ConceptExplainer.load(tmp_path / "missing.cl", model=lite0)
 

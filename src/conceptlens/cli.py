@@ -43,7 +43,7 @@ def demo(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for the HTML report."),
     method: str = typer.Option("nmf", help="Concept method: nmf, pca, kmeans, …"),
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts."),
-    patch: int = typer.Option(64, help="Crop size in pixels (crops are resized to the model's input)."),
+    patch: int = typer.Option(112, help="Crop size in pixels of the 224-px photos (crops are resized to the model's input)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """EfficientNet-Lite0 on crops of the bundled sample photos; explains the class predicted for 'chelsea'.
@@ -60,7 +60,7 @@ def demo(
         photos, names = cl.data.sample_images(model.preset, return_names=True)
         with torch.no_grad():
             target = int(model(photos[:1]).argmax(1))
-        x, idx, _ = cl.data.crops(photos, patch_size=patch, out_size=model.preset.size)
+        x, crop_names = cl.data.demo_set(model.preset, patch_size=patch)
         typer.echo(f"{len(names)} photos → {x.shape[0]} crops of {patch} px; target = "
                    f"{model.preset.classes[target]!r} (the class predicted for 'chelsea')")
         split = cl.ModelSplit(model, "auto")
@@ -68,8 +68,7 @@ def demo(
         A = ex.activations(x)
         ex.fit(x, target=target, A=A)
         fid = cl.metrics.fidelity(ex, x, A=A)
-        crop_names = [f"{names[int(i)]} crop {j}" for j, i in enumerate(idx)]
-        path = cl.report.write(ex, x, out, names=crop_names)
+        path = cl.report.write(ex, x, out, names=crop_names, A=A)
     except cl.ConceptLensError as exc:
         _fail(exc)
         return
@@ -89,17 +88,47 @@ def fit(
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts."),
     importance: str = typer.Option("auto", help="Importance: auto, linear, gradient, sobol."),
     crop: int = typer.Option(0, help="Fit on crops of this many pixels (0: whole images)."),
+    patch: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="--method craft: crop size in pixels for the concept bank (default 64)."),
+    stride: Optional[float] = typer.Option(  # noqa: UP045
+        None, help="--method craft: step between crops, in pixels or as a fraction < 1 of the patch "
+                   "(default 0.8 × patch)."),
+    recursive: bool = typer.Option(
+        False, "--recursive",
+        help="Split ambiguous concepts into sub-concepts at earlier layers (CRAFT's concept tree; "
+             "needs --layers)."),
+    layers_: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--layers", help="Earlier layer(s) for --recursive, deep to shallow, comma-separated."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
-    """Fit concepts for a class on a folder of images and save the explainer."""
+    """Fit concepts for a class on a folder of images and save the explainer.
+
+    CRAFT: ``--method craft`` fits the bank on crops of the images (``--patch``, ``--stride``) and weighs the
+    concepts by Sobol indices (``--importance auto``); ``--recursive --layers L1,L2`` grows its concept tree.
+    """
     import conceptlens as cl
+    from conceptlens.errors import ParameterError
 
     try:
         m = cl.models.load(model, weights=weights)
         x, _ = _images(images, m.preset, crop)
+        method_params: dict[str, object] = {}
+        if patch is not None or stride is not None:
+            if getattr(cl.decompose.get(method), "fit_on", None) != "crops":
+                raise ParameterError(
+                    f"--patch/--stride set the crops of a crop-fitted method (craft); method {method!r} fits "
+                    "on whole images: use --crop to cut the images into crops first")
+            if patch is not None:
+                method_params["patch_size"] = patch
+            if stride is not None:
+                method_params["stride"] = int(stride) if stride >= 1 and stride == int(stride) else stride
+        if recursive and not layers_:
+            raise ParameterError("--recursive needs --layers L1[,L2…] (earlier layers; see "
+                                           "`conceptlens layers`)")
         ex = cl.ConceptExplainer(cl.ModelSplit(m, layer), method=method, n_concepts=n_concepts,
-                                 importance=importance, seed=seed)
-        ex.fit(x, target=target)  # type: ignore[arg-type]
+                                 importance=importance, seed=seed, method_params=method_params)
+        ex.fit(x, target=target, recursive=recursive,  # type: ignore[arg-type]
+               layers=layers_.split(",") if recursive and layers_ else None)
         ex.save(out)
         fid = cl.metrics.fidelity(ex, x)
     except cl.ConceptLensError as exc:
@@ -107,6 +136,14 @@ def fit(
         return
     typer.echo(f"fitted {n_concepts} {method} concepts for {ex.target_name_!r} at layer {ex.split.layer!r} "
                f"on {x.shape[0]} images; fid_c = {fid['fid_c']:.3f}, fid_r = {fid['fid_r']:.3f}")
+    imp = ex.importance_result_
+    if imp.ci_low is not None and imp.ci_high is not None:
+        typer.echo(f"importance ({imp.method}) with 95 % intervals:")
+        for j in ex.importance_.argsort(descending=True).tolist():
+            typer.echo(f"  concept {j}: {float(ex.importance_[j]):.3f} "
+                       f"[{float(imp.ci_low[j]):.3f}, {float(imp.ci_high[j]):.3f}]")
+    if ex.tree_ is not None:
+        typer.echo(ex.tree_.render())
     typer.echo(f"saved: {out}")
 
 

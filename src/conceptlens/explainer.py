@@ -17,17 +17,21 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from . import decompose
 from . import importance as importance_mod
+from .attribution import implicit_maps, upsample_maps
+from .decompose import craft as _craft  # noqa: F401 - registers method="craft"
+from .decompose.craft import CropSet, crop_activations
 from .errors import (
     ActivationError,
+    ConceptLensError,
     ImageError,
     NotFittedError,
     ParameterError,
@@ -39,7 +43,7 @@ from .importance.base import Context, Importance, concept_directions
 from .importance.linear import scores as spatial_scores
 from .split import ModelSplit
 
-__all__ = ["ConceptExplainer", "LocalExplanation", "resolve_target", "SCHEMA"]
+__all__ = ["ConceptExplainer", "LocalExplanation", "resolve_target", "upsample_maps", "SCHEMA"]
 
 SCHEMA = "conceptlens.explainer/1"
 
@@ -116,8 +120,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
+def _digest(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> str:
+    """SHA-256 over the tensors and the manifest (all of it but the digest itself)."""
     h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
         h.update(k.encode())
@@ -163,6 +169,11 @@ class ConceptExplainer:
     decomposition_ : Decomposition
     fit_scores_ : torch.Tensor
         ``[N, k]`` scores of the fit images (prototypes are the top-scoring ones).
+    crops_ : CropSet | None
+        For methods fitted on crops (``"craft"``): each crop's image, box, scores ``[M, k]`` and the model's
+        class on it; for a recursive fit of another method, the fit images as whole-image crops; else None.
+    tree_ : ConceptNode | None
+        The concept tree of ``fit(..., recursive=True)`` (see :mod:`conceptlens.recursive`), else None.
     """
 
     def __init__(
@@ -203,6 +214,8 @@ class ConceptExplainer:
         self.method_params = dict(method_params or {})
         self.importance_params = dict(importance_params or {})
         self.progress = progress
+        self.crops_: CropSet | None = None
+        self.tree_: Any = None
 
     # ------------------------------------------------------------------ properties
     def _fitted(self, what: str) -> None:
@@ -264,8 +277,14 @@ class ConceptExplainer:
         target: int | str | None = None,
         *,
         A: torch.Tensor | None = None,
+        recursive: bool = False,
+        layers: Sequence[str] | str | None = None,
+        recursive_params: dict[str, Any] | None = None,
     ) -> ConceptExplainer:
         """Fit the concept bank on the images of a class and weigh the concepts for ``target``.
+
+        Methods with ``fit_on = "crops"`` (``"craft"``) fit the bank on crops of ``x`` (one spatially
+        averaged row per crop; ``crops_`` keeps them); every method then encodes ``x`` per position.
 
         Parameters
         ----------
@@ -274,7 +293,16 @@ class ConceptExplainer:
         target
             Class index or name; None = the class the model predicts most often on ``x``.
         A
-            Precomputed activations ``g(x)`` (skips the forward pass, e.g. when comparing methods).
+            Precomputed activations ``g(x)`` of the images (skips that forward pass, e.g. when comparing
+            methods; the crops of a crop-fitted method are always computed).
+        recursive
+            Also grow CRAFT's concept tree ``tree_``: ambiguous concepts are split into sub-concepts at
+            ``layers`` (see :mod:`conceptlens.recursive` for the rule).
+        layers
+            Earlier layer(s) for the recursion, deep to shallow (a name, ``"L1,L2"`` or a list).
+        recursive_params
+            Options of the recursion (``n_top``, ``n_children``, ``threshold``, ``max_split``,
+            ``importance``, …; see :func:`conceptlens.recursive.build_tree`).
 
         Returns
         -------
@@ -282,6 +310,11 @@ class ConceptExplainer:
             self, with ``concepts_``, ``importance_``, ``weights_`` … set.
         """
         self._check_images(x)
+        if recursive and not layers:
+            raise ParameterError("recursive=True needs layers=[an earlier layer name, …] to split concepts "
+                                 "at (see `conceptlens layers` or split.layers())")
+        if layers and not recursive:
+            raise ParameterError("layers=… is only used with recursive=True")
         A = self.activations(x) if A is None else A
         with torch.no_grad():
             logits = self.split.h(A)
@@ -299,7 +332,15 @@ class ConceptExplainer:
         d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
         if hasattr(d, "set_head"):  # methods that use the classifier (FACE's KL term, EDDP's alignment)
             d.set_head(self.split.h)
-        d.fit(A)
+        self.crops_ = None
+        self.tree_ = None
+        if getattr(cls, "fit_on", None) == "crops":
+            rows, image_index, boxes, predicted = crop_activations(
+                self.split, x, getattr(d, "patch_size", 64), getattr(d, "stride", None),
+                progress=self.progress)
+            d.fit(rows)
+        else:
+            d.fit(A)
         # the same memory layout as after save/load, so that reloaded explainers give identical numbers
         d.load_state_tensors({k: v.detach().clone() for k, v in d.state_tensors().items()})
         self.decomposition_ = d
@@ -310,13 +351,26 @@ class ConceptExplainer:
         self.importance_result_ = imp
         self.importance_ = imp.values
         self.weights_ = imp.weights
+        if getattr(cls, "fit_on", None) == "crops":
+            self.crops_ = CropSet(image_index=image_index, boxes=boxes, scores=d.encode(rows),
+                                  predicted=predicted)
+        elif recursive:  # the recursion works on crops: here, each fit image is one crop
+            H, W = int(x.shape[-2]), int(x.shape[-1])
+            self.crops_ = CropSet(image_index=torch.arange(x.shape[0]),
+                                  boxes=torch.tensor([[0, 0, H, W]]).expand(x.shape[0], 4).clone(),
+                                  scores=self.fit_scores_.clone(), predicted=logits.argmax(1).cpu())
+        if recursive:
+            from .recursive import build_tree
+
+            self.tree_ = build_tree(self, x, layers or [], recursive_params)
         return self
 
     def _importance(self, U: torch.Tensor) -> Importance:
         name = self.importance
         linear = self.split.linear_head() is not None
         if name == "auto":
-            name = "linear" if linear else "gradient"
+            name = getattr(decompose.get(self.method), "default_importance", None) or (
+                "linear" if linear else "gradient")
         ctx = Context(U=U, decomposition=self.decomposition_, split=self.split, target=self.target_,
                       seed=self.seed, progress=self.progress, options=self.importance_params)
         return importance_mod.get(name)(ctx)
@@ -341,7 +395,9 @@ class ConceptExplainer:
         x
             ``[n,3,H,W]`` normalised images.
         maps
-            ``"upsample"`` (the coefficient maps, bilinearly upsampled to ``H×W``) or ``"none"``.
+            ``"upsample"`` (the coefficient maps, bilinearly upsampled to ``H×W``), ``"implicit"`` (CRAFT's
+            concept attribution maps by implicit differentiation of the NNLS codes, a Grad-CAM of each
+            concept at the layer; NMF-like methods only, see :mod:`conceptlens.attribution`) or ``"none"``.
         A
             Precomputed ``g(x)``.
 
@@ -351,8 +407,8 @@ class ConceptExplainer:
         """
         self._fitted("explain")
         self._check_images(x)
-        if maps not in ("upsample", "none"):
-            raise ParameterError(f"maps must be 'upsample' or 'none', got {maps!r}")
+        if maps not in ("upsample", "implicit", "none"):
+            raise ParameterError(f"maps must be 'upsample', 'implicit' or 'none', got {maps!r}")
         A = self.activations(x) if A is None else A
         d = self.decomposition_
         U = d.encode(A)
@@ -375,6 +431,8 @@ class ConceptExplainer:
             residual = logits - bias - contrib.sum(1)
         if maps == "upsample":
             m = upsample_maps(U, tuple(x.shape[-2:]))
+        elif maps == "implicit":
+            m = implicit_maps(self.split, d, x, A=A)
         else:
             m = torch.zeros(U.shape[0], U.shape[-1], 0, 0)
         return LocalExplanation(scores=s, weights=w, contributions=contrib, residual=residual, bias=bias,
@@ -396,6 +454,16 @@ class ConceptExplainer:
         if imp.ci_low is not None and imp.ci_high is not None:
             tensors["importance_ci_low"] = imp.ci_low.detach().cpu().contiguous()
             tensors["importance_ci_high"] = imp.ci_high.detach().cpu().contiguous()
+        crops = getattr(self, "crops_", None)
+        if crops is not None:
+            for name in ("image_index", "boxes", "scores", "predicted"):
+                tensors[f"crops.{name}"] = getattr(crops, name).detach().cpu().contiguous()
+        tree_structure = None
+        if getattr(self, "tree_", None) is not None:
+            from .recursive import tree_state
+
+            tree_structure, tree_tensors = tree_state(self.tree_)
+            tensors.update(tree_tensors)
         import safetensors
 
         from . import __version__
@@ -410,8 +478,10 @@ class ConceptExplainer:
             "decomposition_params": _jsonable(self.decomposition_.get_params()),
             "target": self.target_,
             "importance_method": imp.method,
-            "sha256": _digest(tensors),
         }
+        if tree_structure is not None:
+            manifest["tree"] = tree_structure
+        manifest["sha256"] = _digest(tensors, manifest)
         data = st_save(tensors, metadata={"conceptlens": json.dumps(manifest)})
         p = Path(path)
         _atomic_write(p, data)
@@ -463,6 +533,19 @@ class ConceptExplainer:
                                            ci_high=tensors.get("importance_ci_high"))
         ex.importance_ = ex.importance_result_.values
         ex.weights_ = ex.importance_result_.weights
+        if "crops.image_index" in tensors:
+            try:
+                ex.crops_ = CropSet(**{n: tensors[f"crops.{n}"]
+                                       for n in ("image_index", "boxes", "scores", "predicted")})
+            except KeyError as exc:
+                raise SavedFileError(f"{str(path)!r}: the saved crops are incomplete ({exc})") from exc
+        if "tree" in manifest:
+            from .recursive import tree_from_state
+
+            try:
+                ex.tree_ = tree_from_state(manifest["tree"], tensors)
+            except ConceptLensError as exc:
+                raise SavedFileError(f"{str(path)!r}: {exc}") from exc
         return ex
 
 
@@ -498,17 +581,10 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
         raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; was it written by ConceptExplainer.save?") from exc
     if manifest.get("schema") != SCHEMA:
         raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; this version reads {SCHEMA!r}")
-    if manifest.get("sha256") != _digest(tensors):
+    if manifest.get("sha256") != _digest(tensors, manifest):
         raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); refusing to load it")
     for key in ("model", "layer", "params", "target", "importance_method"):
         if key not in manifest:
             raise SavedFileError(f"{str(p)!r}: the manifest lacks {key!r}")
     return manifest, tensors
 
-
-def upsample_maps(U: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Coefficient maps ``U [N,h,w,k]`` → ``[N,k,H,W]`` (bilinear); flat ``[N,k]`` become constant maps."""
-    if U.ndim == 4:
-        return F.interpolate(U.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
-    s = spatial_scores(U)
-    return s[:, :, None, None].expand(*s.shape, *size)

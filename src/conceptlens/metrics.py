@@ -76,3 +76,28 @@ def fidelity(ex: Any, x: torch.Tensor, *, A: torch.Tensor | None = None) -> dict
     """ICE fidelity of a fitted explainer on ``x [N,3,H,W]``: ``{"fid_c": …, "fid_r": …}``."""
     m = evaluate(ex, x, A=A)
     return {"fid_c": m["fid_c"], "fid_r": m["fid_r"]}
+
+
+# Holistic CRAFT metrics (C-Deletion / C-Insertion / C-μFidelity, lower/higher/higher is better) and FACE's
+# metrics (C-Del is AOPC-style, *higher* is better: named apart on purpose) live in their own modules and are
+# re-exported here so that every metric is reachable as cl.metrics.<name>.
+from .metrics_face import (  # noqa: E402
+    c_del,
+    c_gini,
+    c_ins,
+    reconstruction_accuracy,
+    stability,
+)
+from .metrics_holistic import (  # noqa: E402
+    c_deletion,
+    c_insertion,
+    c_mu_fidelity,
+    holistic,
+    pixel_auc,
+    prevalence_reliability,
+)
+
+__all__ += [
+    "c_deletion", "c_insertion", "c_mu_fidelity", "holistic", "pixel_auc", "prevalence_reliability",
+    "c_del", "c_ins", "c_gini", "reconstruction_accuracy", "stability",
+]

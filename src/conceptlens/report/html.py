@@ -218,6 +218,7 @@ def write(
     threshold: float = 0.5,
     dim: float = 0.3,
     A: torch.Tensor | None = None,
+    craft_sections: bool | None = None,
 ) -> Path:
     """Write the HTML report of a fitted explainer on images ``x``.
 
@@ -250,6 +251,10 @@ def write(
         The heatmap's region threshold and dimming (see :func:`figures.heatmap_overlay`).
     A
         Precomputed activations ``g(x) [N,h,w,C]`` (skips the forward pass).
+    craft_sections
+        Add CRAFT's sections after ``extra_sections``: the concept tree (when ``ex.tree_`` exists) and the
+        upsampled and implicit-differentiation maps side by side for the first images. None (default): for
+        explainers fitted on crops (``method="craft"``) or with a tree.
 
     Returns
     -------
@@ -289,6 +294,18 @@ def write(
     elif A.shape[0] != N:
         raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {N}; "
                              "pass g(x) of the same images")
+    tree = getattr(ex, "tree_", None)
+    if craft_sections is None:
+        craft_sections = tree is not None or getattr(ex, "crops_", None) is not None
+    if craft_sections:
+        from ..attribution import maps_section
+        from ..recursive import tree_section
+
+        extra_sections = list(extra_sections)
+        if tree is not None:
+            extra_sections.append(tree_section(tree))
+        if getattr(ex.decomposition_, "nonnegative", False):
+            extra_sections.append(maps_section(ex, x, A=A, names=names, n_images=min(3, N)))
     e = ex.explain(x, A=A, maps="none")  # maps [N,k,H,W] of every image could be GBs: only prototypes
     if metrics is None:
         metrics = metrics_mod.evaluate(ex, x, A=A)
