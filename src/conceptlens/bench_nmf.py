@@ -1,0 +1,332 @@
+"""``conceptlens bench nmf``: our NMF against scikit-learn's (``cd`` and ``mu``), same process, interleaved.
+
+Notation: ``A [n, C]`` activations, ``k`` concepts, ``W [k, C]`` the bank, ``U [n, k]`` the codes.
+
+The machine this runs on may be shared, so absolute timings mean little: every comparison is a *ratio*
+of two timings taken in the same process, the two programs run alternately (A/B/A/B, ``reps`` rounds)
+and each ratio is the median over rounds.
+
+What is measured, per matrix (real EfficientNet-Lite0 activations; a planted ``A = U* W* + noise``)
+and per ``k``:
+
+* scikit-learn ``NMF(init="nndsvda", solver="cd")`` and ``solver="mu"`` (defaults otherwise): time,
+  relative error ``‖A − UW‖_F / ‖A‖_F``, iterations;
+* ours with default settings ``NMF(n_concepts=k).fit(A)``: time, error, iterations, and the speed-up
+  ``t_sklearn_cd / t_ours`` (meaningful when our error is within 1 % of sklearn-cd's);
+* ours run until its error first comes within 1 % of sklearn-cd's final error: that time and the
+  speed-up ``t_sklearn_cd / t_ours_to_1pct``;
+* achieved GFLOP/s of our default run (``4·n·C·k + 2·(n + C)·k²`` flops per outer iteration: the two
+  ``[n,C]×[C,k]`` products plus the two Gram products) against ``torch.matmul`` on the same shapes
+  timed in the same run, and the fraction of our run that those two products account for;
+* peak memory: for scikit-learn, ``tracemalloc`` peak (numpy registers its buffers with it); for ours,
+  the growth of the process' maximum resident set size (``resource.getrusage().ru_maxrss``) during the
+  call, which is a lower bound (``0`` when the call stays under an earlier peak), plus the size of the
+  tensors our solver holds (analytic working set);
+* encode with the bank frozen of 100,000 rows (``A`` tiled): ours against scikit-learn's
+  ``transform``, both with scikit-learn's bank, time ratio and errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import resource
+import statistics
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["run", "real_activations", "planted_problem", "time_to_target"]
+
+_ENCODE_ROWS = 100_000
+
+
+# ------------------------------------------------------------------------------------------------
+# data
+# ------------------------------------------------------------------------------------------------
+def _cache_dir() -> Path:
+    from .synthetic import default_cache_dir
+
+    return default_cache_dir() / "bench_nmf"
+
+
+def real_activations(quick: bool = False) -> torch.Tensor:
+    """EfficientNet-Lite0 activations at layer ``"auto"`` on the demo data, cached on disk.
+
+    Parameters
+    ----------
+    quick : bool
+        ``True``: the 13 whole sample photos (637 rows); ``False``: the 117 crops of
+        :func:`conceptlens.data.demo_set` (5,733 rows).
+
+    Returns
+    -------
+    Tensor ``[n, 1280]``
+        float32, non-negative. Cached under the user cache dir keyed by the library and torch versions
+        (the forward pass is slow on a CPU).
+    """
+    from safetensors.torch import load_file, save_file
+
+    import conceptlens as cl
+
+    key = hashlib.sha256(f"{cl.__version__}|{torch.__version__}|{quick}".encode()).hexdigest()[:16]
+    path = _cache_dir() / f"effnet_lite0_{'photos' if quick else 'crops'}_{key}.safetensors"
+    if path.exists():
+        try:
+            return load_file(str(path))["A"]
+        except Exception:  # a corrupt cache is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    model = cl.models.load("efficientnet_lite0")
+    split = cl.ModelSplit(model)
+    x = cl.data.sample_images(model.preset) if quick else cl.data.demo_set(model.preset)[0]
+    with torch.no_grad():
+        A = split.g(x)
+    A = A.reshape(-1, A.shape[-1]).float().contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"A": A}, str(tmp))
+    tmp.replace(path)
+    return A
+
+
+def planted_problem(n: int, C: int, k: int, noise: float = 0.01, seed: int = 0) -> torch.Tensor:
+    """``A = U* W* + noise`` with ``U* = rand³ [n, k]``, ``W* [k, C]`` 30 % dense, noise ``noise·std(A)``.
+
+    Returns
+    -------
+    Tensor ``[n, C]``
+        float32, non-negative.
+    """
+    g = torch.Generator().manual_seed(seed)
+    U = torch.rand(n, k, generator=g) ** 3
+    W = torch.rand(k, C, generator=g) * (torch.rand(k, C, generator=g) < 0.3)
+    A = U @ W
+    return (A + noise * A.std() * torch.rand(n, C, generator=g)).contiguous()
+
+
+def _rel(A: np.ndarray, U: np.ndarray, W: np.ndarray) -> float:
+    A64 = A.astype(np.float64)
+    return float(np.linalg.norm(A64 - U.astype(np.float64) @ W.astype(np.float64)) / np.linalg.norm(A64))
+
+
+def _sk(A: np.ndarray, k: int, solver: str) -> dict[str, Any]:
+    from sklearn.decomposition import NMF as SkNMF
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter warnings
+        t = time.perf_counter()
+        m = SkNMF(n_components=k, init="nndsvda", solver=solver, random_state=0)
+        U = m.fit_transform(A)
+        dt = time.perf_counter() - t
+    return {"time_s": dt, "err": _rel(A, U, m.components_), "iters": int(m.n_iter_), "model": m}
+
+
+def _ours(A: torch.Tensor, k: int, *, stop_below: float | None = None, sparse: bool | None = None) -> dict:
+    from .decompose import NMF
+
+    m = NMF(k) if stop_below is None else NMF(k, tol=0.0, max_iter=1000)
+    if stop_below is not None:
+        m._stop_below = stop_below
+    if sparse is not None:
+        m._sparse = sparse
+    t = time.perf_counter()
+    m.fit(A)
+    dt = time.perf_counter() - t
+    return {"time_s": dt, "err": float(m.reconstruction_err_), "iters": int(m.n_iter_), "model": m}
+
+
+def time_to_target(history: list[float], times: list[float], target: float) -> float | None:
+    """Seconds at which ``history`` first reaches ``≤ target`` (``None`` if never)."""
+    for h, t in zip(history, times, strict=True):
+        if h <= target:
+            return t
+    return None
+
+
+def _timeit(f: Any, reps: int = 3) -> float:
+    f()
+    t = time.perf_counter()
+    for _ in range(reps):
+        f()
+    return (time.perf_counter() - t) / reps
+
+
+def _product_times(A: torch.Tensor, k: int) -> dict[str, float]:
+    """Seconds for the two ``[n,C]×[C,k]`` products per outer iteration, dense and CSR."""
+    from .decompose.nmf import _Data
+
+    n, C = A.shape
+    g = torch.Generator().manual_seed(0)
+    W, Ut = torch.rand(k, C, generator=g), torch.rand(k, n, generator=g)
+    dense = _timeit(lambda: (W @ A.T, Ut @ A))
+    d = _Data(A, sparse=True)
+    sparse = _timeit(lambda: (d.mm(W.T), d.rmm(Ut.T)))
+    return {"dense_pair_s": dense, "sparse_pair_s": sparse, "matmul_gflops": 4 * n * C * k / dense / 1e9}
+
+
+def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, Any]:
+    n, C = A.shape
+    An = A.numpy()
+    rounds = []
+    mu = _sk(An, k, "mu") if with_mu else None
+    for _ in range(reps):  # interleaved: sklearn, ours, ours-to-1 %, ours dense, sklearn, ...
+        cd = _sk(An, k, "cd")
+        ours = _ours(A, k)
+        to1 = _ours(A, k, stop_below=1.01 * cd["err"])
+        dense = _ours(A, k, sparse=False)
+        t1 = time_to_target(to1["model"].history_, to1["model"].times_, 1.01 * cd["err"])
+        rounds.append({"cd": cd, "ours": ours, "to1": to1, "dense": dense, "t_to1": t1})
+    pt = _product_times(A, k)
+    med = statistics.median
+    last = rounds[-1]
+    sparse_used = bool(last["ours"]["model"].__dict__.get("_sparse_used", _is_sparse(A)))
+    flops_it = 4 * n * C * k + 2 * (n + C) * k * k
+    t_ours = med(r["ours"]["time_s"] for r in rounds)
+    it_ours = last["ours"]["iters"]
+    pair = pt["sparse_pair_s"] if sparse_used else pt["dense_pair_s"]
+    ratio_to1 = [r["cd"]["time_s"] / r["t_to1"] for r in rounds if r["t_to1"]]
+    row = {
+        "n": n, "C": C, "k": k, "density": float(torch.count_nonzero(A)) / A.numel(),
+        "sparse_products": sparse_used,
+        "sklearn_cd": {"time_s": med(r["cd"]["time_s"] for r in rounds), "err": last["cd"]["err"],
+                       "iters": last["cd"]["iters"]},
+        "sklearn_mu": None if mu is None else {k2: mu[k2] for k2 in ("time_s", "err", "iters")},
+        "ours_default": {"time_s": t_ours, "err": last["ours"]["err"], "iters": it_ours,
+                         "err_vs_cd": last["ours"]["err"] / last["cd"]["err"] - 1},
+        "ours_dense_default": {"time_s": med(r["dense"]["time_s"] for r in rounds),
+                               "err": last["dense"]["err"]},
+        "ours_to_1pct": {"time_s": med(r["t_to1"] for r in rounds) if ratio_to1 else None,
+                         "iters": last["to1"]["iters"], "err": last["to1"]["err"]},
+        "speedup_default_vs_cd": med(r["cd"]["time_s"] / r["ours"]["time_s"] for r in rounds),
+        "speedup_to_1pct_vs_cd": med(ratio_to1) if ratio_to1 else None,
+        "speedup_sparse_vs_dense": med(r["dense"]["time_s"] / r["ours"]["time_s"] for r in rounds),
+        "speedup_default_vs_mu": None if mu is None else mu["time_s"] / t_ours,
+        "achieved_gflops": flops_it * it_ours / t_ours / 1e9,
+        "matmul_gflops": pt["matmul_gflops"],
+        "products_fraction": min(pair * it_ours / t_ours, 1.0),
+        "product_pair_s": {"dense": pt["dense_pair_s"], "sparse": pt["sparse_pair_s"]},
+    }
+    row["gflops_fraction"] = row["achieved_gflops"] / row["matmul_gflops"]
+    return row
+
+
+def _is_sparse(A: torch.Tensor) -> bool:
+    from .decompose.nmf import _SPARSE_DENSITY
+
+    return float(torch.count_nonzero(A)) / max(A.numel(), 1) <= _SPARSE_DENSITY
+
+
+def _memory(A: torch.Tensor, k: int) -> dict[str, Any]:
+    """Peak memory: sklearn-cd by tracemalloc; ours by ru_maxrss growth (a lower bound) and analytic."""
+    n, C = A.shape
+    tracemalloc.start()
+    _sk(A.numpy(), k, "cd")
+    sk_peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    _ours(A, k)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    nnz = int(torch.count_nonzero(A))
+    # the data's products and factors: P [k,n], Uᵀ (+ clone) [k,n], R [k,C], W [k,C], CSR copies of A, Aᵀ
+    analytic = 4 * (3 * k * n + 3 * k * C) + (2 * nnz * 12 if _is_sparse(A) else 0)
+    return {"k": k, "sklearn_cd_tracemalloc_peak_mb": sk_peak / 2**20,
+            "ours_maxrss_growth_mb": (after - before) / 1024,
+            "ours_analytic_working_set_mb": analytic / 2**20,
+            "input_mb": 4 * n * C / 2**20}
+
+
+def _encode(A: torch.Tensor, k: int, rows: int, reps: int) -> dict[str, Any]:
+    """Encode ``rows`` rows (A tiled) with scikit-learn's bank frozen: ours vs ``transform``."""
+    from .decompose import NMF
+
+    reps_tile = -(-rows // A.shape[0])
+    T = A.repeat(reps_tile, 1)[:rows].contiguous()
+    Tn = T.numpy()
+    sk = _sk(A.numpy(), k, "cd")["model"]
+    ours = NMF(k)
+    ours.components_ = torch.from_numpy(sk.components_).float()
+    res = []
+    for _ in range(reps):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            t = time.perf_counter()
+            Us = sk.transform(Tn)
+            ts = time.perf_counter() - t
+        t = time.perf_counter()
+        Uo = ours.encode(T)
+        to = time.perf_counter() - t
+        res.append((ts, to))
+    return {"rows": rows, "k": k, "sklearn_transform_s": statistics.median(r[0] for r in res),
+            "ours_encode_s": statistics.median(r[1] for r in res),
+            "speedup": statistics.median(r[0] / r[1] for r in res),
+            "sklearn_err": _rel(Tn, Us, sk.components_), "ours_err": _rel(Tn, Uo.numpy(), sk.components_)}
+
+
+def run(quick: bool, out: Path) -> dict[str, Any]:
+    """Run the NMF benchmark, print a table of ratios and write ``out/nmf.json``.
+
+    Parameters
+    ----------
+    quick : bool
+        Whole sample photos (637 rows), ``k = 10`` only, fewer encode rows.
+    out : Path
+        Directory of the JSON result.
+
+    Returns
+    -------
+    dict
+        The payload written (per matrix and ``k``: times, errors, iterations, ratios, GFLOP/s).
+    """
+    from threadpoolctl import threadpool_limits
+
+    from .bench import write_json
+
+    # One thread each: on a shared machine, multi-threaded BLAS/OpenMP timings are dominated by
+    # waiting for descheduled threads; single-thread ratios are reproducible.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    ks = (10,) if quick else (10, 25, 50)
+    reps = 2
+    try:
+        with threadpool_limits(1):
+            A = real_activations(quick)
+            mats = {"real": A, "planted": None}
+            rows: list[dict[str, Any]] = []
+            for name in mats:
+                for k in ks:
+                    M = A if name == "real" else planted_problem(A.shape[0], A.shape[1], k)
+                    r = _bench_one(M, k, reps, with_mu=True)
+                    r["matrix"] = name
+                    rows.append(r)
+                    _print_row(r)
+            kmem = 10 if quick else 25
+            mem = _memory(A, kmem)
+            enc = _encode(A, kmem, 20_000 if quick else _ENCODE_ROWS, reps)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"memory (k={kmem}): {mem}")
+    print(f"encode {enc['rows']} rows k={kmem}: sklearn transform / ours = {enc['speedup']:.1f}×, "
+          f"errors sklearn {enc['sklearn_err']:.5f} ours {enc['ours_err']:.5f}")
+    payload = {"quick": quick, "threads_used": 1, "reps": reps, "rows": rows, "memory": mem, "encode": enc,
+               "notes": "ratios are medians over interleaved rounds in one process; time-to-1% = first outer "
+                        "iteration whose error is within 1% of sklearn-cd's final error, init included"}
+    print(f"wrote {write_json(out, 'nmf', payload)}")
+    return payload
+
+
+def _print_row(r: dict[str, Any]) -> None:
+    def f(v: float | None) -> str:
+        return "  -  " if v is None else f"{v:5.1f}"
+
+    if r["k"] == 10 and r["matrix"] == "real" or not hasattr(_print_row, "hdr"):
+        _print_row.hdr = True  # type: ignore[attr-defined]
+        print(f"{'matrix':<8}{'k':>3}{'cd/ours':>8}{'cd/1%':>7}{'mu/ours':>8}{'sp/dn':>6}{'err cd':>8}"
+              f"{'err ours':>9}{'it':>4}{'GF/s':>6}{'mm GF/s':>8}{'prod%':>6}")
+    print(f"{r['matrix']:<8}{r['k']:>3}{f(r['speedup_default_vs_cd']):>8}{f(r['speedup_to_1pct_vs_cd']):>7}"
+          f"{f(r['speedup_default_vs_mu']):>8}{r['speedup_sparse_vs_dense']:>6.2f}{r['sklearn_cd']['err']:>8.4f}"
+          f"{r['ours_default']['err']:>9.4f}{r['ours_default']['iters']:>4}{r['achieved_gflops']:>6.1f}"
+          f"{r['matmul_gflops']:>8.1f}{100 * r['products_fraction']:>6.0f}")

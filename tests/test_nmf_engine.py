@@ -1,0 +1,269 @@
+"""The NMF engine: sparse products, mini-batch (streamed) NMF, the activation store, data-parallel NMF."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from conceptlens.decompose import NMF
+from conceptlens.decompose.nmf import _Data
+from conceptlens.errors import ActivationError, ParameterError
+from conceptlens.store import ActivationStore
+
+
+def relu_data(n: int = 1500, C: int = 128, seed: int = 0) -> torch.Tensor:
+    """Low-rank structure plus noise, thresholded so that ~90 % of entries are zero (like a ReLU layer)."""
+    g = np.random.default_rng(seed)
+    Z = 0.3 * g.standard_normal((n, 20)) @ g.standard_normal((20, C)) + g.standard_normal((n, C))
+    return torch.from_numpy(np.maximum(Z - np.quantile(Z, 0.9), 0).astype(np.float32))
+
+
+def planted(n: int = 1500, C: int = 96, k: int = 6, noise: float = 0.01, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    U = torch.rand(n, k, generator=g) ** 3
+    W = torch.rand(k, C, generator=g) * (torch.rand(k, C, generator=g) < 0.3)
+    A = U @ W
+    return A + noise * A.std() * torch.rand(n, C, generator=g), W
+
+
+def matched_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a = torch.nn.functional.normalize(a.double(), dim=1)
+    b = torch.nn.functional.normalize(b.double(), dim=1)
+    cos = (a @ b.T).numpy()
+    r, c = linear_sum_assignment(-cos)
+    return float(cos[r, c].min())
+
+
+# ---------------------------------------------------------------------------------------------
+# sparse products
+# ---------------------------------------------------------------------------------------------
+def test_sparse_products_equal_dense():
+    A = relu_data(300, 64)
+    d = _Data(A, sparse=None)
+    assert d.sparse  # ~10 % density picks CSR on CPU
+    M, N = torch.rand(64, 5), torch.rand(300, 5)
+    torch.testing.assert_close(d.mm(M), A @ M, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(d.rmm(N), A.T @ N, rtol=1e-5, atol=1e-5)
+    assert not _Data(torch.rand(50, 8), sparse=None).sparse  # dense data stays dense
+
+
+def test_sparse_and_dense_fits_agree():
+    A = relu_data()
+    a, b = NMF(8), NMF(8)
+    a._sparse, b._sparse = True, False
+    a.fit(A)
+    b.fit(A)
+    assert a._sparse_used and not b._sparse_used
+    assert abs(a.reconstruction_err_ - b.reconstruction_err_) < 1e-3 * b.reconstruction_err_
+    assert matched_cos(a.components_, b.components_) > 0.999
+
+
+def test_planted_recovered_batch_and_minibatch():
+    A, W = planted()
+    for m in (NMF(6, seed=0), NMF(6, seed=0, batch_size=256, max_iter=400)):
+        m.fit(A)
+        assert matched_cos(m.components_, W) >= 0.99
+        assert (m.components_ >= 0).all() and (m.encode(A) >= 0).all()
+
+
+def test_times_recorded_per_iteration():
+    m = NMF(4).fit(relu_data(200, 32))
+    assert len(m.times_) == len(m.history_) == m.n_iter_
+    assert all(b >= a for a, b in zip(m.times_, m.times_[1:], strict=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# mini-batch NMF
+# ---------------------------------------------------------------------------------------------
+def test_minibatch_close_to_batch_error():
+    A = relu_data()
+    batch = NMF(10).fit(A).reconstruction_err_
+    online = NMF(10, batch_size=200).fit(A)
+    assert online.reconstruction_err_ < 1.03 * batch
+    # The reported error is the real one of the final bank with exact codes (or very near it).
+    U = online.encode(A)
+    real = float(torch.linalg.vector_norm(A - U @ online.components_) / torch.linalg.vector_norm(A))
+    assert real <= online.reconstruction_err_ * 1.001
+
+
+def test_minibatch_does_not_depend_on_the_batching_beyond_init():
+    # Same first batch (the init) and different later batching → nearly the same bank.
+    A = relu_data(1200, 64)
+    a = NMF(5, batch_size=400, max_iter=30, tol=0).fit(A)
+    b = NMF(5, batch_size=400, max_iter=30, tol=0)
+    b.fit(_ListStore([A[:400], A[400:700], A[700:]]))
+    torch.testing.assert_close(a.components_, b.components_, rtol=1e-4, atol=1e-5)
+
+
+def test_minibatch_all_zero_input_gives_zero_codes():
+    with pytest.warns(RuntimeWarning, match="all-zero"):
+        m = NMF(3, batch_size=10).fit(torch.zeros(40, 6))
+    U = m.encode(torch.zeros(5, 6))
+    assert torch.isfinite(m.components_).all() and (U == 0).all()
+
+
+def test_batch_all_zero_input_gives_zero_codes():
+    with pytest.warns(RuntimeWarning, match="all-zero"):
+        m = NMF(3).fit(torch.zeros(40, 6))
+    U = m.encode(torch.rand(5, 6))
+    assert torch.isfinite(U).all() and (U == 0).all()
+
+
+def test_minibatch_parameters_and_errors():
+    with pytest.raises(ParameterError, match="batch_size"):
+        NMF(3, batch_size=0).fit(torch.rand(20, 8))
+    with pytest.raises(ActivationError, match="non-negative"):
+        NMF(3, batch_size=5).fit(torch.rand(20, 8) - 0.5)
+    with pytest.raises(ParameterError, match="torch.distributed"):
+        NMF(3, distributed=True).fit(torch.rand(20, 8))
+    U = NMF(3, batch_size=7).fit_encode(torch.rand(4, 5, 8))
+    assert U.shape == (4, 5, 3) and (U >= 0).all()
+
+
+class _ListStore:
+    """A minimal store: iter_batches over a list of shards, re-chunked."""
+
+    def __init__(self, parts: list[torch.Tensor]) -> None:
+        self.parts = parts
+
+    def iter_batches(self, b: int):
+        yield from torch.cat(self.parts).split(b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the activation store
+# ---------------------------------------------------------------------------------------------
+def test_store_roundtrip_and_rebatching(tmp_path):
+    A = torch.rand(2, 5, 5, 7)
+    B = torch.rand(13, 7)
+    s = ActivationStore(tmp_path / "st")
+    s.append(A)
+    s.append(B)
+    assert len(s) == 63 and s.n_channels == 7 and len(s.shards) == 2
+    full = torch.cat([A.reshape(-1, 7), B])
+    again = ActivationStore(tmp_path / "st")  # reopened from the index
+    batches = list(again.iter_batches(20))
+    assert [b.shape[0] for b in batches] == [20, 20, 20, 3]
+    assert torch.equal(torch.cat(batches), full) and torch.equal(again.read_all(), full)
+    meta = json.loads((tmp_path / "st" / "index.json").read_text())
+    assert [e["rows"] for e in meta["shards"]] == [50, 13]
+    with pytest.raises(ActivationError, match="channels"):
+        again.append(torch.rand(3, 8))
+
+
+def test_store_interrupted_shard_write_is_never_read(tmp_path, monkeypatch):
+    s = ActivationStore(tmp_path)
+    A = torch.rand(10, 4)
+    s.append(A)
+    import conceptlens.store as store_mod
+
+    real_replace = os.replace
+
+    def crash_on_index(src, dst):  # the shard lands, then the process "dies" before the index
+        if str(dst).endswith("index.json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "replace", crash_on_index)
+    with pytest.raises(KeyboardInterrupt):
+        s.append(torch.rand(5, 4))
+    monkeypatch.setattr(store_mod.os, "replace", real_replace)
+    # A half-written file under the next shard's name (e.g. a torn copy) must not be read either.
+    (tmp_path / "shard-000002.safetensors").write_bytes(b"\x00garbage")
+    re = ActivationStore(tmp_path)
+    assert len(re) == 10 and torch.equal(re.read_all(), A)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # temporaries cleaned up
+    re.append(torch.ones(2, 4))  # the store stays usable: the orphan shard is overwritten
+    assert len(ActivationStore(tmp_path)) == 12
+
+
+def test_store_interrupted_during_shard_bytes(tmp_path, monkeypatch):
+    s = ActivationStore(tmp_path)
+    s.append(torch.rand(3, 4))
+    import conceptlens.store as store_mod
+
+    def boom(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        s.append(torch.rand(5, 4))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["index.json", "shard-000000.safetensors"]
+    assert len(ActivationStore(tmp_path)) == 3
+
+
+def test_minibatch_nmf_on_store_equals_in_memory(tmp_path):
+    A = relu_data(600, 32, seed=3)
+    s = ActivationStore(tmp_path)
+    for part in A.split(250):  # shards of 250, batches of 128: batches straddle shards
+        s.append(part)
+    a = NMF(6, batch_size=128, seed=1, max_iter=8).fit(A)
+    b = NMF(6, batch_size=128, seed=1, max_iter=8).fit(s)
+    assert torch.equal(a.components_, b.components_)
+    assert a.history_ == b.history_
+    with pytest.raises(ParameterError, match="in memory"):
+        NMF(6, batch_size=128).fit_encode(s)
+
+
+class _FakeSplit:
+    """g(x) = relu(x) channels-last, like a ModelSplit at a spatial layer."""
+
+    def g(self, x: torch.Tensor, progress: bool | None = None) -> torch.Tensor:
+        return x.clamp_min(0).permute(0, 2, 3, 1)
+
+
+def test_store_from_split_streams_batches(tmp_path):
+    x = torch.randn(7, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    s = ActivationStore.from_split(_FakeSplit(), x, tmp_path / "a", batch_size=3, progress=False)
+    assert len(s.shards) == 3 and len(s) == 7 * 16 and s.n_channels == 3
+    assert torch.equal(s.read_all(), _FakeSplit().g(x).reshape(-1, 3))
+    it = ((xb, 0) for xb in x.split(2))  # a lazy iterable of (images, labels), like a DataLoader
+    s2 = ActivationStore.from_split(_FakeSplit(), it, tmp_path / "b", progress=False)
+    assert torch.equal(s2.read_all(), s.read_all())
+
+
+# ---------------------------------------------------------------------------------------------
+# data-parallel (torch.distributed, gloo)
+# ---------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world: int, port: int, A: torch.Tensor, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        shard = A.chunk(world)[rank]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = NMF(5, batch_size=100, distributed=True, seed=0).fit(shard)
+        torch.save({"W": m.components_, "err": m.reconstruction_err_}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_gloo_equals_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    A = relu_data(800, 40, seed=5)
+    mp.spawn(_worker, args=(2, _free_port(), A, str(tmp_path)), nprocs=2, join=True)
+    ref = NMF(5, batch_size=100, seed=0).fit(A)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert torch.equal(r0["W"], r1["W"])  # identical bank on every rank
+    W0, Wref = r0["W"], ref.components_
+    rel = float(torch.linalg.vector_norm(W0 - Wref) / torch.linalg.vector_norm(Wref))
+    assert rel < 1e-5
+    assert abs(r0["err"] - ref.reconstruction_err_) < 1e-5 * ref.reconstruction_err_
