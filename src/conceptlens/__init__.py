@@ -21,8 +21,13 @@ from .split import ModelSplit
 def __getattr__(name: str):  # lazy: matplotlib / jinja2 / the synthetic world load only when used
     import importlib
 
-    if name in ("report", "synthetic", "cli", "bench"):
+    if name in ("report", "synthetic", "cli", "bench", "store", "masks", "baselines", "groundtruth",
+                "attribution", "recursive"):
         return importlib.import_module(f".{name}", __name__)
+    if name == "MaskExplainer":
+        return importlib.import_module(".masks", __name__).MaskExplainer
+    if name == "compare":  # the function; the module is conceptlens.compare
+        return importlib.import_module(".compare", __name__).compare
     raise AttributeError(f"module 'conceptlens' has no attribute {name!r}")
 
 
