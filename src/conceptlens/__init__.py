@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 from . import data, decompose, importance, metrics, models
 from .errors import ConceptLensError, NotFittedError
 from .explainer import ConceptExplainer, LocalExplanation
+from .compare import compare  # noqa: E402,I001 - the function, not the module
 from .split import ModelSplit
 
 
@@ -26,8 +27,6 @@ def __getattr__(name: str):  # lazy: matplotlib / jinja2 / the synthetic world l
         return importlib.import_module(f".{name}", __name__)
     if name == "MaskExplainer":
         return importlib.import_module(".masks", __name__).MaskExplainer
-    if name == "compare":  # the function; the module is conceptlens.compare
-        return importlib.import_module(".compare", __name__).compare
     raise AttributeError(f"module 'conceptlens' has no attribute {name!r}")
 
 

@@ -271,6 +271,53 @@ def bench(
         raise
 
 
+@app.command()
+def compare(
+    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
+    out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output folder."),
+    model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
+    weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
+    layer: str = typer.Option("auto", help="Layer name, or 'auto'."),
+    target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
+    methods: str = typer.Option("ice,pca,kmeans,craft,face",
+                                help="Comma-separated methods: ice (= nmf), nmf, pca, kmeans, craft, face, "
+                                     "masks."),
+    n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts of every method."),
+    crop: int = typer.Option(0, help="Use crops of this many pixels of the images (0: whole images)."),
+    stability: bool = typer.Option(False, "--stability", help="Also measure stability (5 refits each)."),
+    seed: int = typer.Option(0, help="Random seed."),
+) -> None:
+    """Run every method on one class side by side: OUT/compare.csv, OUT/index.html, OUT/<method>/."""
+    import conceptlens as cl
+    from conceptlens.compare import compare as run_compare
+    from conceptlens.compare import reading, write_report
+
+    t0 = time.time()
+    try:
+        m = cl.models.load(model, weights=weights)
+        x, names = _images(images, m.preset, crop)
+        split = cl.ModelSplit(m, layer)
+        A = split.g(x)
+        res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
+                          stability=stability)
+        path = write_report(res, x, out, names=names, A=A)
+    except cl.ConceptLensError as exc:
+        _fail(exc)
+        return
+    cols = ["fid_c", "fid_r", "accuracy", "c_insertion", "c_deletion", "c_mu_fidelity", "c_gini", "sparsity",
+            "seconds"]
+    typer.echo(f"{'method':<8}" + "".join(f"{c:>14}" for c in cols))
+    for r in res.rows:
+        if r["error"]:
+            typer.echo(f"{r['method']:<8}  failed: {r['error']}")
+        else:
+            typer.echo(f"{r['method']:<8}" + "".join(f"{r[c]:>14.4f}" for c in cols))
+    for s in reading(res):
+        typer.echo(s)
+    typer.echo(f"table: {(out / 'compare.csv').resolve()}")
+    typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
+
+
 def main() -> None:
     """Entry point of the ``conceptlens`` console script."""
     app(prog_name="conceptlens")
