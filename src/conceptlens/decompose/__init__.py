@@ -7,9 +7,10 @@ notation and the protocol every method follows.
 
 from .base import Decomposition, available, get, register
 from .craft import CRAFT
+from .eddp import EDDP
 from .face import FACE
 from .kmeans import KMeans
 from .nmf import NMF
 from .pca import PCA
 
-__all__ = ["Decomposition", "register", "get", "available", "NMF", "PCA", "KMeans", "FACE", "CRAFT"]
+__all__ = ["Decomposition", "register", "get", "available", "NMF", "PCA", "KMeans", "FACE", "CRAFT", "EDDP"]
