@@ -1,0 +1,323 @@
+"""Minimal masks by activation matching, the occlusion / Grad-CAM baselines and the pixel metrics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import conceptlens as cl
+from conceptlens.baselines import grad_cam, occlusion
+from conceptlens.errors import ConceptLensError, LayerError, NotFittedError, ParameterError, TargetError
+from conceptlens.masks import (
+    MaskExplainer,
+    activation_sites,
+    background_robustness,
+    binarize_at,
+    compare_at_equal_area,
+    default_layers,
+    kept_fraction,
+    pixel_deletion_auc,
+    pixel_insertion_auc,
+    top1_kept,
+)
+from conftest import TinyNet
+
+FAST = dict(steps=30, size=8)
+
+
+# ----------------------------------------------------------------------------------------- sanity models
+class RegionFraction(nn.Module):
+    """Two classes; p(class 0) = fraction of non-zero pixels inside a fixed box (the whole image if None)."""
+
+    def __init__(self, box: tuple[int, int, int, int] | None = None) -> None:
+        super().__init__()
+        self.box = box
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        nz = (x.abs().sum(1) > 0).float()
+        if self.box is not None:
+            r0, r1, c0, c1 = self.box
+            nz = nz[:, r0:r1, c0:c1]
+        f = nz.mean((1, 2)).clamp(1e-6, 1 - 1e-6)
+        return torch.stack([f.log(), (1 - f).log()], 1) + 0 * self.dummy
+
+
+class QuadrantNet(nn.Module):
+    """Looks only at the top-left quadrant: logit 0 = mean of that quadrant, logit 1 = 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        q = x[:, :, :h, :w].mean((1, 2, 3)) * 4
+        return torch.stack([q, torch.zeros_like(q)], 1) + 0 * self.dummy
+
+
+class ObjectVsNoise(nn.Module):
+    """Class 0 = a bright object in the top-left quadrant; class 1 = "high-frequency noise".
+
+    ``logit 0 = 4 · mean_TL ReLU(x − 1)`` (the object is at 1.4–1.6, noise backgrounds rarely exceed 1);
+    ``logit 1 = mean |x[..., 1:] − x[..., :-1]| + 0.2`` (horizontal differences: ≈ 1.13 for N(0, 1) noise,
+    ≈ 1/3 for U[0, 1) noise, ≈ 0 on the smooth object and the grey background). Keeping a fraction ``q``
+    of the quadrant keeps class 0 on the grey background for q ≳ 0.15, but needs q ≳ 0.26 under uniform
+    noise and q ≳ 0.58 under Gaussian noise.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        obj = 4 * self.act(x[:, :, :h, :w] - 1).mean((1, 2, 3))
+        hf = (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))
+        return torch.stack([obj, hf + 0.2], 1)
+
+
+def object_images(n: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(5)
+    x = (torch.rand(n, 3, 16, 16, generator=gen) - 0.5) * 0.1
+    x[:, :, :8, :8] = 1.4 + 0.2 * torch.rand(n, 3, 8, 8, generator=gen)
+    return x
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(request: pytest.FixtureRequest):
+    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine (several times faster there)
+    n = torch.get_num_threads()
+    if request.node.get_closest_marker("slow") is None:
+        torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def positive_images() -> torch.Tensor:
+    return torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) + 0.5
+
+
+# ----------------------------------------------------------------------------------------- the explainer
+def test_masks_are_exactly_binary_and_numbers_consistent(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:6]
+    r = MaskExplainer(tiny, **FAST).explain(x)
+    assert r.masks.shape == (6, 1, 16, 16)
+    assert set(torch.unique(r.masks).tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(r.kept_fraction, r.masks.mean((1, 2, 3)))
+    with torch.no_grad():
+        y0 = tiny(x).argmax(1)
+        p = F.softmax(tiny(r.masks * x), 1)
+    assert torch.equal(r.target, y0)
+    assert torch.equal(r.same_top1, p.argmax(1) == y0)
+    torch.testing.assert_close(r.confidence, p.gather(1, y0[:, None])[:, 0])
+    assert torch.equal(top1_kept(tiny, x, r.masks), r.same_top1)
+    assert len(r.history) == FAST["steps"]
+    assert {"act", "ce", "kl", "area", "bin", "tv", "abductive", "kept", "top1"} <= set(r.history[0])
+
+
+def test_area_prior_lowers_the_kept_fraction(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    with_area = MaskExplainer(tiny, **FAST).explain(tiny_images)
+    without = MaskExplainer(tiny, **FAST, area=0.0).explain(tiny_images)
+    assert with_area.kept_fraction.mean() < without.kept_fraction.mean() - 0.2
+    assert with_area.same_top1.float().mean() >= 0.9
+
+
+def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
+    # ObjectVsNoise: on grey a small part of the object suffices, under noise most of it is needed. With a
+    # bounded area pressure (area_end=2) and selection on the grey background alone, only the abductive term
+    # can make the masks survive noise backgrounds
+    model = ObjectVsNoise().eval()
+    x = object_images(8)
+    assert bool((model(x).argmax(1) == 0).all())
+    kw = dict(size=8, steps=60, layers=["act"], area_end=2.0, select="zero")
+    with_abd = MaskExplainer(model, **kw).explain(x)
+    without = MaskExplainer(model, **kw, abductive=0.0).explain(x)
+    assert bool(with_abd.same_top1.all()) and bool(without.same_top1.all())
+    rob_with = background_robustness(model, x, with_abd.masks, draws=8, seed=3)
+    rob_without = background_robustness(model, x, without.masks, draws=8, seed=3)
+    for kind in ("gaussian", "uniform"):
+        assert float(rob_with[kind].mean()) >= 0.9
+        assert float(rob_with[kind].mean()) > float(rob_without[kind].mean()) + 0.1
+    assert with_abd.kept_fraction.mean() > without.kept_fraction.mean()
+
+
+def test_select_all_checks_the_noise_backgrounds() -> None:
+    model = ObjectVsNoise().eval()
+    x = object_images(8)
+    kw = dict(size=8, steps=60, layers=["act"], abductive=0.0)
+    zero = MaskExplainer(model, **kw, select="zero").explain(x)
+    every = MaskExplainer(model, **kw, select="all").explain(x)
+    # same trajectory, stricter choice: never a smaller mask, and more robust to noise
+    assert bool((every.kept_fraction >= zero.kept_fraction).all())
+    rz = background_robustness(model, x, zero.masks, draws=8, seed=3)
+    ra = background_robustness(model, x, every.masks, draws=8, seed=3)
+    assert float(ra["gaussian"].mean()) > float(rz["gaussian"].mean())
+
+
+def test_same_seed_same_masks_other_seed_other_masks(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:4]
+    a = MaskExplainer(tiny, seed=3, **FAST).explain(x)
+    b = MaskExplainer(tiny, seed=3, **FAST).explain(x)
+    c = MaskExplainer(tiny, seed=4, **FAST).explain(x)
+    assert torch.equal(a.masks, b.masks) and a.history == b.history
+    assert not torch.equal(a.masks, c.masks)
+
+
+def test_an_image_does_not_depend_on_its_batch(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    # every image has its own U-Net with the same seeded start; the noise draw is shared by the batch
+    ex = MaskExplainer(tiny, **FAST)
+    both = ex.explain(tiny_images[:3])
+    alone = ex.explain(tiny_images[1:2])
+    assert (both.masks[1] != alone.masks[0]).float().mean() < 0.02
+
+
+def test_explicit_target_and_errors(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:2]
+    r = MaskExplainer(tiny, **dict(FAST, steps=5)).explain(x, target="class 2")
+    assert r.target.tolist() == [2, 2]
+    with pytest.raises(TargetError, match="out of range"):
+        MaskExplainer(tiny, steps=2).explain(x, target=9)
+    with pytest.raises(TargetError, match="did you mean"):
+        MaskExplainer(tiny, steps=2).explain(x, target="clas 1")
+    with pytest.raises(TargetError, match="2 images"):
+        MaskExplainer(tiny, steps=2).explain(x, target=[0, 1, 2])
+    with pytest.raises(ParameterError, match="valid names"):
+        MaskExplainer(tiny, aera=5.0)
+    with pytest.raises(ParameterError, match="steps"):
+        MaskExplainer(tiny, steps=0)
+    with pytest.raises(LayerError, match="nearest"):
+        MaskExplainer(tiny, layers=["featurs.1"], steps=2).explain(x)
+    with pytest.raises(ConceptLensError, match=r"\[N,3,H,W\]"):
+        MaskExplainer(tiny, steps=2).explain(x[0])
+    with pytest.raises(NotFittedError, match="fit_amortised"):
+        MaskExplainer(tiny, steps=2).explain(x, amortised=True)
+
+
+def test_automatic_layers_are_the_last_activation_of_each_resolution(tiny: TinyNet) -> None:
+    sites = activation_sites(tiny, torch.zeros(1, 3, 16, 16))
+    layers = default_layers(sites)
+    assert list(layers) == ["features.1", "features.3"]
+    assert layers["features.3"] > layers["features.1"] and sum(layers.values()) == pytest.approx(1.0)
+
+
+def test_automatic_layers_on_resnet18_are_the_stage_outputs() -> None:
+    tv = pytest.importorskip("torchvision")
+    model = tv.models.resnet18(num_classes=10).eval()  # random weights: only the structure matters
+    layers = default_layers(activation_sites(model, torch.zeros(1, 3, 64, 64)))
+    stages = ["relu", "layer1.1.relu@1", "layer2.1.relu@1", "layer3.1.relu@1", "layer4.1.relu@1"]
+    assert list(layers) == stages
+    # the authors' weights 1, 2, 2, 4, 8 (normalised)
+    assert [round(v * 17, 6) for v in layers.values()] == [1, 2, 2, 4, 8]
+    # a multi-call module needs its call index
+    ex = MaskExplainer(model, layers=["layer1.1.relu"], steps=1, size=4)
+    with pytest.raises(LayerError, match="runs 2 times"):
+        ex.explain(torch.zeros(1, 3, 64, 64))
+
+
+def test_amortised_mode_gives_one_pass_binary_masks(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    ex = MaskExplainer(tiny, **FAST).fit_amortised(tiny_images[:8], steps=20, batch_size=4)
+    r = ex.explain(tiny_images[8:], amortised=True)
+    assert r.masks.shape == (4, 1, 16, 16)
+    assert set(torch.unique(r.masks).tolist()) <= {0.0, 1.0}
+    assert torch.equal(ex.masks_amortised(tiny_images[8:]), r.masks)
+    assert len(ex.history_amortised_) == 20
+    with pytest.raises(ParameterError, match="top-1"):
+        wrong = (r.target + 1) % 4
+        ex.explain(tiny_images[8:], target=wrong, amortised=True)
+
+
+# ----------------------------------------------------------------------------------------- baselines
+def test_occlusion_highlights_the_only_quadrant_the_model_sees(positive_images: torch.Tensor) -> None:
+    sal = occlusion(QuadrantNet(), positive_images, target=0, patch=4, stride=4)
+    assert sal.shape == (3, 1, 16, 16)
+    assert bool((sal[:, :, :8, :8] > 0).all())
+    assert bool((sal[:, :, 8:, :] == 0).all()) and bool((sal[:, :, :, 8:] == 0).all())
+    # overlapping squares: outside pixels covered only by squares that miss the quadrant stay exactly 0
+    sal2 = occlusion(QuadrantNet(), positive_images, target=0, patch=4, stride=2, batch_size=7)
+    assert bool((sal2[:, :, 10:, :] == 0).all()) and bool((sal2[:, :, :6, :6] > 0).all())
+
+
+def test_grad_cam_of_a_gap_linear_model_is_the_cam(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:5]
+    target = torch.tensor([0, 1, 2, 3, 1])
+    got = grad_cam(tiny, x, target, layer="features", batch_size=2)
+    with torch.no_grad():
+        A = tiny.features(x)  # [N,C,h,w]
+        w = tiny.fc.weight[target]  # [N,C]
+        cam = F.relu(torch.einsum("nchw,nc->nhw", A, w))[:, None]
+        cam = F.interpolate(cam, size=(16, 16), mode="bilinear", align_corners=False)
+        peak = cam.amax((1, 2, 3), keepdim=True)
+        cam = torch.where(peak > 0, cam / peak, cam)
+    torch.testing.assert_close(got, cam, atol=1e-5, rtol=1e-4)
+    assert all(p.grad is None for p in tiny.parameters())
+
+
+# ----------------------------------------------------------------------------------------- metrics
+def test_deletion_and_insertion_on_a_model_that_counts_salient_pixels(positive_images: torch.Tensor) -> None:
+    model = RegionFraction(box=(4, 6, 10, 12))  # 4 of 256 pixels decide
+    good = torch.zeros(3, 1, 16, 16)
+    good[:, :, 4:6, 10:12] = 1
+    dele = pixel_deletion_auc(model, positive_images, good, 0, steps=32)
+    ins = pixel_insertion_auc(model, positive_images, good, 0, steps=32)
+    assert bool((dele < 0.02).all()) and bool((ins > 0.98).all())
+    # the reverse order is the worst possible
+    assert bool((pixel_deletion_auc(model, positive_images, -good, 0, steps=32) > 0.98).all())
+    assert bool((pixel_insertion_auc(model, positive_images, -good, 0, steps=32) < 0.02).all())
+
+
+def test_deletion_and_insertion_of_a_linear_model_are_one_half(positive_images: torch.Tensor) -> None:
+    # p = fraction of non-zero pixels: the curves are straight lines whatever the order, AUC = 1/2 exactly
+    sal = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    model = RegionFraction()
+    dele, curve = pixel_deletion_auc(model, positive_images, sal, 0, steps=32, return_curve=True)
+    torch.testing.assert_close(curve[0], torch.linspace(1, 0, 33), atol=1e-5, rtol=0)
+    torch.testing.assert_close(dele, torch.full((3,), 0.5), atol=1e-5, rtol=0)
+    ins = pixel_insertion_auc(model, positive_images, sal, 0, steps=32)
+    torch.testing.assert_close(ins, torch.full((3,), 0.5), atol=1e-5, rtol=0)
+
+
+def test_binarize_at_keeps_exactly_the_requested_pixels() -> None:
+    sal = torch.rand(4, 1, 10, 10, generator=torch.Generator().manual_seed(0))
+    b = binarize_at(sal, torch.tensor([0.0, 0.1, 0.25, 1.0]))
+    assert b.sum((1, 2, 3)).tolist() == [0, 10, 25, 100]
+    thr = sal.reshape(4, -1).sort(1, descending=True).values[1, 9]
+    assert torch.equal(b[1, 0] > 0, sal[1, 0] >= thr)
+    with pytest.raises(ParameterError):
+        binarize_at(sal, 1.5)
+
+
+def test_compare_at_equal_area_uses_one_area_everywhere(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:4]
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[:, :, 2:10, 3:9] = 1
+    occ = occlusion(tiny, x, patch=4, stride=2)
+    rows = compare_at_equal_area(tiny, x, None, masks, {"occlusion": occ}, steps=8)
+    assert [r["method"] for r in rows] == ["mask", "occlusion", "random"]
+    for r in rows:
+        assert r["kept_fraction"] == pytest.approx(48 / 256)
+        assert 0 <= r["top1_kept"] <= 1 and 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
+    # occlusion's own top pixels are the most damaging ones to delete: no worse than random
+    by = {r["method"]: r for r in rows}
+    assert by["occlusion"]["deletion_auc"] <= by["random"]["deletion_auc"] + 1e-6
+    assert kept_fraction(masks).tolist() == [48 / 256] * 4
+
+
+# ----------------------------------------------------------------------------------------- the real model
+@pytest.mark.slow
+def test_real_model_masks_are_small_and_keep_the_class(lite0: nn.Module) -> None:
+    x = cl.data.sample_images(lite0.preset)[1:2]  # espresso, a confident prediction
+    ex = MaskExplainer(lite0, steps=40)
+    r = ex.explain(x)
+    assert list(ex.layers_ or {}) == ["_blocks.1._swish@0", "_blocks.3._swish@0", "_blocks.5._swish@0",
+                                      "_blocks.11._swish@0", "_swish@1"]
+    assert set(torch.unique(r.masks).tolist()) <= {0.0, 1.0}
+    assert bool(r.same_top1.all())
+    assert float(r.kept_fraction.max()) < 0.5
+    # the mask keeps more confidence than random pixels cut at the same area
+    rows = compare_at_equal_area(lite0, x, r.target, r.masks, {}, steps=4)
+    by = {row["method"]: row for row in rows}
+    assert by["mask"]["confidence"] > by["random"]["confidence"]
