@@ -227,6 +227,7 @@ def test_global_rng_untouched(world: ConceptWorld) -> None:
         ({"max_distractors": 9}, "max_distractors"),
         ({"noise": -0.1}, "noise"),
         ({"scale": (0.2, 0.1)}, "scale"),
+        ({"scale": (0.1,)}, "scale"),
     ],
 )
 def test_bad_parameters_raise(kwargs: dict, words: str) -> None:
@@ -289,9 +290,10 @@ def test_model_structure_and_attributes(tiny_training) -> None:
 
 
 def test_model_cache_written_once_then_loaded(tiny_training, monkeypatch: pytest.MonkeyPatch) -> None:
-    state = torch.get_rng_state()
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     m1 = syn.trained_model(seed=3, progress=False)
     assert torch.equal(state, torch.get_rng_state())  # training leaves the global RNG alone
+    assert torch.get_num_threads() == threads  # and the thread count
     files = list(tiny_training.glob("*.safetensors"))
     assert len(files) == 1 and not list(tiny_training.glob(".tmp-*"))
 

@@ -345,7 +345,10 @@ class ConceptWorld:
             raise ParameterError(f"distractor_prob must be in [0, 1], got {distractor_prob!r}")
         if not float(noise) >= 0.0:
             raise ParameterError(f"noise must be >= 0, got {noise!r}")
-        lo, hi = (float(v) for v in scale)
+        try:
+            lo, hi = (float(v) for v in scale)
+        except (TypeError, ValueError):
+            raise ParameterError(f"scale must be a pair of floats (min, max), got {scale!r}") from None
         if not 0.0 < lo <= hi <= 0.5 / grid * 1.5:
             raise ParameterError(
                 f"scale must satisfy 0 < min <= max <= {0.75 / grid:.3f} (0.75 / grid, objects would "
@@ -599,6 +602,7 @@ TRAINING: dict[str, Any] = {
     "weight_decay": 1e-4,
     "pct_start": 0.2,
     "eval_size": 2000,
+    "threads": 2,
 }
 _FORMAT = 1  # bump when the cache file layout changes
 
@@ -676,9 +680,26 @@ def _train(
     world: ConceptWorld, seed: int, progress: bool
 ) -> tuple[ConceptCNN, dict[str, float]]:
     """Train a fresh :class:`ConceptCNN` on ``world``; returns it (eval mode) and training facts."""
+    t0 = time.perf_counter()
+    # the thread count changes the order of floating-point reductions, hence the weights: pin it so
+    # that one configuration (and its cache key) means one set of weights on every machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(TRAINING["threads"]))
+    try:
+        model = _fit(world, seed, progress)
+        held_out = torch.Generator().manual_seed(seed + 1_000_003)  # a stream never used for training
+        x, y, _, _ = world._draw(int(TRAINING["eval_size"]), held_out, with_masks=False)
+        with torch.no_grad():
+            acc = float(torch.cat([model(xb).argmax(1) for xb in x.split(500)]).eq(y).float().mean())
+    finally:
+        torch.set_num_threads(threads)
+    return model, {"heldout_accuracy": acc, "train_seconds": time.perf_counter() - t0}
+
+
+def _fit(world: ConceptWorld, seed: int, progress: bool) -> ConceptCNN:
+    """The training loop: AdamW + one-cycle schedule, a fresh batch of the world at every step."""
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
     # the global RNG only seeds the initial weights; fork it so the caller's RNG state is untouched
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -701,13 +722,7 @@ def _train(
         sched.step()
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
-    model.to(memory_format=torch.contiguous_format).eval()
-    # held-out images come from a stream of their own, never used for training
-    held_out = torch.Generator().manual_seed(seed + 1_000_003)
-    x, y, _, _ = world._draw(int(TRAINING["eval_size"]), held_out, with_masks=False)
-    with torch.no_grad():
-        acc = float(torch.cat([model(xb).argmax(1) for xb in x.split(500)]).eq(y).float().mean())
-    return model, {"heldout_accuracy": acc, "train_seconds": time.perf_counter() - t0}
+    return model.to(memory_format=torch.contiguous_format).eval()
 
 
 def _save_atomic(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:
@@ -747,14 +762,16 @@ def trained_model(
     progress: bool | None = None,
     world: ConceptWorld | None = None,
 ) -> ConceptCNN:
-    """The small CNN trained on the concept world, from the cache or trained now (about a minute).
+    """The small CNN trained on the concept world, from the cache or trained now (1-2 minutes).
 
     Training draws fresh images from ``world`` at every step (a ``torch.Generator`` seeded with
     ``seed``) and initialises the weights under ``torch.manual_seed(seed)`` inside a forked RNG, so
-    the caller's global RNG is untouched. The weights are cached as safetensors under a name keyed
-    by a hash of the configuration (architecture, world parameters, seed, training parameters) and
-    written atomically; later calls load them (safetensors only: no pickle, no code execution).
-    A cached file that is unreadable or was made with another configuration is retrained over.
+    the caller's global RNG is untouched. It runs on ``TRAINING["threads"]`` (2) torch threads,
+    restored afterwards, because the weights depend on the thread count. The weights are cached as
+    safetensors under a name keyed by a hash of the configuration (architecture, world parameters,
+    seed, training parameters) and written atomically; later calls load them (safetensors only: no
+    pickle, no code execution). A cached file that is unreadable or was made with another
+    configuration is trained again and overwritten, with a warning.
 
     Parameters
     ----------
