@@ -100,8 +100,11 @@ def _bench_nmf(quick: bool, out: Path) -> dict[str, Any]:
 
 
 def _bench_groundtruth(quick: bool, out: Path) -> dict[str, Any]:
-    from . import groundtruth
-
+    try:
+        from . import groundtruth
+    except ImportError:  # the leaderboard module has not landed yet
+        print("bench groundtruth: the ground-truth leaderboard is not part of this version yet; skipped")
+        return {"skipped": "groundtruth leaderboard not available"}
     return groundtruth.run(quick=quick, out=out)
 
 
