@@ -128,12 +128,12 @@ def test_area_prior_lowers_the_kept_fraction(tiny: TinyNet, tiny_images: torch.T
 
 def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     # ObjectVsNoise: on grey a small part of the object suffices, under noise most of it is needed. With a
-    # bounded area pressure (area_end=2) and selection on the grey background alone, only the abductive term
-    # can make the masks survive noise backgrounds
+    # bounded area pressure (at most 2 λ_area) and selection on the grey background alone, only the
+    # abductive term can make the masks survive noise backgrounds
     model = ObjectVsNoise().eval()
     x = object_images(8)
     assert bool((model(x).argmax(1) == 0).all())
-    kw = dict(size=8, steps=60, layers=["act"], area_end=2.0, select="zero")
+    kw = dict(size=8, steps=60, layers=["act"], area_end=2.0, area_pause=False, select="zero")
     with_abd = MaskExplainer(model, **kw).explain(x)
     without = MaskExplainer(model, **kw, abductive=0.0).explain(x)
     assert bool(with_abd.same_top1.all()) and bool(without.same_top1.all())
@@ -168,11 +168,13 @@ def test_same_seed_same_masks_other_seed_other_masks(tiny: TinyNet, tiny_images:
 
 
 def test_an_image_does_not_depend_on_its_batch(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
-    # every image has its own U-Net with the same seeded start; the noise draw is shared by the batch
-    ex = MaskExplainer(tiny, **FAST)
-    both = ex.explain(tiny_images[:3])
-    alone = ex.explain(tiny_images[1:2])
+    # every image has its own U-Net with the same seeded start, and every batch replays the same noise draws
+    both = MaskExplainer(tiny, **FAST).explain(tiny_images[:5])
+    alone = MaskExplainer(tiny, **FAST).explain(tiny_images[1:2])
+    split = MaskExplainer(tiny, **FAST, batch_size=2).explain(tiny_images[:5])
     assert (both.masks[1] != alone.masks[0]).float().mean() < 0.02
+    assert (both.masks != split.masks).float().mean() < 0.02
+    assert len(split.history) == FAST["steps"] and split.step.shape == (5,)
 
 
 def test_explicit_target_and_errors(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
