@@ -155,6 +155,19 @@ def test_state_roundtrip() -> None:
     assert torch.equal(remove_concepts(A, e, [1]), remove_concepts(A, d, [1]))
 
 
+def test_state_tensors_can_be_written_by_safetensors() -> None:
+    """``components_`` aliases the signals: saving both names would be refused as shared memory."""
+    from safetensors.torch import load, save
+
+    d, A = _small()
+    tensors = load(save({k: v.contiguous() for k, v in d.state_tensors().items()}))
+    assert "components_" not in tensors
+    e = EDDP(**d.get_params())
+    e.load_state_tensors(tensors)
+    assert e.components_ is e.encoding_directions_
+    assert torch.equal(e.components_, d.components_) and torch.equal(e.encode(A), d.encode(A))
+
+
 def test_bad_inputs_raise_library_errors() -> None:
     X = torch.rand(50, C)
     with pytest.raises(ParameterError, match="signal"):

@@ -335,3 +335,77 @@ def test_report_errors(fitted: cl.ConceptExplainer, images: torch.Tensor, tmp_pa
     with pytest.raises(NotFittedError, match="fit"):
         cl.report.write(unfitted, images, tmp_path)
     assert not (tmp_path / "index.html").exists()
+
+
+# ---------------------------------------------------------------------------------------------- concept edits
+@pytest.fixture(scope="module")
+def eddp_report(images: torch.Tensor, tmp_path_factory: pytest.TempPathFactory
+                ) -> tuple[cl.ConceptExplainer, Path]:
+    ex = cl.ConceptExplainer(cl.ModelSplit(TinyNet()), method="eddp", n_concepts=3, progress=False,
+                             method_params={"max_iter": 20, "polish_iter": 5}).fit(images, target=1)
+    out = tmp_path_factory.mktemp("eddp_report")
+    return ex, cl.report.write(ex, images, out, names=NAMES, n_local=3, progress=False)
+
+
+def _edit_rows(html: str) -> list[tuple[int, int, str]]:
+    """(rank, concept, mean Δ text) of each row of the concept-edits table."""
+    table = re.search(r'<table class="edits">(.*?)</table>', html, re.S)
+    assert table, "no concept-edits table"
+    return [(int(r), int(j), v) for r, j, v in re.findall(
+        r'<tr><td class="num">(\d+)</td><td class="name"><a href="#concept-(\d+)">concept \d+</a></td>'
+        r'<td class="num">[^<]*</td><td class="num(?: neg)?">([^<]*)</td>', table.group(1))]
+
+
+def test_report_concept_edits_section_for_eddp(eddp_report: tuple[cl.ConceptExplainer, Path],
+                                               images: torch.Tensor) -> None:
+    ex, path = eddp_report
+    html = path.read_text("utf-8")
+    p = _parse(html)
+    assert "concept-edits" in p.ids and "#concept-edits" in p.hrefs  # a section with a contents entry
+    png = path.parent / "img" / "edits.png"
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 100
+    rows = _edit_rows(html)
+    k = ex.n_concepts
+    order = [int(j) for j in torch.argsort(-ex.importance_, stable=True)]
+    assert [r[0] for r in rows] == list(range(1, k + 1)) and [r[1] for r in rows] == order
+    for _, j, text in rows:  # the numbers are the explainer's own edit of each concept
+        mean = float(ex.edit(images, remove=[j]).delta_target.mean())
+        assert text == f"{mean:+.3g}".replace("-", "−")
+    # every link of the table points at a concept card, every prototype picture exists
+    section = html[html.index('id="concept-edits"'):]
+    for j in range(k):
+        assert f'href="#concept-{j}"' in section and f"concept-{j}" in p.ids
+        assert f'src="img/concept_{j:03d}.png"' in section
+        assert (path.parent / "img" / f"concept_{j:03d}.png").is_file()
+    # per-image columns for the n_local = 3 first images, names escaped; the class name too
+    assert "Δ chelsea" in section and "Δ &lt;b&gt;bold&lt;/b&gt;" in section and "Δ five" not in section
+    assert EVIL not in html and "&lt;script&gt;" in section
+
+
+def test_report_concept_edits_off_by_default_for_other_methods(fitted: cl.ConceptExplainer,
+                                                               images: torch.Tensor, tmp_path: Path) -> None:
+    path = cl.report.write(fitted, images[:3], tmp_path / "a", n_local=1, metrics={"fid_c": 1.0},
+                           progress=False)
+    assert 'id="concept-edits"' not in path.read_text("utf-8")
+    assert not (tmp_path / "a" / "img" / "edits.png").exists()
+    path = cl.report.write(fitted, images[:3], tmp_path / "b", n_local=1, metrics={"fid_c": 1.0},
+                           edit_sections=True, progress=False)
+    html = path.read_text("utf-8")
+    rows = _edit_rows(html)
+    assert sorted(r[1] for r in rows) == list(range(fitted.n_concepts))
+    assert "part of the reconstruction" in html and (tmp_path / "b" / "img" / "edits.png").is_file()
+
+
+def test_edit_figure_draws_bars_and_dots() -> None:
+    d = np.array([[-1.0, 0.5], [-3.0, 1.5]])
+    fig = figures.edit_figure(d, ["a", "b$"])
+    ax = fig.axes[0]
+    widths = [bar.get_width() for bar in ax.patches]
+    assert widths == pytest.approx([-2.0, 1.0])  # the means, top first
+    offsets = ax.collections[0].get_offsets()
+    assert sorted(np.asarray(offsets)[:, 0].tolist()) == sorted(d.reshape(-1).tolist())
+    with pytest.raises(ParameterError, match="labels"):
+        figures.edit_figure(d, ["a"])
+    with pytest.raises(ParameterError, match="k concepts"):
+        figures.edit_figure(np.ones(3), ["a", "b", "c"])

@@ -3,7 +3,9 @@
 Notation: ``x [N,3,H,W]``, ``A = g(x) [N,h,w,C]``, ``W [k,C]`` the concept bank, ``U [N,h,w,k]`` the
 coefficients, ``c`` the target class. A concept's *score* on an image is the spatial mean of its
 coefficient map; its *weight* is ``∂logit_c/∂score`` (ICE); its *contribution* is ``score × weight``.
-For a GAP + linear head ``Σ contributions + residual + bias = logit_c`` exactly.
+For a GAP + linear head ``Σ contributions + residual + bias = logit_c`` exactly. An *edit* removes or
+rescales concepts in ``A`` (``A'`` edited activations, ``h(A')`` counterfactual logits; see
+:meth:`ConceptExplainer.edit`).
 
 Saved explainers are one safetensors file: the tensors plus a JSON manifest in the header (schema,
 library versions, model name, layer, method, parameters, a SHA-256 of the tensors). Loading parses data
@@ -17,11 +19,12 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import decompose
@@ -43,7 +46,8 @@ from .importance.base import Context, Importance, concept_directions
 from .importance.linear import scores as spatial_scores
 from .split import ModelSplit
 
-__all__ = ["ConceptExplainer", "LocalExplanation", "resolve_target", "upsample_maps", "SCHEMA"]
+__all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
+           "upsample_maps", "SCHEMA"]
 
 SCHEMA = "conceptlens.explainer/1"
 
@@ -81,6 +85,90 @@ class LocalExplanation:
     logits: torch.Tensor
     maps: torch.Tensor
     target: int
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """The model's logits before and after a concept edit (a counterfactual: "without concept i, …").
+
+    Attributes
+    ----------
+    logits : torch.Tensor
+        ``[N, n_classes]`` logits ``h(A')`` of the edited activations.
+    original : torch.Tensor
+        ``[N, n_classes]`` logits ``h(A)`` of the unedited activations.
+    delta_target : torch.Tensor
+        ``[N]`` change of the target logit, ``logits[:, target] − original[:, target]`` (negative: the
+        edit lowers the class's score).
+    target : int
+        The explainer's target class.
+    removed : dict[int, float]
+        Concept → the fraction of its component taken away (``1`` removed, ``0.5`` halved, ``−1``
+        doubled); concepts left as they are do not appear.
+    """
+
+    logits: torch.Tensor
+    original: torch.Tensor
+    delta_target: torch.Tensor
+    target: int
+    removed: dict[int, float]
+
+    @property
+    def delta(self) -> torch.Tensor:
+        """``[N, n_classes]`` change of every logit."""
+        return self.logits - self.original
+
+    @property
+    def flipped(self) -> torch.Tensor:
+        """``[N]`` bool, True where the edit changes the model's top-1 class."""
+        return self.logits.argmax(1) != self.original.argmax(1)
+
+
+class ConceptEditHead(torch.nn.Module):
+    """A head that sees activations with concepts' parts taken out: ``h'(A) = h(A − Σ_i f_i U_i ⊗ D_i)``.
+
+    The counterpart of EDDP's edit for reconstruction methods (NMF, PCA, k-means, CRAFT, FACE): concept
+    ``i``'s share of the reconstruction, its code ``U[..., i] = encode(A)[..., i]`` times its direction
+    ``D_i`` (the row of the bank that ``decode`` adds per unit of code), is subtracted from the
+    activations, scaled by ``f_i``; the residual ``A − decode(U)`` is kept. Removing every concept of an
+    NMF therefore leaves exactly the residual. Nothing is clamped at 0: a clamp would break that
+    invariant, and the head of a post-ReLU layer is defined (if out of distribution) on negative inputs.
+    Rows where a concept's code is 0 are not changed by its removal.
+
+    Parameters
+    ----------
+    head : callable
+        ``h``: activations ``[B, ..., C]`` → logits ``[B, K]`` (e.g. ``split.h``).
+    decomposition : Decomposition
+        A fitted decomposition with an affine ``decode`` (kept by reference: its ``encode`` gives ``U``).
+    removed : dict[int, float]
+        Concept index → fraction ``f_i`` of its part to subtract (``1`` removes it, ``−1`` doubles it).
+    """
+
+    def __init__(self, head: Any, decomposition: Any, removed: dict[int, float]) -> None:
+        super().__init__()
+        if not callable(head):
+            raise ParameterError(f"head must be callable (activations → logits), got {type(head).__name__}")
+        self.head = head
+        self.decomposition = decomposition
+        D, _ = concept_directions(decomposition)
+        ids = sorted(removed)
+        self.register_buffer("index", torch.tensor(ids, dtype=torch.long, device=D.device))
+        self.register_buffer("directions", D[self.index].detach().clone())  # [r, C]
+        self.register_buffer("factors", torch.tensor([removed[i] for i in ids], dtype=D.dtype,
+                                                     device=D.device))  # [r]
+
+    def edit(self, A: torch.Tensor) -> torch.Tensor:
+        """The edited activations ``A' [..., C]`` of ``A [..., C]`` (same shape, dtype and device)."""
+        if self.index.numel() == 0:
+            return A
+        U = self.decomposition.encode(A)[..., self.index.to(A.device)]  # [..., r]
+        part = (U * self.factors.to(U.device, U.dtype)) @ self.directions.to(U.device, U.dtype)
+        return A - part.to(A.dtype)
+
+    def forward(self, A: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, K]`` of the edited activations."""
+        return self.head(self.edit(A))
 
 
 def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int:
@@ -438,6 +526,166 @@ class ConceptExplainer:
             m = torch.zeros(U.shape[0], U.shape[-1], 0, 0)
         return LocalExplanation(scores=s, weights=w, contributions=contrib, residual=residual, bias=bias,
                                 logits=logits, maps=m, target=self.target_)
+
+    # ------------------------------------------------------------------ edits
+    def _removed(
+        self, remove: int | Sequence[int] | None, scale: Mapping[int, float] | None
+    ) -> dict[int, float]:
+        """Validated ``{concept: fraction removed}`` of ``remove`` and ``scale`` (untouched ones left out)."""
+        k = int(self.concepts_.shape[0])
+
+        def index(i: Any) -> int:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < k:
+                raise ParameterError(
+                    f"concept index {i!r} is out of range: the explainer has {k} concepts, valid indices are "
+                    f"0–{k - 1} (ex.importance_.argsort(descending=True) lists them by importance)"
+                )
+            return int(i)
+
+        if remove is None:
+            remove = []
+        elif isinstance(remove, (torch.Tensor, np.ndarray)):
+            remove = remove.reshape(-1).tolist()
+        elif isinstance(remove, (int, np.integer)) and not isinstance(remove, bool):
+            remove = [int(remove)]
+        elif isinstance(remove, (str, bytes)) or not isinstance(remove, Sequence):
+            raise ParameterError(
+                f"remove must be a concept index or a list of them, got {type(remove).__name__}")
+        if scale is None:
+            scale = {}
+        elif not isinstance(scale, Mapping):
+            raise ParameterError(
+                f"scale must be a dict {{concept index: factor}}, got {type(scale).__name__}")
+        out: dict[int, float] = {}
+        for i in remove:
+            out[index(i)] = 1.0
+        for i, s in scale.items():
+            j = index(i)
+            if j in out:
+                raise ParameterError(f"concept {j} is both in remove and in scale; give it in one of them "
+                                     "(scale={j: 0} removes it)")
+            if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(float(s)):
+                raise ParameterError(f"scale for concept {j} must be a finite number (0 removes the concept, "
+                                     f"1 keeps it, 2 doubles it), got {s!r}")
+            out[j] = 1.0 - float(s)
+        # a factor of exactly 1 keeps the concept: leaving it out makes the no-op edit exactly the identity
+        return {i: f for i, f in sorted(out.items()) if f != 0.0}
+
+    def _edit_head(self, removed: dict[int, float]) -> torch.nn.Module:
+        from .decompose.eddp import EDDP, UnlearnedHead
+
+        d = self.decomposition_
+        if isinstance(d, EDDP):
+            # EDDP's own edit: its encoding directions weighted by the detectors (see remove_concepts)
+            return UnlearnedHead(self.split.h, d, [], removed)
+        return ConceptEditHead(self.split.h, d, removed)
+
+    def edit_activations(
+        self,
+        A: torch.Tensor,
+        remove: int | Sequence[int] | None = None,
+        scale: Mapping[int, float] | None = None,
+    ) -> torch.Tensor:
+        """Activations with concepts removed or rescaled (see :meth:`edit`).
+
+        Parameters
+        ----------
+        A
+            ``[N, h, w, C]`` activations ``g(x)``.
+        remove, scale
+            As in :meth:`edit`.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[N, h, w, C]`` edited activations ``A'``.
+        """
+        self._fitted("edit_activations")
+        removed = self._removed(remove, scale)
+        if not removed:
+            return A
+        with torch.no_grad():
+            return self._edit_head(removed).edit(A)  # type: ignore[operator]
+
+    def edit(
+        self,
+        x: torch.Tensor | None = None,
+        remove: int | Sequence[int] | None = None,
+        scale: Mapping[int, float] | None = None,
+        *,
+        A: torch.Tensor | None = None,
+    ) -> EditResult:
+        """Counterfactual logits: the model's output with concepts taken out of (or scaled in) the layer.
+
+        For ``method="eddp"`` concept ``i``'s *encoding direction* ``s_i`` is subtracted at every position
+        in proportion to its detector's response, ``A' = ReLU(A − Σ_i f_i σ(w_iᵀA − b_i) s_i)`` (the
+        paper's edit, :func:`conceptlens.decompose.eddp.remove_concepts`; the ReLU only for layers that
+        were ≥ 0 at fit). For every other method the natural counterpart: concept ``i``'s part of the
+        reconstruction is subtracted, ``A' = A − Σ_i f_i U[..., i] ⊗ D_i`` (``U = encode(A)``, ``D_i`` the
+        concept's direction, i.e. ``W[i]``), keeping the residual ``A − decode(U)``; no clamp (see
+        :class:`ConceptEditHead`). ``f_i = 1`` for the concepts in ``remove`` and ``1 − s`` for
+        ``scale={i: s}`` (``s = 0`` removes, ``s = 1`` keeps, ``s = 2`` doubles the concept).
+
+        Parameters
+        ----------
+        x
+            ``[N, 3, H, W]`` normalised images (not needed when ``A`` is given).
+        remove
+            Concept index or indices to remove.
+        scale
+            ``{concept: s}``: keep ``s`` times the concept's component instead.
+        A
+            Precomputed activations ``g(x)`` ``[N, h, w, C]``.
+
+        Returns
+        -------
+        EditResult
+            ``logits`` and ``original`` ``[N, n_classes]``, ``delta_target`` ``[N]``, ``flipped`` ``[N]``.
+
+        Raises
+        ------
+        NotFittedError
+            Before :meth:`fit`.
+        ParameterError
+            A concept index outside ``0 … k−1``, a non-finite scale, a concept both removed and scaled.
+        """
+        self._fitted("edit")
+        removed = self._removed(remove, scale)
+        if A is None:
+            if x is None:
+                raise ImageError("edit needs images x [N,3,H,W] or their activations A=g(x)")
+            A = self.activations(x)
+        with torch.no_grad():
+            original = self.split.h(A)
+            logits = self._edit_head(removed)(A) if removed else original.clone()
+        t = self.target_
+        return EditResult(logits=logits, original=original, delta_target=logits[:, t] - original[:, t],
+                          target=t, removed=removed)
+
+    def unlearn(self, concepts: int | Sequence[int]) -> torch.nn.Module:
+        """A head ``h'`` (activations → logits) that ignores the given concept(s), without retraining.
+
+        ``h'(A) = h(A')`` with the concepts removed from ``A`` as in :meth:`edit` (EDDP: the paper's
+        correction of a spurious concept by projecting its encoding direction out; other methods: the
+        concept's part of the reconstruction subtracted). Activations where the concepts are absent
+        (detector silent, code 0) give the original logits. The head captures the current bank: refitting
+        the explainer does not change it.
+
+        Parameters
+        ----------
+        concepts
+            A concept index or a list of them.
+
+        Returns
+        -------
+        torch.nn.Module
+            ``h'``: ``[B, h, w, C]`` → logits ``[B, n_classes]``; ``h'.edit(A)`` returns the edited
+            activations. (:class:`~conceptlens.decompose.eddp.UnlearnedHead` for EDDP,
+            :class:`ConceptEditHead` otherwise.) Use it as ``h'(split.g(x))``.
+        """
+        self._fitted("unlearn")
+        return self._edit_head(self._removed(concepts, None))
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str]) -> Path:

@@ -721,10 +721,10 @@ class EDDP(Decomposition):
 
     # ------------------------------------------------------------------ saving
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Fitted tensors (safetensors-ready)."""
+        """Fitted tensors (safetensors-ready; ``components_`` is left out: it aliases the signals)."""
         self._check_fitted("state_tensors")
+        # two names for one storage cannot be written by safetensors (it refuses shared tensors)
         return {
-            "components_": self.components_,
             "decoding_directions_": self.decoding_directions_,
             "biases_": self.biases_,
             "margins_": self.margins_,

@@ -39,6 +39,7 @@ __all__ = [
     "importance_figure",
     "prototype_strip",
     "local_figure",
+    "edit_figure",
     "POSITIVE",
     "NEGATIVE",
 ]
@@ -439,6 +440,55 @@ def local_figure(
     ax.tick_params(labelsize=_FONT)
     if title:
         ax.set_title(_lit(title), fontsize=_FONT, loc="left")
+    ax.grid(axis="x", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+    return fig
+
+
+def edit_figure(
+    deltas: Any,
+    labels: Sequence[str],
+    *,
+    xlabel: str = "change of the logit when the concept is removed",
+) -> Figure:
+    """Concept edits: per concept, the mean change of a logit (a bar) and each image's change (dots).
+
+    Parameters
+    ----------
+    deltas
+        ``[n, k]`` change of the logit on each of ``n`` images when each of ``k`` concepts is removed,
+        columns in the order to draw them (top first).
+    labels
+        ``k`` concept names.
+    xlabel
+        Axis label (drawn literally).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    d = _as_array(deltas, "deltas")
+    if d.ndim != 2:
+        raise ParameterError(f"deltas must be [n images, k concepts], got shape {list(d.shape)}")
+    n, k = d.shape
+    if len(labels) != k:
+        raise ParameterError(f"got {len(labels)} labels for {k} concepts")
+    mean = d.mean(0) if n else np.zeros(k)
+    fig = Figure(figsize=(5.6, 1.0 + 0.42 * k), layout="constrained")
+    ax = fig.add_subplot()
+    y = np.arange(k, dtype=np.float64)
+    ax.barh(y, mean, color=[POSITIVE if v >= 0 else NEGATIVE for v in mean], height=0.7, alpha=0.85)
+    if n:
+        # evenly spread within the bar's height (deterministic: no random jitter in a report)
+        off = np.linspace(-0.25, 0.25, n) if n > 1 else np.zeros(1)
+        ax.scatter(d.reshape(-1), (y[None, :] + off[:, None]).reshape(-1), s=9, color=TOTAL, alpha=0.55,
+                   linewidths=0, zorder=3)
+    ax.set_yticks(y, [_lit(s) for s in labels])
+    ax.set_ylim(k - 0.5, -0.5)  # top to bottom
+    ax.axvline(0, color=TOTAL, lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.set_xlabel(_lit(xlabel), fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT)
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
     return fig

@@ -219,6 +219,7 @@ def write(
     dim: float = 0.3,
     A: torch.Tensor | None = None,
     craft_sections: bool | None = None,
+    edit_sections: bool | None = None,
 ) -> Path:
     """Write the HTML report of a fitted explainer on images ``x``.
 
@@ -255,6 +256,11 @@ def write(
         Add CRAFT's sections after ``extra_sections``: the concept tree (when ``ex.tree_`` exists) and the
         upsampled and implicit-differentiation maps side by side for the first images. None (default): for
         explainers fitted on crops (``method="craft"``) or with a tree.
+    edit_sections
+        Add the "Concept edits" section after those: for each concept (most important first), the change of
+        the target logit on every image when the concept is removed (:meth:`ConceptExplainer.edit`), as a
+        chart and a table next to the concept's prototypes. None (default): for ``method="eddp"``; True
+        adds it for any method.
 
     Returns
     -------
@@ -306,6 +312,10 @@ def write(
             extra_sections.append(tree_section(tree))
         if getattr(ex.decomposition_, "nonnegative", False):
             extra_sections.append(maps_section(ex, x, A=A, names=names, n_images=min(3, N)))
+    if edit_sections is None:
+        edit_sections = str(getattr(ex, "method", "")) == "eddp"
+    if edit_sections:
+        extra_sections = [*extra_sections, _edit_section(ex, A, names, n_columns=min(n_local, 8))]
     e = ex.explain(x, A=A, maps="none")  # maps [N,k,H,W] of every image could be GBs: only prototypes
     if metrics is None:
         metrics = metrics_mod.evaluate(ex, x, A=A)
@@ -458,3 +468,76 @@ def write(
     index = out / "index.html"
     _write_text(index, html)
     return index
+
+
+# ------------------------------------------------------------------------------------------------ edits
+def _edit_section(ex: Any, A: torch.Tensor, names: Sequence[str], *, n_columns: int) -> Section:
+    """The "Concept edits" section: the target logit's change on each image when each concept is removed.
+
+    Parameters
+    ----------
+    ex
+        A fitted explainer (any method: :meth:`ConceptExplainer.edit` has a counterpart for each).
+    A
+        ``[N,h,w,C]`` activations of the report's images.
+    names
+        ``N`` image names.
+    n_columns
+        Per-image changes are tabulated for the first ``n_columns`` images (all are in the chart).
+    """
+    from markupsafe import escape
+
+    k = int(ex.concepts_.shape[0])
+    N = int(A.shape[0])
+    importance = ex.importance_.detach().cpu().numpy().astype(np.float64)
+    order = [int(j) for j in np.argsort(-importance, kind="stable")]
+    deltas = np.zeros((N, k))
+    flips = np.zeros(k, dtype=np.int64)
+    for j in order:  # one batched edit per concept (k is small); each covers every image
+        r = ex.edit(A=A, remove=[j])
+        deltas[:, j] = r.delta_target.detach().cpu().double().numpy()
+        flips[j] = int(r.flipped.sum())
+    target = str(ex.target_name_)
+    fig = figures.edit_figure(
+        deltas[:, order], [f"concept {j}" for j in order],
+        xlabel=f"change of the “{_short(target, 30)}” logit\nwhen the concept is removed")
+    if str(getattr(ex, "method", "")) == "eddp":
+        # the edit clamps at 0 only for layers that were non-negative at fit (see remove_concepts)
+        relu = float(getattr(ex.decomposition_, "input_min_", 0.0)) >= 0
+        edit = "<i>A</i> − σ(<i>w</i>ᵀ<i>A</i> − <i>b</i>) <i>s</i>"
+        how = ("Removing a concept subtracts its <b>encoding direction</b>, the signal vector <i>s</i>, from "
+               "the activations at every position, in proportion to its detector's response: <i>A′</i> = "
+               f"{f'ReLU({edit})' if relu else edit}. The prototypes of each concept show where its "
+               "<b>decoding direction</b>, the detector <i>w</i>, fires.")
+    else:
+        how = ("Removing a concept subtracts its part of the reconstruction, its code times its direction "
+               "(<i>U</i><sub>j</sub> ⊗ <i>W</i><sub>j</sub>), from the activations and keeps the residual.")
+    m = min(int(n_columns), N)
+    head = "".join(f"<th scope=\"col\">Δ {escape(_short(names[i], 18))}</th>" for i in range(m))
+    rows = []
+    for rank, j in enumerate(order):
+        dj = deltas[:, j]
+        cells = "".join(f"<td class=\"num\">{_signed(float(dj[i]))}</td>" for i in range(m))
+        neg = " class=\"num neg\"" if dj.mean() < 0 else " class=\"num\""
+        rows.append(
+            f"<tr><td class=\"num\">{rank + 1}</td><td class=\"name\"><a href=\"#concept-{j}\">concept {j}"
+            f"</a></td><td class=\"num\">{_num(float(importance[j]))}</td>"
+            f"<td{neg}>{_signed(float(dj.mean()))}</td>"
+            f"<td class=\"num\">{_signed(float(dj.min()))} to {_signed(float(dj.max()))}</td>"
+            f"<td class=\"num\">{int(flips[j])}/{N}</td>{cells}<td><a href=\"#concept-{j}\"><img "
+            f"src=\"img/concept_{j:03d}.png\" alt=\"prototypes of concept {j}\" loading=\"lazy\" "
+            "style=\"height:64px;width:auto;max-width:none\"></a></td></tr>"
+        )
+    html = (
+        f"<p>What the model does without each concept. {how} The model is then run on the edited "
+        f"activations. A negative change means the concept supports "
+        f"“{escape(target)}”; “top-1 changes” counts the images whose predicted class changes. Bars: the "
+        f"mean over the {N} images; dots: each image.</p>"
+        f"<figure><img src=\"img/edits.png\" alt=\"Change of the {escape(target)} logit on each image when "
+        f"each concept is removed\" style=\"max-width:100%;height:auto\"></figure>"
+        "<div class=\"table-wrap\"><table class=\"edits\"><thead><tr><th scope=\"col\">#</th>"
+        "<th scope=\"col\">concept</th><th scope=\"col\">importance</th><th scope=\"col\">mean Δ logit</th>"
+        "<th scope=\"col\">range</th><th scope=\"col\">top-1 changes</th>"
+        f"{head}<th scope=\"col\">prototypes</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )
+    return Section(title="Concept edits", html=html, anchor="concept-edits", images={"edits.png": fig})
