@@ -68,6 +68,10 @@ def as_rows(A: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 def check_finite(A: torch.Tensor, where: str = "activations") -> None:
     """Raise ActivationError when ``A`` holds NaN or Inf."""
+    # One fast reduction settles the usual case: a NaN or Inf anywhere makes the sum non-finite (a finite
+    # sum that overflows falls through to the exact element-wise check).
+    if A.numel() == 0 or bool(torch.isfinite(A.sum())):
+        return
     if not torch.isfinite(A).all():
         bad = int((~torch.isfinite(A)).sum())
         raise ActivationError(
