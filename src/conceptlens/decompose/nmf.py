@@ -579,7 +579,8 @@ class NMF(Decomposition):
         floor_u = _FLOOR * float(X.max())
         dens = data.density if data.sparse else 1.0
         sweeps_u, sweeps_w = self._sweep_budget(n, C, k, dens)
-        Ut, W = nndsvd_init(X, k, self.init, self.seed, sparse=data.sparse, power_iters=_POWER_ITERS, data=data)
+        Ut, W = nndsvd_init(X, k, self.init, self.seed, sparse=data.sparse, power_iters=_POWER_ITERS,
+                            data=data)
         self._sparse_used = data.sparse
         Ut, W = _normalise_rows(Ut.clamp_min(floor_u), W.clamp_min(floor_w))
 
