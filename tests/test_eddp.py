@@ -120,7 +120,11 @@ def test_shapes_encode_decode() -> None:
     assert Y.shape == (60, 4, 4, K)
     assert bool(((Y > 0) & (Y < 1)).all())
     assert d.decode(Y).shape == A.shape
-    torch.testing.assert_close(d.decode(Y), Y @ d.encoding_directions_)
+    # decode is the signal model: the mean plus each response's deviation along its signal vector
+    torch.testing.assert_close(d.decode(Y), Y @ d.encoding_directions_ + d.decode_offset_)
+    rows = A.reshape(-1, C)
+    ybar = Y.reshape(-1, K).mean(0)
+    torch.testing.assert_close(d.decode(ybar[None])[0], rows.mean(0), rtol=1e-4, atol=1e-5)
     # encode is the detector: σ(w·x − b), row by row
     torch.testing.assert_close(Y, torch.sigmoid(d.logits(A)))
     torch.testing.assert_close(d.encode(A[0, 0]), Y[0, 0])

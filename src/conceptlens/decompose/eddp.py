@@ -71,11 +71,12 @@ from the covariance formula over all rows; (3) ``max_iter/2`` joint steps on det
 per-pixel bound) and its orthogonal-filter constraint of phase 1 are not implemented.
 
 ``encode(A)`` returns the detector responses ``y [..., k]`` (presence probabilities in (0, 1)).
-``decode(Y) = Y @ S``, where each stored signal vector is scaled so that ``w_iᵀ s_i = m_i``, the mean
-logit gap between the concept's positives and negatives: for a row where the detector fires (``y ≈ 1``)
-``y_i s_i`` is the typical activation change the concept accounts for, and removing it takes a typical
-positive to the level of a typical negative. (``decode`` therefore rebuilds the *concept part* of the
-activations, not their mean.) The pure functions :func:`remove_concepts` and :func:`unlearn` implement
+``decode(Y) = μ + (Y − ȳ) @ S`` (the signal model: the fit data's mean ``μ`` plus each response's deviation
+from its mean ``ȳ_i`` along its signal vector; stored as ``Y @ S + decode_offset_``), where each stored signal
+vector is scaled so that ``w_iᵀ s_i = m_i``, the mean logit gap between the concept's positives and
+negatives: for a row where the detector fires (``y ≈ 1``) ``y_i s_i`` is the typical activation change the
+concept accounts for, and removing it takes a typical positive to the level of a typical negative. The
+offset (like PCA's mean) goes into the bias of the local explanations. The pure functions :func:`remove_concepts` and :func:`unlearn` implement
 the paper's edit ``x' = ReLU(x − σ(w_iᵀx − b_i) · k · s_i)``.
 """
 
@@ -611,6 +612,13 @@ class EDDP(Decomposition):
             self.encoding_directions_ = S_x.to(rows.dtype).contiguous()
             self.components_ = self.encoding_directions_
             self.input_min_ = rows.min().to(rows.dtype).reshape(())
+            # decode = the signal model x ≈ μ + Σ_i (y_i − ȳ_i) s_i: the mean carries what no concept
+            # explains, so that h(decode(encode(A))) is comparable with the other methods' reconstructions
+            ybar = torch.zeros(W.shape[0], dtype=torch.float64, device=rows.device)
+            for i in range(0, rows.shape[0], _CHUNK):
+                ybar += self._encode_rows(rows[i : i + _CHUNK]).sum(0, dtype=torch.float64)
+            ybar = (ybar / rows.shape[0]).to(rows.dtype)
+            self.decode_offset_ = (mu.to(rows.dtype) - ybar @ self.encoding_directions_).contiguous()
         self.loss_history_ = history
         return self
 
@@ -706,6 +714,13 @@ class EDDP(Decomposition):
         W = self.decoding_directions_.to(A.device)
         return torch.sigmoid(A @ W.T - self.biases_.to(A.device))
 
+    def _decode_rows(self, U: torch.Tensor) -> torch.Tensor:
+        """``Â = μ + (y − ȳ) S = y S + offset`` ``[n, C]`` from detector responses ``U = y [n, k]``."""
+        S = self.encoding_directions_.to(U.device, U.dtype)
+        off = getattr(self, "decode_offset_", None)  # absent in files saved before it existed
+        out = U @ S
+        return out if off is None else out + off.to(U.device, U.dtype)
+
     def logits(self, A: torch.Tensor) -> torch.Tensor:
         """Detector logits ``w_iᵀx − b_i`` ``[..., k]`` of activations ``[..., C]``."""
         self._check_fitted("logits")
@@ -730,6 +745,7 @@ class EDDP(Decomposition):
             "margins_": self.margins_,
             "encoding_directions_": self.encoding_directions_,
             "input_min_": self.input_min_,
+            "decode_offset_": self.decode_offset_,
         }
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
