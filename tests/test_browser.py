@@ -64,8 +64,9 @@ def browser() -> Iterator[object]:
 def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     split = cl.ModelSplit(TinyNet(), "auto")
     x = torch.randn(10, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    res = compare(split, x, None, methods=("ice", "pca", "kmeans", "face"), n_concepts=4, seed=0,
-                  progress=False)
+    res = compare(split, x, None, methods=("ice", "pca", "kmeans", "face", "eddp", "masks"), n_concepts=4,
+                  seed=0, progress=False, mask_images=2,
+                  method_params={"masks": {"steps": 3, "size": 8, "width": 4}, "eddp": {"max_iter": 60}})
     assert all(not r["error"] for r in res.rows), [r["error"] for r in res.rows]
     return write_report(res, x, tmp_path_factory.mktemp("compare_report"), progress=False)
 
@@ -102,7 +103,9 @@ def test_report_renders_in_chromium(browser: object, report_page: Path) -> None:
         assert page.locator("table.compare td.best").count() >= 3  # type: ignore[attr-defined]
         links = page.eval_on_selector_all(  # type: ignore[attr-defined]
             "table.compare a", "as => as.map(a => a.getAttribute('href'))")
-        assert sorted(links) == sorted(f"{m}/index.html" for m in ("ice", "pca", "kmeans", "face"))
+        assert sorted(links) == sorted(f"{m}/index.html" for m in ("ice", "pca", "kmeans", "face", "eddp"))
+        # every image once more with every method's explanation side by side
+        assert page.locator("#side-by-side figure img").count() == 4  # type: ignore[attr-defined]
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         png = page.screenshot(path=str(SCREENSHOT), full_page=True)  # type: ignore[attr-defined]
     finally:

@@ -149,6 +149,7 @@ def test_summary_marks_best_and_report_links_methods(result, tmp_path) -> None:
     assert path == tmp_path / "cmp" / "index.html"
     page = path.read_text()
     assert 'id="compare"' in page and "Comparison of methods" in page
+    assert 'id="side-by-side"' in page and (tmp_path / "cmp" / "img" / "side_by_side_3.png").is_file()
     for m in res.explainers:
         assert (tmp_path / "cmp" / m / "index.html").is_file()
     assert CompareResult.from_csv(tmp_path / "cmp" / "compare.csv").best() == best
@@ -180,3 +181,36 @@ def test_cli_compare(tmp_path, tiny_images) -> None:
     bad = CliRunner().invoke(app, ["compare", "--images", str(folder), "--model", "conftest:TinyNet",
                                    "--methods", "ice,nope", "-o", str(out)])
     assert bad.exit_code == 2 and "unknown method" in bad.output
+
+
+def test_mask_images_selects_the_masked_subset() -> None:
+    split = cl.ModelSplit(TinyNet(), "auto")
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    res = compare(split, x, 0, methods=("masks",), progress=False, mask_images=[4, 1],
+                  method_params={"masks": {"steps": 3, "size": 8, "width": 4}})
+    assert res.rows[0]["error"] == "", res.rows[0]["error"]
+    assert res.mask_indices == [4, 1] and res.masks.masks.shape[0] == 2
+    assert compare(split, x, 0, methods=("pca",), progress=False).mask_indices == []
+    for bad in (0, 7, [6], [], True):
+        with pytest.raises(ParameterError, match="mask_images"):
+            compare(split, x, 0, methods=("pca",), mask_images=bad)
+
+
+def test_side_by_side_shows_every_method_per_image(result) -> None:
+    from conceptlens.compare import side_by_side_section
+
+    res, x, _ = result
+    s = side_by_side_section(res, x, [0, 2, 99], names=[f"pic{i}" for i in range(len(x))])
+    # one figure per selected image (99 is out of range and skipped), each naming every method's concept
+    assert sorted(s.images) == ["side_by_side_0.png", "side_by_side_1.png"]
+    assert s.html.count("<figure") == 2 and "pic0" in s.html and "pic2" in s.html
+    for m in ("ICE", "PCA", "k-means", "CRAFT", "FACE"):
+        assert s.html.count(f"<li>{m}: concept") == 2, m
+    # the caption's concept is the one with the largest contribution on that image
+    loc = res.explainers["ice"].explain(x[:1])
+    j = int(loc.contributions[0].argmax())
+    assert f"ICE: concept {j} adds {float(loc.contributions[0, j]):+.2f}" in s.html
+    fig = s.images["side_by_side_0.png"]
+    assert len(fig.axes) == 1 + len(res.explainers)  # the picture + one panel per method
+    with pytest.raises(ParameterError, match="select no image"):
+        side_by_side_section(res, x, [50])

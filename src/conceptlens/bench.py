@@ -6,9 +6,14 @@
 ``conceptlens bench nmf``
     Our NMF against scikit-learn's (cd and mu solvers) on the same matrix, same process.
 ``conceptlens bench face``
-    FACE's λ sweep (MSE, KL, accuracy, C-Ins, C-Del, C-Gini, sparsity, stability) with λ = 0 = plain NMF.
+    FACE's λ sweep (MSE, KL, accuracy, C-Ins, C-Del, C-Gini, sparsity, stability) with ICE and CRAFT as the
+    λ = 0 reference rows, on EfficientNet-Lite0 (demo crops) and on the ground-truth world (also writes
+    ``face.md`` and ``face.png``).
 ``conceptlens bench groundtruth``
     The ground-truth leaderboard on the synthetic concept world.
+``conceptlens bench masks``
+    Minimal masks against occlusion and Grad-CAM at equal area on EfficientNet-Lite0 and the concept world
+    (also writes ``masks.md``).
 
 Every result is written to ``<out>/<name>.json`` (atomic) with the library versions and the machine's
 thread count, and printed as a table.
@@ -108,18 +113,16 @@ def _bench_groundtruth(quick: bool, out: Path) -> dict[str, Any]:
     return groundtruth.run(quick=quick, out=out)
 
 
-def _bench_face(quick: bool, out: Path, kl_weights: tuple[float, ...] | None = None) -> dict[str, Any]:
-    from .metrics_face import format_table, sweep
+def _bench_face(quick: bool, out: Path) -> dict[str, Any]:
+    from .metrics_face import run_benchmark
 
-    split, x, A, target = demo_activations(quick)
-    lams = kl_weights or ((0.0, 1e-3, 1e-1) if quick else (0.0, 1e-5, 1e-3, 1e-2, 1e-1, 1.0, 10.0))
-    rows = sweep(A, split.h, target, kl_weights=lams, n_concepts=10, seed=0, with_stability=not quick,
-                 max_time=30.0 if quick else 120.0)
-    print(f"FACE λ sweep on {x.shape[0]} images, layer {split.layer}, target {split.preset.classes[target]!r}, k = 10")
-    print(format_table(rows))
-    payload = {"n_images": int(x.shape[0]), "layer": split.layer, "target": target, "rows": rows}
-    print(f"wrote {write_json(out, 'face', payload)}")
-    return payload
+    return run_benchmark(quick=quick, out=out)
+
+
+def _bench_masks(quick: bool, out: Path) -> dict[str, Any]:
+    from .masks import run_benchmark
+
+    return run_benchmark(quick=quick, out=out)
 
 
 BENCHES: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
@@ -127,6 +130,7 @@ BENCHES: dict[str, Callable[[bool, Path], dict[str, Any]]] = {
     "nmf": _bench_nmf,
     "groundtruth": _bench_groundtruth,
     "face": _bench_face,
+    "masks": _bench_masks,
 }
 
 

@@ -45,7 +45,7 @@ from .explainer import ConceptExplainer, resolve_target
 from .split import ModelSplit
 
 __all__ = ["compare", "CompareResult", "METRICS", "COLUMNS", "ALIASES", "LABELS", "reading",
-           "summary_section", "write_report"]
+           "summary_section", "side_by_side_section", "write_report"]
 
 #: Every metric column and its direction: "max" = larger is better, "min" = smaller is better.
 METRICS: dict[str, str] = {
@@ -107,12 +107,16 @@ class CompareResult:
         The explained class (-1 when read back from a CSV).
     masks : Any
         The :class:`~conceptlens.masks.MaskExplanation` when ``"masks"`` was compared, else None.
+    mask_indices : list[int]
+        The indices in ``x`` of the images the masks explain (``masks.masks[j]`` is image
+        ``mask_indices[j]``).
     """
 
     rows: list[dict[str, Any]]
     explainers: dict[str, ConceptExplainer] = field(default_factory=dict)
     target: int = -1
     masks: Any = None
+    mask_indices: list[int] = field(default_factory=list)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the table to ``path`` (one row per method, columns :data:`COLUMNS`; floats exact)."""
@@ -292,6 +296,7 @@ def compare(
     progress: bool | None = None,
     stability: bool = False,
     method_params: Mapping[str, Mapping[str, Any]] | None = None,
+    mask_images: int | Sequence[int] | None = None,
 ) -> CompareResult:
     """Fit every method on the same images and measure each with the same numbers.
 
@@ -319,6 +324,9 @@ def compare(
         Also measure FACE's stability (5 refits per method on folds of the images: about 5× the fit time).
     method_params
         Extra arguments per method, e.g. ``{"craft": {"patch_size": 32}, "masks": {"steps": 20}}``.
+    mask_images
+        Which images the masks explain (an optimisation per image, so a subset keeps it affordable): a
+        count ``m`` (the first ``m`` images), a sequence of indices into ``x``, or None for all of them.
 
     Returns
     -------
@@ -348,6 +356,7 @@ def compare(
         target = int(torch.bincount(logits.argmax(1), minlength=logits.shape[1]).argmax())
     c = resolve_target(target, probe.classes, int(logits.shape[1]))
 
+    mask_idx = _mask_indices(mask_images, int(x.shape[0]))
     rows: list[dict[str, Any]] = []
     explainers: dict[str, ConceptExplainer] = {}
     mask_expl = None
@@ -355,7 +364,7 @@ def compare(
         row = _empty_row(name, n_concepts)
         try:
             if name == "masks":
-                vals, mask_expl = _mask_row(split, x, c, seed, params.get(name, {}), progress)
+                vals, mask_expl = _mask_row(split, x[mask_idx], c, seed, params.get(name, {}), progress)
                 row.update(vals)
                 row["n_concepts"] = 0
             else:
@@ -372,7 +381,25 @@ def compare(
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             row["error"] = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
         rows.append(row)
-    return CompareResult(rows=rows, explainers=explainers, target=c, masks=mask_expl)
+    return CompareResult(rows=rows, explainers=explainers, target=c, masks=mask_expl,
+                         mask_indices=mask_idx if mask_expl is not None else [])
+
+
+def _mask_indices(sel: int | Sequence[int] | None, n: int) -> list[int]:
+    """Validated indices into ``x`` of the images to mask (see ``mask_images``)."""
+    if sel is None:
+        return list(range(n))
+    if isinstance(sel, bool):
+        raise ParameterError(f"mask_images must be a count or a list of indices, got {sel!r}")
+    if isinstance(sel, int):
+        if not 1 <= sel <= n:
+            raise ParameterError(f"mask_images={sel} must be between 1 and the number of images ({n})")
+        return list(range(sel))
+    idx = [int(i) for i in sel]
+    bad = [i for i in idx if not 0 <= i < n]
+    if not idx or bad:
+        raise ParameterError(f"mask_images must list indices in [0, {n - 1}], got {list(sel)!r}")
+    return idx
 
 
 # ------------------------------------------------------------------------------------------------ reporting
@@ -474,6 +501,98 @@ def summary_section(result: CompareResult, links: Mapping[str, str] | None = Non
     return Section("Comparison of methods", html, anchor="compare")
 
 
+def side_by_side_section(
+    result: CompareResult,
+    x: torch.Tensor,
+    indices: Sequence[int] = (0, 1, 2, 3),
+    *,
+    names: Sequence[str] | None = None,
+    A: torch.Tensor | None = None,
+    threshold: float = 0.5,
+) -> Any:
+    """The report :class:`~conceptlens.report.Section` that shows, for each of a few images, every method's
+    explanation side by side.
+
+    One row of panels per image: the picture; for each concept method, the region of the concept that
+    contributes most to the target logit on that image (ICE's heatmap: the region bright, the rest dimmed),
+    captioned with that concept's share of the logit; for minimal masks, the kept pixels.
+
+    Parameters
+    ----------
+    result
+        The output of :func:`compare`.
+    x
+        ``[N,3,H,W]`` the images the comparison was run on.
+    indices
+        Indices into ``x`` of the images to show (out-of-range ones are skipped).
+    names
+        ``N`` image names for captions.
+    A
+        ``g(x) [N,h,w,C]`` (skips the forward pass).
+    threshold
+        The heatmap's region threshold (see :func:`conceptlens.report.figures.heatmap_overlay`).
+
+    Returns
+    -------
+    conceptlens.report.Section
+    """
+    from matplotlib.figure import Figure
+
+    from .report import Section, figures
+
+    idx = [int(i) for i in indices if 0 <= int(i) < int(x.shape[0])]
+    if not idx:
+        raise ParameterError(f"indices {list(indices)!r} select no image of the {x.shape[0]} compared")
+    if not result.explainers and result.masks is None:
+        raise ParameterError("the comparison has no fitted method to show (every method failed)")
+    preset = next((getattr(ex.split, "preset", None) for ex in result.explainers.values()), None)
+    pics = figures.to_pictures(x[idx], preset)
+    where = {int(i): j for j, i in enumerate(result.mask_indices)}
+    # one explain() per method on the selected images only; its maps are at the images' resolution
+    local = {}
+    for m, ex in result.explainers.items():
+        local[m] = ex.explain(x[idx], A=None if A is None else A[idx])
+    images: dict[str, Any] = {}
+    parts = []
+    for r, i in enumerate(idx):
+        panels: list[tuple[str, Any]] = [("image", pics[r])]
+        lines = []
+        for m, loc in local.items():
+            c = loc.contributions[r]
+            j = int(c.argmax())
+            logit = float(loc.logits[r])
+            panels.append((f"{_label(m)}: concept {j}",
+                           figures.heatmap_overlay(pics[r].transpose(2, 0, 1), loc.maps[r, j], threshold)))
+            lines.append(f"{_label(m)}: concept {j} adds {float(c[j]):+.2f} to the logit {logit:.2f}")
+        if result.masks is not None and i in where:
+            e = result.masks
+            mk = e.masks[where[i], 0].detach().cpu().numpy().astype("float32")
+            pic = pics[r] * (0.3 + 0.7 * mk[:, :, None])
+            kept = float(e.kept_fraction[where[i]])
+            ok = bool(e.same_top1[where[i]])
+            panels.append((f"mask: {100 * kept:.0f} % kept", pic))
+            lines.append(f"masks: {100 * kept:.1f} % of the pixels kept; the class "
+                         + ("stays top-1" if ok else "is lost"))
+        fig = Figure(figsize=(1.9 * len(panels), 2.25), layout="constrained")
+        for p, (title, im) in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), p + 1)
+            ax.imshow(im, interpolation="nearest")
+            ax.set_title(title, fontsize=9)
+            ax.set_axis_off()
+        fname = f"side_by_side_{r}.png"
+        images[fname] = fig
+        label = names[i] if names is not None and i < len(names) else f"image {i}"
+        items = "".join(f"<li>{escape(t)}</li>" for t in lines)
+        parts.append(f'<figure class="side"><img src="img/{fname}" alt="every method on {escape(label)}" '
+                     f'style="max-width:100%;height:auto"><figcaption>{escape(label)}<ul>{items}</ul>'
+                     "</figcaption></figure>")
+    html = ("<p>The same images through every method: for each concept method the region of the concept "
+            "that adds most to the class logit on that image, for the masks the pixels kept. Where methods "
+            "agree, the explanation is robust; where they differ, trust the one with the better numbers "
+            "above.</p>" + "".join(parts))
+    return Section("Side by side", html, anchor="side-by-side", images=images)
+
+
 def write_report(
     result: CompareResult,
     x: torch.Tensor,
@@ -482,6 +601,8 @@ def write_report(
     names: Sequence[str] | None = None,
     A: torch.Tensor | None = None,
     progress: bool | None = None,
+    side_by_side: Sequence[int] = (0, 1, 2, 3),
+    extra_sections: Sequence[Any] = (),
 ) -> Path:
     """Write ``out_dir/compare.csv``, one report per method in ``out_dir/<method>/index.html`` and
     ``out_dir/index.html``: the best method's report with the comparison section added.
@@ -496,6 +617,10 @@ def write_report(
         ``N`` image names for captions.
     A
         ``g(x)`` (skips the forward pass).
+    side_by_side
+        Indices of the images shown with every method's explanation side by side (empty: none).
+    extra_sections
+        More :class:`~conceptlens.report.Section` s for the main page (e.g. FACE's λ sweep).
 
     Returns
     -------
@@ -520,9 +645,10 @@ def write_report(
         report.write(ex, x, out / m, names=names, A=A, metrics=mets, progress=progress,
                      title=f"{_label(m)}: {ex.target_name_}")
     links = {m: f"{m}/index.html" for m in result.explainers}
+    sections = [side_by_side_section(result, x, side_by_side, names=names, A=A)] if len(side_by_side) else []
     ex = result.explainers[best]
     row = by_method[best]
     return report.write(ex, x, out, names=names, A=A, progress=progress,
                         metrics={k: row[k] for k in METRICS if _finite(row[k])},
                         title=f"Which explanation to trust: {ex.target_name_} (best: {_label(best)})",
-                        extra_sections=[summary_section(result, links)])
+                        extra_sections=[summary_section(result, links), *sections, *extra_sections])
