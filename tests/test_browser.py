@@ -71,6 +71,21 @@ def report_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_report(res, x, tmp_path_factory.mktemp("compare_report"), progress=False)
 
 
+@pytest.fixture(scope="module")
+def demo_page(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real demo (EfficientNet-Lite0 on the sample photos), with fewer methods to keep CI fast."""
+    from typer.testing import CliRunner
+
+    from conceptlens.cli import app
+
+    out = tmp_path_factory.mktemp("demo_report")
+    res = CliRunner().invoke(app, ["demo", "-o", str(out), "--methods", "ice,kmeans,face,masks",
+                                   "--masks", "1", "--kl-weights", "0,1"])
+    assert res.exit_code == 0, res.output
+    assert "report:" in res.output and "Egyptian cat" in res.output
+    return out / "index.html"
+
+
 def _open(browser: object, url: str, width: int) -> tuple[object, list[str]]:
     page = browser.new_page(viewport={"width": width, "height": 900})  # type: ignore[attr-defined]
     page.set_default_timeout(TIMEOUT_MS)
@@ -106,11 +121,14 @@ def test_report_renders_in_chromium(browser: object, report_page: Path) -> None:
         assert sorted(links) == sorted(f"{m}/index.html" for m in ("ice", "pca", "kmeans", "face", "eddp"))
         # every image once more with every method's explanation side by side
         assert page.locator("#side-by-side figure img").count() == 4  # type: ignore[attr-defined]
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        png = page.screenshot(path=str(SCREENSHOT), full_page=True)  # type: ignore[attr-defined]
+        png = page.screenshot(full_page=True)  # type: ignore[attr-defined]
     finally:
         page.close()  # type: ignore[attr-defined]
     assert errors == [], f"console errors: {errors}"
+    _not_blank(png)
+
+
+def _not_blank(png: bytes) -> None:
     from io import BytesIO
 
     from PIL import Image
@@ -118,6 +136,27 @@ def test_report_renders_in_chromium(browser: object, report_page: Path) -> None:
     pixels = np.asarray(Image.open(BytesIO(png)).convert("L"), dtype=np.float64)
     assert pixels.shape[1] == 1280 and pixels.shape[0] > 900
     assert pixels.std() > 10, f"the screenshot looks blank (pixel std {pixels.std():.1f})"
+
+
+def test_demo_report_renders_in_chromium(browser: object, demo_page: Path) -> None:
+    page, errors = _open(browser, demo_page.as_uri(), 1280)
+    try:
+        _load_every_image(page)
+        broken = page.evaluate(  # type: ignore[attr-defined]
+            "Array.from(document.images).filter(i => !(i.naturalWidth > 0)).map(i => i.getAttribute('src'))")
+        assert broken == [], f"images that did not load: {broken}"
+        for anchor in ("compare", "side-by-side", "face-sweep"):
+            assert page.locator(f"#{anchor}").count() == 1, anchor  # type: ignore[attr-defined]
+        assert page.locator("table.compare td.best").count() >= 3  # type: ignore[attr-defined]
+        # the side-by-side view: 4 photos, each with the picture, 3 concept methods and (first photo) the mask
+        assert page.locator("#side-by-side figure").count() == 4  # type: ignore[attr-defined]
+        # the top of the page, as the README shows it (a CI artifact)
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        png = page.screenshot(path=str(SCREENSHOT), full_page=True)  # type: ignore[attr-defined]
+    finally:
+        page.close()  # type: ignore[attr-defined]
+    assert errors == [], f"console errors: {errors}"
+    _not_blank(png)
 
 
 def test_sub_report_renders(browser: object, report_page: Path) -> None:

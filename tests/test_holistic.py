@@ -181,3 +181,21 @@ def test_pixel_auc_reuses_the_masks_module_per_map(fitted, tiny, tiny_images):
     assert bool(((dele >= 0) & (dele <= 1)).all())
     with pytest.raises(ParameterError):
         mh.pixel_auc(tiny, x, maps, 1, kind="both")
+
+
+def test_closed_form_for_a_linear_head_equals_running_the_head(lite0_split) -> None:
+    """The GAP + linear shortcut of the masked scores gives what running h on the masked maps gives."""
+    from conceptlens.metrics_holistic import _linear_of, _masked_scores
+
+    split = lite0_split
+    assert _linear_of(split.h) is not None and _linear_of(lambda A: split.h(A)) is None
+    gen = torch.Generator().manual_seed(0)
+    N, k = 3, 5
+    U = torch.rand(N, 7, 7, k, generator=gen)
+    D = torch.rand(k, split.activation_shape[-1], generator=gen)
+    off = torch.rand(split.activation_shape[-1], generator=gen)
+    masks = torch.rand(N, 4, k, generator=gen) < 0.5
+    for score in ("logit", "probability"):
+        fast = _masked_scores(U, D, split.h, 285, masks, off, score, 8)
+        slow = _masked_scores(U, D, lambda A: split.h(A), 285, masks, off, score, 8)
+        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-5)

@@ -46,8 +46,10 @@ def demo(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for the HTML report."),
     methods: str = typer.Option(_DEMO_METHODS, help="Comma-separated methods to compare."),
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts of every method."),
-    patch: int = typer.Option(112, help="Crop size in pixels of the 224-px photos (resized to the model's input)."),
+    patch: int = typer.Option(112, help="Crop size in pixels of the 224-px photos (resized to the input)."),
     masks: int = typer.Option(2, "--masks", help="Photos explained by minimal masks (an optimisation each)."),
+    sweep: str = typer.Option("0,0.1,1", "--kl-weights",
+                              help="FACE's λ values for the report's λ curve ('' for none)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Every method compared on EfficientNet-Lite0 and the bundled sample photos, for the class it predicts
@@ -87,7 +89,9 @@ def demo(
             params["eddp"] = {"max_iter": 300, "ura_weight": 0.0}
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
                           mask_images=min(max(masks, 1), len(names)), method_params=params or None)
-        path = write_report(res, x, out, names=all_names, A=A, side_by_side=range(min(4, len(names))))
+        extra = _sweep_sections(sweep, names_m, A, split, res.target, n_concepts, seed)
+        path = write_report(res, x, out, names=all_names, A=A, side_by_side=range(min(4, len(names))),
+                            extra_sections=extra)
     except cl.ConceptLensError as exc:
         _fail(exc)
         return
@@ -95,6 +99,18 @@ def demo(
     for s in reading(res):
         typer.echo(s)
     typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
+
+
+def _sweep_sections(kl_weights: str, methods: list[str], A: object, split: object, target: int, k: int,
+                    seed: int) -> list[object]:
+    """FACE's λ curve as a report section, when FACE is compared and λ values are given."""
+    if not kl_weights.strip() or "face" not in methods:
+        return []
+    from conceptlens.metrics_face import face_sweep, parse_kl_weights, sweep_section
+
+    sw = face_sweep(A, split.h, target, parse_kl_weights(kl_weights), n_concepts=k, seed=seed,  # type: ignore[arg-type, attr-defined]
+                    references=("ice",))
+    return [sweep_section(sw)]
 
 
 def _print_table(res: object) -> None:
@@ -110,7 +126,8 @@ def _print_table(res: object) -> None:
 
 @app.command()
 def fit(
-    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of class images (repeatable)."),
+    images: list[str] = typer.Option(..., "--images",
+                                     help="Folder, file or glob of class images (repeatable)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output file for the fitted explainer (.cl)."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
@@ -181,6 +198,7 @@ def fit(
 
 def _load(file: Path, model: Optional[str], weights: Optional[str]):  # noqa: UP045
     import conceptlens as cl
+
     from .explainer import read_saved
 
     manifest, _ = read_saved(file)
@@ -207,7 +225,8 @@ def explain(
         rows = [{"image": n, "logit": float(e.logits[i]), "bias": e.bias, "residual": float(e.residual[i]),
                  "scores": e.scores[i].tolist(), "contributions": e.contributions[i].tolist()}
                 for i, n in enumerate(names)]
-        (out / "explanations.json").write_text(json.dumps({"target": ex.target_name_, "weights": e.weights.tolist(),
+        (out / "explanations.json").write_text(json.dumps({"target": ex.target_name_,
+                                                           "weights": e.weights.tolist(),
                                                            "images": rows}, indent=1))
         cl.report.write(ex, x, out, names=names)
     except cl.ConceptLensError as exc:
@@ -317,6 +336,9 @@ def compare(
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts of every method."),
     crop: int = typer.Option(0, help="Use crops of this many pixels of the images (0: whole images)."),
     stability: bool = typer.Option(False, "--stability", help="Also measure stability (5 refits each)."),
+    kl_weights: str = typer.Option("", "--kl-weights",
+                                   help="FACE's λ values for a λ-curve section, e.g. '0,0.1,1'."),
+    masks: int = typer.Option(0, "--masks", help="Mask only the first N images (0: all)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Run every method on one class side by side: OUT/compare.csv, OUT/index.html, OUT/<method>/."""
@@ -331,8 +353,10 @@ def compare(
         split = cl.ModelSplit(m, layer)
         A = split.g(x)
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
-                          stability=stability)
-        path = write_report(res, x, out, names=names, A=A)
+                          stability=stability, mask_images=masks or None)
+        names_m = [m.strip().lower() for m in methods.split(",") if m.strip()]
+        extra = _sweep_sections(kl_weights, names_m, A, split, res.target, n_concepts, seed)
+        path = write_report(res, x, out, names=names, A=A, extra_sections=extra)
     except cl.ConceptLensError as exc:
         _fail(exc)
         return

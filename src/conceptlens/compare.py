@@ -651,4 +651,5 @@ def write_report(
     return report.write(ex, x, out, names=names, A=A, progress=progress,
                         metrics={k: row[k] for k in METRICS if _finite(row[k])},
                         title=f"Which explanation to trust: {ex.target_name_} (best: {_label(best)})",
-                        extra_sections=[summary_section(result, links), *sections, *extra_sections])
+                        lead_sections=[summary_section(result, links), *sections],
+                        extra_sections=list(extra_sections))

@@ -91,6 +91,9 @@ def _masked_scores(
     batch_size: int,
 ) -> torch.Tensor:
     """``f`` for every image and mask: ``masks [N, T, k]`` → ``[N, T]`` (float64), in batches of rows."""
+    lin = _linear_of(h)
+    if lin is not None:
+        return _masked_scores_linear(U, D, lin, target, masks, offset, score)
     N, T, k = masks.shape
     spatial = tuple(U.shape[1:-1])
     Ur = U.reshape(N, -1, k)
@@ -108,6 +111,41 @@ def _masked_scores(
             y = logits.softmax(1)[:, target] if score == "probability" else logits[:, target]
             out[sl] = y.detach().double().cpu()
     return out.reshape(N, T)
+
+
+def _linear_of(h: Head) -> Any:
+    """The exact GAP + linear form ``(weight [K, C], bias [K])`` of ``h`` when ``h`` is a
+    :class:`~conceptlens.ModelSplit`'s ``h`` and its head is GAP + linear; else None."""
+    split = getattr(h, "__self__", None)
+    if split is None or getattr(h, "__func__", None) is not getattr(type(split), "h", None):
+        return None  # not a split's own h (a plain callable, a wrapped head, …): evaluate it
+    finder = getattr(split, "linear_head", None)
+    return finder() if callable(finder) else None
+
+
+def _masked_scores_linear(
+    U: torch.Tensor,
+    D: torch.Tensor,
+    lin: Any,
+    target: int,
+    masks: torch.Tensor,
+    offset: torch.Tensor | None,
+    score: str,
+) -> torch.Tensor:
+    """:func:`_masked_scores` in closed form for ``h(A) = mean_hw(A) Wᵀ + b``: the mask acts on the mean code,
+    ``f = (mean(U) ⊙ m) (D Wᵀ) + offset Wᵀ + b``, so no activation map is ever rebuilt."""
+    N, T, k = masks.shape
+    w = lin.weight.to(U.device, torch.float64)  # [K, C]
+    b = lin.bias.to(U.device, torch.float64)
+    ubar = U.reshape(N, -1, k).double().mean(1)  # [N, k]
+    base = b if offset is None else b + offset.to(U.device, torch.float64) @ w.T
+    m = masks.to(U.device, torch.float64) * ubar[:, None, :]  # [N, T, k]
+    if score == "probability":
+        logits = m @ (D.to(U.device, torch.float64) @ w.T) + base  # [N, T, K]
+        y = logits.softmax(-1)[..., target]
+    else:
+        y = m @ (D.to(U.device, torch.float64) @ w[target]) + base[target]  # [N, T]
+    return y.cpu()
 
 
 def _ranks(imp: torch.Tensor) -> torch.Tensor:

@@ -215,6 +215,7 @@ def write(
     title: str | None = None,
     progress: bool | None = None,
     extra_sections: Sequence[Section] = (),
+    lead_sections: Sequence[Section] = (),
     threshold: float = 0.5,
     dim: float = 0.3,
     A: torch.Tensor | None = None,
@@ -248,6 +249,8 @@ def write(
         Progress bar (None: only on a terminal).
     extra_sections
         More :class:`Section` s, appended in order.
+    lead_sections
+        :class:`Section` s shown first, right after the header (e.g. a comparison of methods).
     threshold, dim
         The heatmap's region threshold and dimming (see :func:`figures.heatmap_overlay`).
     A
@@ -285,9 +288,10 @@ def write(
         got = "a string" if isinstance(names, str) else f"{len(names)} names"
         raise ParameterError(f"names must be a list of {N} image names (one per image in x), got {got}")
     names = [str(n) for n in names]
-    for s in extra_sections:
+    for s in [*extra_sections, *lead_sections]:
         if not isinstance(s, Section):
-            raise ParameterError(f"extra_sections must hold report.Section objects, got {type(s).__name__}")
+            raise ParameterError("extra_sections and lead_sections must hold report.Section objects, got "
+                                 f"{type(s).__name__}")
         bad = [n for n in s.images if not _IMG_NAME.match(str(n))]
         if bad:
             raise ParameterError(f"section {s.title!r}: image names must look like 'name.png' "
@@ -418,7 +422,9 @@ def write(
     used |= {f"image-{i}" for i in range(n_local)}
     extras: list[dict[str, Any]] = []
 
-    def section_job(s: Section) -> Callable[[], None]:
+    leads: list[dict[str, Any]] = []
+
+    def section_job(s: Section, into: list[dict[str, Any]] = extras) -> Callable[[], None]:
         anchor = s.anchor if s.anchor else _slug(s.title, used)
         used.add(anchor)
 
@@ -430,9 +436,10 @@ def write(
                     figures.save_png(obj, out / "img" / fname)
                 else:
                     figures.save_picture(obj, out / "img" / fname)
-            extras.append({"title": s.title, "anchor": anchor, "html": Markup(s.html)})
+            into.append({"title": s.title, "anchor": anchor, "html": Markup(s.html)})
         return run
 
+    jobs.extend(section_job(s, leads) for s in lead_sections)
     jobs.extend(section_job(s) for s in extra_sections)
 
     for job in progress_bar(jobs, desc="report", enable=progress):
@@ -461,6 +468,7 @@ def write(
         concepts=page["concepts"],
         locals=page["locals"],
         extras=extras,
+        leads=leads,
         threshold=threshold,
         dim=dim,
         version=__version__,
