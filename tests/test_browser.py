@@ -119,8 +119,9 @@ def test_report_renders_in_chromium(browser: object, report_page: Path) -> None:
         links = page.eval_on_selector_all(  # type: ignore[attr-defined]
             "table.compare a", "as => as.map(a => a.getAttribute('href'))")
         assert sorted(links) == sorted(f"{m}/index.html" for m in ("ice", "pca", "kmeans", "face", "eddp"))
-        # every image once more with every method's explanation side by side
+        # every image once more with every method's explanation side by side, and the masks' own section
         assert page.locator("#side-by-side figure img").count() == 4  # type: ignore[attr-defined]
+        assert page.locator("text=Minimal masks").count() >= 1  # type: ignore[attr-defined]
         png = page.screenshot(full_page=True)  # type: ignore[attr-defined]
     finally:
         page.close()  # type: ignore[attr-defined]

@@ -230,7 +230,8 @@ def mask_section(
             f'<figure class="mask-item"><figcaption><strong>{escape(names[i])}</strong> — '
             f"{escape(cname)} (#{t})</figcaption>"
             f'<img src="img/{fname}" alt="{escape(alt)}" style="max-width:100%;height:auto">'
-            f'<table class="mask-table"><tr><th>method</th>{head}</tr>{"".join(rows)}</table></figure>'
+            f'<div class="table-wrap"><table class="mask-table"><tr><th>method</th>{head}</tr>{"".join(rows)}'
+            "</table></div></figure>"
         )
     if n > shown:
         parts.append(f"<p>{n - shown} more images not shown.</p>")
@@ -251,6 +252,7 @@ figure {{ margin: 1.2em 0; }}
 figcaption {{ margin-bottom: .3em; }}
 img {{ image-rendering: auto; }}
 .note {{ color: #555; }}
+.table-wrap {{ overflow-x: auto; max-width: 100%; }}
 </style></head>
 <body>
 <h1>{title}</h1>
@@ -391,8 +393,8 @@ def write_mask_outputs(
         f"<td>{r['insertion_auc']:.3f}</td></tr>" for r in comparison.rows)
     intro = (f"<p class='note'>{n} images, masks by {escape(mode)}; baselines binarised at the mask's kept "
              "area of each image. Means over the images:</p>"
-             "<table><tr><th>method</th><th>kept</th><th>top-1 kept</th><th>confidence</th>"
-             f"<th>deletion AUC ↓</th><th>insertion AUC ↑</th></tr>{means}</table>"
+             "<div class='table-wrap'><table><tr><th>method</th><th>kept</th><th>top-1 kept</th>"
+             f"<th>confidence</th><th>deletion AUC ↓</th><th>insertion AUC ↑</th></tr>{means}</table></div>"
              "<p class='note'>Per image: <code>masks.csv</code>.</p>")
     html = write_page([section], out, title=title, intro_html=intro)
     return {"overlays": overlays, "csv": csv_path, "html": html, "rows": rows}
