@@ -202,12 +202,23 @@ class _Data:
 
     def __init__(self, A: torch.Tensor, sparse: bool | None = None) -> None:
         self.A = A
-        self.density = float(torch.count_nonzero(A)) / max(A.numel(), 1)
-        if sparse is None:
-            sparse = A.device.type == "cpu" and self.density <= _SPARSE_DENSITY
-        self.sparse = bool(sparse)
+        self.sparse = False
+        self.density = 1.0
+        if sparse is False:
+            return
+        if A.device.type != "cpu":
+            self.density = float(torch.count_nonzero(A)) / max(A.numel(), 1)
+            self.sparse = bool(sparse)  # None: dense products on accelerators
+            if self.sparse:
+                self._csr, self._csr_t = A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
+            return
+        import numpy as np
+
+        flat = np.flatnonzero(A.detach().contiguous().numpy())  # one scan gives the density and the CSR
+        self.density = flat.size / max(A.numel(), 1)
+        self.sparse = bool(sparse) if sparse is not None else self.density <= _SPARSE_DENSITY
         if self.sparse:
-            self._csr, self._csr_t = _csr_pair(A)
+            self._csr, self._csr_t = _csr_pair(A, flat)
 
     def mm(self, M: torch.Tensor) -> torch.Tensor:
         """``A @ M``: ``[n, C] × [C, r] → [n, r]``."""
@@ -218,7 +229,7 @@ class _Data:
         return self._csr_t @ M.contiguous() if self.sparse else self.A.T @ M
 
 
-def _csr_pair(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _csr_pair(A: torch.Tensor, flat: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR copies of ``A [n, C]`` and of ``Aᵀ`` (CPU tensors, int32 indices).
 
     Built with numpy/scipy: one scan for the non-zeros and an O(nnz) transpose, about 10× faster than two
@@ -229,14 +240,15 @@ def _csr_pair(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     a = A.detach().contiguous().numpy()
     n, C = a.shape
-    flat = np.flatnonzero(a)
+    if flat is None:
+        flat = np.flatnonzero(a)  # the flat indices of the non-zeros, in row-major order
     if flat.size >= 2**31 - 1:  # int32 indices would overflow: let torch build int64 ones
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             return A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
-    indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.count_nonzero(a, axis=1), out=indptr[1:])
-    m = sp.csr_matrix((a.ravel()[flat], (flat % C).astype(np.int32), indptr.astype(np.int32)), shape=(n, C))
+    # row pointers from the flat indices: the position of each row's first non-zero
+    indptr = np.searchsorted(flat, np.arange(0, (n + 1) * C, C, dtype=flat.dtype)).astype(np.int32)
+    m = sp.csr_matrix((a.ravel()[flat], (flat % C).astype(np.int32), indptr), shape=(n, C))
     mt = m.T.tocsr()  # CSR of Aᵀ = CSC of A: a counting sort of the column indices
 
     def wrap(x: Any) -> torch.Tensor:
