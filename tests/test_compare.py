@@ -191,6 +191,12 @@ def test_mask_images_selects_the_masked_subset() -> None:
     assert res.rows[0]["error"] == "", res.rows[0]["error"]
     assert res.mask_indices == [4, 1] and res.masks.masks.shape[0] == 2
     assert compare(split, x, 0, methods=("pca",), progress=False).mask_indices == []
+    # a count takes the images classified as the target first
+    pred = split.h(split.g(x)).argmax(1)
+    c = int(pred[3])
+    res = compare(split, x, c, methods=("masks",), progress=False, mask_images=1,
+                  method_params={"masks": {"steps": 2, "size": 8, "width": 4}})
+    assert res.mask_indices == [int(torch.nonzero(pred == c)[0])]
     for bad in (0, 7, [6], [], True):
         with pytest.raises(ParameterError, match="mask_images"):
             compare(split, x, 0, methods=("pca",), mask_images=bad)

@@ -326,7 +326,8 @@ def compare(
         Extra arguments per method, e.g. ``{"craft": {"patch_size": 32}, "masks": {"steps": 20}}``.
     mask_images
         Which images the masks explain (an optimisation per image, so a subset keeps it affordable): a
-        count ``m`` (the first ``m`` images), a sequence of indices into ``x``, or None for all of them.
+        count ``m`` (the first ``m`` images the model classifies as the target, topped up with the first
+        other images when fewer are), a sequence of indices into ``x``, or None for all of them.
 
     Returns
     -------
@@ -356,7 +357,7 @@ def compare(
         target = int(torch.bincount(logits.argmax(1), minlength=logits.shape[1]).argmax())
     c = resolve_target(target, probe.classes, int(logits.shape[1]))
 
-    mask_idx = _mask_indices(mask_images, int(x.shape[0]))
+    mask_idx = _mask_indices(mask_images, int(x.shape[0]), logits.argmax(1) == c)
     rows: list[dict[str, Any]] = []
     explainers: dict[str, ConceptExplainer] = {}
     mask_expl = None
@@ -385,8 +386,8 @@ def compare(
                          mask_indices=mask_idx if mask_expl is not None else [])
 
 
-def _mask_indices(sel: int | Sequence[int] | None, n: int) -> list[int]:
-    """Validated indices into ``x`` of the images to mask (see ``mask_images``)."""
+def _mask_indices(sel: int | Sequence[int] | None, n: int, is_target: torch.Tensor) -> list[int]:
+    """Validated indices into ``x`` of the images to mask (see ``mask_images``); ``is_target [n]`` bool."""
     if sel is None:
         return list(range(n))
     if isinstance(sel, bool):
@@ -394,7 +395,10 @@ def _mask_indices(sel: int | Sequence[int] | None, n: int) -> list[int]:
     if isinstance(sel, int):
         if not 1 <= sel <= n:
             raise ParameterError(f"mask_images={sel} must be between 1 and the number of images ({n})")
-        return list(range(sel))
+        # a mask keeps the target class: the images of that class first, in their order
+        first = [int(i) for i in torch.nonzero(is_target.cpu()).flatten()]
+        rest = [i for i in range(n) if not bool(is_target[i])]
+        return (first + rest)[:sel]
     idx = [int(i) for i in sel]
     bad = [i for i in idx if not 0 <= i < n]
     if not idx or bad:
