@@ -66,6 +66,7 @@ _OVERHEAD = 100_000  # cost of one small kernel launch, in flop equivalents (~5 
 # Encoding solves one NNLS to convergence rather than taking one alternating step.
 _ENCODE_MAX_SWEEPS = 500
 _ENCODE_DELTA = 1e-4
+_ENCODE_BLOCK = 4096  # rows per encode block
 # Entries are kept ≥ _FLOOR × scale during fit so that no row or column of a factor becomes exactly
 # zero (a zero column makes its Gram diagonal zero and the HALS step undefined).
 _FLOOR = 1e-10
@@ -812,11 +813,17 @@ class NMF(Decomposition):
         """NNLS codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖`` with the bank frozen (same solver as fit)."""
         W = self.components_.to(A.device)
         Q = W @ W.T
-        P = W @ A.T  # [k, n]
-        # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
-        X0 = (torch.linalg.pinv(Q) @ P).clamp_min_(0.0)
+        Qinv = torch.linalg.pinv(Q)
         solve = SOLVERS[getattr(self, "solver", "hals")]
-        if solve is mu:
-            X0 = X0.clamp_min_(torch.finfo(X0.dtype).eps * max(float(P.abs().max()), 1e-30))
-        Ut = solve(P, Q, X0, _ENCODE_MAX_SWEEPS, floor=0.0, delta=_ENCODE_DELTA)
-        return Ut.T.contiguous()
+        out = torch.empty(A.shape[0], W.shape[0], dtype=W.dtype, device=A.device)
+        # Rows are independent problems: blocks of rows bound the solver's memory (and keep its sweeps in
+        # cache), and each block stops as soon as its own rows have converged. (A dense product: building
+        # CSR copies costs a scan of the block, more than the one product they would save.)
+        for s in range(0, A.shape[0], _ENCODE_BLOCK):
+            P = W @ A[s : s + _ENCODE_BLOCK].T  # [k, b]
+            # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
+            X0 = (Qinv @ P).clamp_min_(0.0)
+            if solve is mu:
+                X0 = X0.clamp_min_(torch.finfo(X0.dtype).eps * max(float(P.abs().max()), 1e-30))
+            out[s : s + _ENCODE_BLOCK] = solve(P, Q, X0, _ENCODE_MAX_SWEEPS, floor=0.0, delta=_ENCODE_DELTA).T
+        return out
