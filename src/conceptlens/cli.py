@@ -1,6 +1,7 @@
 """The ``conceptlens`` command line: it parses arguments and calls the explainer, nothing more.
 
-Commands: ``demo``, ``fit``, ``explain``, ``evaluate``, ``report``, ``layers``, ``bench``.
+Commands: ``demo`` (every method compared on the bundled model and photos), ``compare``, ``fit``,
+``explain``, ``evaluate``, ``report``, ``layers``, ``mask``, ``sweep``, ``bench``.
 """
 
 from __future__ import annotations
