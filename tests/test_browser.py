@@ -172,8 +172,10 @@ def test_sub_report_renders(browser: object, report_page: Path) -> None:
     assert errors == [], f"console errors: {errors}"
 
 
-def test_no_horizontal_overflow_on_a_phone(browser: object, report_page: Path) -> None:
-    page, errors = _open(browser, report_page.as_uri(), 375)
+@pytest.mark.parametrize("which", ["report_page", "demo_page"])
+def test_no_horizontal_overflow_on_a_phone(browser: object, which: str,
+                                           request: pytest.FixtureRequest) -> None:
+    page, errors = _open(browser, request.getfixturevalue(which).as_uri(), 375)
     try:
         _load_every_image(page)
         width = page.evaluate("document.documentElement.scrollWidth")  # type: ignore[attr-defined]

@@ -1224,7 +1224,8 @@ def sweep_section(result: SweepResult) -> Any:
     html = (
         f"<p>{escape(intro)}</p>"
         '<img src="img/face_sweep.png" alt="FACE λ sweep: MSE, KL and faithfulness against λ">'
-        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
         f"<p>{escape(claim)}.</p>"
     )
     return Section("FACE λ sweep", html, anchor="face-sweep", images={"face_sweep.png": result.figure()})
