@@ -37,7 +37,8 @@ class TinyNet(nn.Module):
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             self.features = nn.Sequential(
-                nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
+                nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
                 nn.ReLU(),
             )
             self.pool = nn.AdaptiveAvgPool2d(1)

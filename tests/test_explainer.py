@@ -193,4 +193,5 @@ def test_nonlinear_head_uses_gradient(tiny, tiny_images) -> None:
     assert ex.importance_result_.method == "gradient"
     e = ex.explain(tiny_images)
     with torch.no_grad():
-        assert torch.allclose(e.contributions.sum(1) + e.residual + e.bias, tiny(tiny_images)[:, 1], atol=1e-5)
+        total = e.contributions.sum(1) + e.residual + e.bias
+        assert torch.allclose(total, tiny(tiny_images)[:, 1], atol=1e-5)

@@ -31,7 +31,7 @@ def test_torchvision_with_local_weights(tmp_path) -> None:
     torch.save(ref.state_dict(), path)
     m = cl.models.load("torchvision:resnet18", weights=path, num_classes=7)
     assert not m.training and len(m.preset.classes) == 7
-    for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values()):
+    for (k, a), b in zip(ref.state_dict().items(), m.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
 
 

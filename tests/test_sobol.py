@@ -97,7 +97,8 @@ def test_linear_total_indices_with_input_variances_and_batches():
 @settings(max_examples=50, deadline=None)
 @given(
     # zero or well-scaled coefficients: squares of subnormal floats underflow to 0 (a float64 limit, not ours)
-    coef=st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3)), min_size=1, max_size=8),
+    coef=st.lists(st.one_of(st.just(0.0), st.floats(1e-3, 1e3), st.floats(-1e3, -1e-3)),
+                  min_size=1, max_size=8),
     scale=st.floats(1e-3, 1e3),
     data=st.data(),
 )

@@ -15,7 +15,8 @@ def _x(n: int = 2, size: int = 224) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(3))
 
 
-@pytest.mark.parametrize("layer", ["auto", "_swish@1", "_blocks.15", "_blocks.10", "_swish@0", "_bn1", "_blocks.3"])
+@pytest.mark.parametrize("layer", ["auto", "_swish@1", "_blocks.15", "_blocks.10", "_swish@0", "_bn1",
+                                   "_blocks.3"])
 def test_lite0_split_is_exact(lite0: nn.Module, layer: str) -> None:
     s = cl.ModelSplit(lite0, layer)
     x = _x()

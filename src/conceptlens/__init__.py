@@ -13,9 +13,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import data, decompose, importance, metrics, models
+from .compare import compare  # the function (the module stays reachable as conceptlens.compare's globals)
 from .errors import ConceptLensError, NotFittedError
 from .explainer import ConceptExplainer, LocalExplanation
-from .compare import compare  # noqa: E402,I001 - the function, not the module
 from .split import ModelSplit
 
 
@@ -32,6 +32,7 @@ def __getattr__(name: str):  # lazy: matplotlib / jinja2 / the synthetic world l
 
 __all__ = [
     "__version__",
+    "compare",
     "ConceptExplainer",
     "ConceptLensError",
     "LocalExplanation",

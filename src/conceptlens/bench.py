@@ -37,7 +37,8 @@ __all__ = ["run", "fidelity_table", "demo_activations", "write_json", "BENCHES"]
 def _env() -> dict[str, Any]:
     import conceptlens
 
-    return {"conceptlens": conceptlens.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+    return {"conceptlens": conceptlens.__version__, "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
             "machine": platform.machine(), "python": platform.python_version()}
 
 
@@ -81,7 +82,8 @@ def fidelity_table(
             ex = cl.ConceptExplainer(split, method=method, n_concepts=k, seed=seed).fit(x, target, A=A)
             fit_s = time.perf_counter() - t0
             m = cl.metrics.evaluate(ex, x, A=A)
-            rows.append({"method": method, "k": k, **{key: round(v, 4) for key, v in m.items()}, "fit_s": round(fit_s, 3)})
+            rows.append({"method": method, "k": k, **{key: round(v, 4) for key, v in m.items()},
+                         "fit_s": round(fit_s, 3)})
     return rows
 
 

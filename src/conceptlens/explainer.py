@@ -178,7 +178,8 @@ def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int
     if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
         t = int(target)
         if not 0 <= t < n_outputs:
-            raise TargetError(f"target class {t} is out of range: the model has {n_outputs} classes (0–{n_outputs - 1})")
+            raise TargetError(f"target class {t} is out of range: the model has {n_outputs} classes "
+                              f"(0–{n_outputs - 1})")
         return t
     if isinstance(target, str):
         low = [c.lower() for c in classes]
@@ -283,7 +284,8 @@ class ConceptExplainer:
             if isinstance(split, nn.Module):
                 split = ModelSplit(split, "auto", progress=progress)
             else:
-                raise ParameterError(f"split must be a ModelSplit or an nn.Module, got {type(split).__name__}")
+                raise ParameterError("split must be a ModelSplit or an nn.Module, got "
+                                     f"{type(split).__name__}")
         self.split = split
         self.method = method.lower()
         decompose.get(self.method)  # validate the name early
@@ -309,7 +311,8 @@ class ConceptExplainer:
     # ------------------------------------------------------------------ properties
     def _fitted(self, what: str) -> None:
         if getattr(self, "decomposition_", None) is None:
-            raise NotFittedError(f"ConceptExplainer.{what} needs a fitted explainer: call .fit(x, target) first")
+            raise NotFittedError(f"ConceptExplainer.{what} needs a fitted explainer: "
+                                 "call .fit(x, target) first")
 
     @property
     def concepts_(self) -> torch.Tensor:
@@ -476,7 +479,9 @@ class ConceptExplainer:
         with torch.no_grad():
             return self.split.h(self.decomposition_.decode(self.decomposition_.encode(A)))
 
-    def explain(self, x: torch.Tensor, *, maps: str = "upsample", A: torch.Tensor | None = None) -> LocalExplanation:
+    def explain(
+        self, x: torch.Tensor, *, maps: str = "upsample", A: torch.Tensor | None = None
+    ) -> LocalExplanation:
         """Explain the target logit on each image with the concepts.
 
         Parameters
@@ -737,7 +742,9 @@ class ConceptExplainer:
         return p
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None) -> ConceptExplainer:
+    def load(
+        cls, path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None
+    ) -> ConceptExplainer:
         """Load an explainer written by :meth:`save`.
 
         Parameters
@@ -758,15 +765,18 @@ class ConceptExplainer:
                 model = models.load(model or manifest["model"])
             split = ModelSplit(model, manifest["layer"])
         elif split.layer != manifest["layer"]:
-            raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, the split is at {split.layer!r}")
+            raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, "
+                                 f"the split is at {split.layer!r}")
         p = manifest["params"]
-        ex = cls(split, method=p["method"], n_concepts=p["n_concepts"], importance=p["importance"], seed=p["seed"],
+        ex = cls(split, method=p["method"], n_concepts=p["n_concepts"], importance=p["importance"],
+                 seed=p["seed"],
                  method_params=p.get("method_params"), importance_params=p.get("importance_params"))
         dcls = decompose.get(p["method"])
         d = dcls(**manifest.get("decomposition_params", {}))
         if hasattr(d, "set_head"):
             d.set_head(split.h)
-        d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("decomposition.")})
+        d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
+                              if k.startswith("decomposition.")})
         if d.components_.shape[1] != split.activation_shape[-1]:
             raise SavedFileError(
                 f"the saved bank has {d.components_.shape[1]} channels but layer {split.layer!r} has "
@@ -822,16 +832,20 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
             tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
     except Exception as exc:
         raise SavedFileError(
-            f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); fit and save it again"
+            f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); "
+            "fit and save it again"
         ) from exc
     try:
         manifest = json.loads(meta["conceptlens"])
     except (KeyError, json.JSONDecodeError) as exc:
-        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; was it written by ConceptExplainer.save?") from exc
+        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; "
+                             "was it written by ConceptExplainer.save?") from exc
     if manifest.get("schema") != SCHEMA:
-        raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; this version reads {SCHEMA!r}")
+        raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; "
+                             f"this version reads {SCHEMA!r}")
     if manifest.get("sha256") != _digest(tensors, manifest):
-        raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); refusing to load it")
+        raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); "
+                             "refusing to load it")
     for key in ("model", "layer", "params", "target", "importance_method"):
         if key not in manifest:
             raise SavedFileError(f"{str(p)!r}: the manifest lacks {key!r}")

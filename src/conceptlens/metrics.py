@@ -44,7 +44,9 @@ def sparsity(U: torch.Tensor, tol: float = 1e-8) -> float:
     return float((U.abs() > tol).float().mean())
 
 
-def evaluate(ex: Any, x: torch.Tensor, *, A: torch.Tensor | None = None, target: int | None = None) -> dict[str, float]:
+def evaluate(
+    ex: Any, x: torch.Tensor, *, A: torch.Tensor | None = None, target: int | None = None
+) -> dict[str, float]:
     """All ICE numbers for a fitted explainer on images ``x [N,3,H,W]``.
 
     Returns

@@ -1,4 +1,5 @@
-"""ModelSplit: a classifier cut at one layer into ``g`` (input → activations) and ``h`` (activations → logits).
+"""ModelSplit: a classifier cut at one layer into ``g`` (input → activations) and ``h`` (activations →
+logits).
 
 Notation: ``A = g(x)``, ``logits = h(A)``; ``x [N,3,H,W]``; ``A`` channels-last: ``[N,h,w,C]`` for a spatial
 layer, ``[N,C]`` for a flat one, ``[N,T,C]`` for a token layer (returned as the model computes it).
@@ -220,7 +221,7 @@ class ModelSplit:
         del env
         by_node: dict[fx.Node, list[str]] = {}
         counts: dict[str, int] = {}
-        for path, node in tracer.calls:
+        for path, _node in tracer.calls:
             counts[path] = counts.get(path, 0) + 1
         seen: dict[str, int] = {}
         for path, node in tracer.calls:
@@ -308,7 +309,8 @@ class ModelSplit:
                 f"'{_call_name(s, base)}' (output {list(_channels_last_shape(s.shape))})" for s in multi
             )
             raise LayerError(
-                f"module {layer!r} runs {len(multi)} times in one forward pass; say which call you mean: {opts}"
+                f"module {layer!r} runs {len(multi)} times in one forward pass; "
+                f"say which call you mean: {opts}"
             )
         hint = nearest(layer, self.layers(), n=6)
         raise LayerError(
@@ -505,7 +507,8 @@ class ModelSplit:
         scale = max(1.0, float(ref.abs().max()))
         if not math.isfinite(err) or err > atol * scale:
             raise SplitError(
-                f"cutting the model at {self.layer!r} changes its output (max |h(g(x)) − model(x)| = {err:.3g}). "
+                f"cutting the model at {self.layer!r} changes its output "
+                f"(max |h(g(x)) − model(x)| = {err:.3g}). "
                 "The rest of the network probably reads something computed before this layer (a skip "
                 "connection); choose the output of a whole block instead (e.g. 'layer4' rather than "
                 "'layer4.1.conv2')"

@@ -76,7 +76,8 @@ from its mean ``ȳ_i`` along its signal vector; stored as ``Y @ S + decode_offse
 vector is scaled so that ``w_iᵀ s_i = m_i``, the mean logit gap between the concept's positives and
 negatives: for a row where the detector fires (``y ≈ 1``) ``y_i s_i`` is the typical activation change the
 concept accounts for, and removing it takes a typical positive to the level of a typical negative. The
-offset (like PCA's mean) goes into the bias of the local explanations. The pure functions :func:`remove_concepts` and :func:`unlearn` implement
+offset (like PCA's mean) goes into the bias of the local explanations. The pure functions
+:func:`remove_concepts` and :func:`unlearn` implement
 the paper's edit ``x' = ReLU(x − σ(w_iᵀx − b_i) · k · s_i)``.
 """
 
