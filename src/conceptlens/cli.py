@@ -64,6 +64,7 @@ def demo(
     import torch
 
     import conceptlens as cl
+    from conceptlens.compare import _methods as method_names
     from conceptlens.compare import compare as run_compare
     from conceptlens.compare import reading, write_report
 
@@ -82,7 +83,7 @@ def demo(
         A = split.g(x)
         # the crops already are CRAFT's crops: a patch of the whole (resized) crop fits its bank on them
         # (one forward pass each) instead of cutting 16 new crops out of every image
-        names_m = [m.strip().lower() for m in methods.split(",") if m.strip()]
+        names_m = method_names(methods)  # validated, lower-case, as compare() reads them
         params: dict[str, dict[str, object]] = {}
         if "craft" in names_m:
             params["craft"] = {"patch_size": int(x.shape[-1])}
@@ -344,6 +345,7 @@ def compare(
 ) -> None:
     """Run every method on one class side by side: OUT/compare.csv, OUT/index.html, OUT/<method>/."""
     import conceptlens as cl
+    from conceptlens.compare import _methods as method_names
     from conceptlens.compare import compare as run_compare
     from conceptlens.compare import reading, write_report
 
@@ -355,7 +357,7 @@ def compare(
         A = split.g(x)
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
                           stability=stability, mask_images=masks or None)
-        names_m = [m.strip().lower() for m in methods.split(",") if m.strip()]
+        names_m = method_names(methods)  # validated, lower-case, as compare() reads them
         extra = _sweep_sections(kl_weights, names_m, A, split, res.target, n_concepts, seed)
         path = write_report(res, x, out, names=names, A=A, extra_sections=extra)
     except cl.ConceptLensError as exc:
