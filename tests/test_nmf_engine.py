@@ -268,3 +268,110 @@ def test_two_process_gloo_equals_single_process(tmp_path):
     rel = float(torch.linalg.vector_norm(W0 - Wref) / torch.linalg.vector_norm(Wref))
     assert rel < 1e-5
     assert abs(r0["err"] - ref.reconstruction_err_) < 1e-5 * ref.reconstruction_err_
+
+
+# ---------------------------------------------------------------------------------------------
+# the stopping rule, the final error, encoding
+# ---------------------------------------------------------------------------------------------
+def _errors(decreases: list[float], start: float = 1.0) -> list[float]:
+    """Relative errors whose successive relative decreases are ``decreases``."""
+    h = [start]
+    for d in decreases:
+        h.append(h[-1] * (1 - d))
+    return h
+
+
+def test_stopping_rule_extrapolates_geometric_decreases():
+    from conceptlens.decompose.nmf import _converged
+
+    tol = 1e-4
+    # ratio ½: after a decrease d the rest is worth ≈ d, so it stops once d < 10·tol (not only below tol)
+    h = _errors([6e-3 * 0.5**i for i in range(10)])
+    stops = [t for t in range(2, len(h) + 1) if _converged(h[:t], tol)]
+    assert stops and stops[0] == 5  # decreases 6e-3, 3e-3, 1.5e-3, 7.5e-4: what remains ≈ 7.5e-4 < 10·tol
+    # slowly shrinking decreases (ratio 0.95) predict a lot still to come: no early stop
+    slow = _errors([5e-4 * 0.95**i for i in range(20)])
+    assert not any(_converged(slow[:t], tol) for t in range(2, len(slow) + 1))
+    # a stall followed by faster progress (a ratio > 1 in the window) never stops on the prediction
+    stall = _errors([3e-3, 1e-3, 9e-4, 1.2e-3, 8e-4])
+    assert not any(_converged(stall[:t], tol) for t in range(2, len(stall) + 1))
+    # nor does a run that is slowing down (growing ratios 0.5, 0.56, 0.61 ...), however small d·r/(1 − r)
+    slowing = _errors([3e-3, 1.5e-3, 8.4e-4, 5.1e-4, 3.7e-4])
+    assert not any(_converged(slowing[:t], tol) for t in range(2, len(slowing) + 1))
+    # the plain rule: a decrease below tol (or an increase) stops at once; tol = 0 never stops
+    assert _converged(_errors([1e-2, 5e-5]), tol) and _converged([1.0, 0.9, 0.9000001], tol)
+    assert not any(_converged(h[:t], 0.0) for t in range(2, len(h) + 1))
+
+
+def test_default_stop_is_a_prefix_of_the_long_run_and_close_to_its_end():
+    A = relu_data(1200, 96, seed=7)
+    long = NMF(8, tol=0.0, max_iter=150).fit(A)
+    m = NMF(8).fit(A)
+    n = m.n_iter_
+    assert m.history_ == long.history_[:n]  # the same deterministic run, stopped earlier
+    # it stops no later than the plain "last decrease < tol" rule would, and not materially worse
+    h = long.history_
+    plain = next(t + 1 for t in range(1, len(h)) if h[t - 1] - h[t] < m.tol * h[t - 1])
+    assert n <= plain
+    assert m.reconstruction_err_ <= (1 + 1e-3) * h[plain - 1]
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_reported_error_from_the_last_products_is_the_real_one(sparse):
+    A = relu_data(900, 64, seed=3)
+    m = NMF(6)
+    m._sparse = sparse
+    U = m.fit_encode(A)
+    assert m._sparse_used is sparse
+    real = torch.linalg.vector_norm((A - U @ m.components_).double()) / torch.linalg.vector_norm(A.double())
+    assert m.reconstruction_err_ == pytest.approx(float(real), rel=1e-5)
+
+
+def test_data_mean_max_from_the_csr_copy():
+    A = relu_data(300, 40)
+    for sparse in (True, False):
+        mean, top = _Data(A, sparse=sparse).mean_max()
+        assert float(mean) == pytest.approx(float(A.double().mean()), rel=1e-6)
+        assert top == float(A.max())
+
+
+def test_normalise_rows_scales_the_cross_term_with_u():
+    from conceptlens.decompose.nmf import _normalise_rows
+
+    g = torch.Generator().manual_seed(0)
+    Ut, W = torch.rand(4, 30, generator=g), 3 * torch.rand(4, 12, generator=g)
+    A = torch.rand(30, 12, generator=g)
+    Ut2, W2, R2 = _normalise_rows(Ut, W, Ut @ A)
+    torch.testing.assert_close(W2.norm(dim=1), torch.ones(4))
+    torch.testing.assert_close(Ut2.T @ W2, Ut.T @ W)
+    torch.testing.assert_close(R2, Ut2 @ A)
+
+
+def test_encode_blocks_equal_scipy_nnls_and_beat_the_fitted_codes(monkeypatch):
+    from scipy.optimize import nnls
+
+    import conceptlens.decompose.nmf as nmf_mod
+
+    A, _ = planted(600, 40, 5, seed=2)
+    A[7] = 0.0  # an all-zero row gets all-zero codes
+    m = NMF(5).fit(A)
+    one = m.encode(A)
+    monkeypatch.setattr(nmf_mod, "_ENCODE_ELEMS", 5 * 128)  # several blocks of 128 rows, one ragged
+    U = m.encode(A)
+    torch.testing.assert_close(U, one, rtol=1e-4, atol=1e-5 * float(one.max()))
+    assert (U[7] == 0).all() and (U >= 0).all()
+    W = m.components_.double().numpy()
+    for i in (0, 127, 128, 599):  # both sides of a block boundary and the last (ragged) block
+        ref, _ = nnls(W.T, A[i].double().numpy())
+        np.testing.assert_allclose(U[i].double().numpy(), ref, atol=1e-4 * max(1.0, np.abs(ref).max()))
+    # the frozen-bank codes solve the NNLS, so they can only improve on the codes found during fit
+    U_fit = m.fit_encode(A)
+    err = torch.linalg.vector_norm(A - U @ m.components_)
+    assert float(err) <= float(torch.linalg.vector_norm(A - U_fit @ m.components_)) * (1 + 1e-6)
+
+
+def test_bench_time_to_target():
+    from conceptlens.bench_nmf import time_to_target
+
+    assert time_to_target([0.9, 0.8, 0.7], [0.1, 0.2, 0.3], 0.8) == 0.2
+    assert time_to_target([0.9, 0.8], [0.1, 0.2], 0.5) is None

@@ -23,7 +23,12 @@ and per ``k``:
   call, which is a lower bound (``0`` when the call stays under an earlier peak), plus the size of the
   tensors our solver holds (analytic working set);
 * encode with the bank frozen of 100,000 rows (``A`` tiled): ours against scikit-learn's
-  ``transform``, both with scikit-learn's bank, time ratio and errors.
+  ``transform``, both with scikit-learn's bank, time ratio and errors;
+* where the rest of our run goes: the fixed costs (CSR copies, NNDSVD initialisation) and the share of
+  the two products in the outer iterations alone (``loop_products_fraction``); and, as the alternative
+  initialisation, the cost of the top-``k`` eigenvectors of the ``[C, C]`` Gram ``AᵀA`` (sparse product
+  plus ``eigh``) against our randomised SVD;
+* the machine's load average before and after the run (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -168,6 +173,35 @@ def _product_times(A: torch.Tensor, k: int) -> dict[str, float]:
     return {"dense_pair_s": dense, "sparse_pair_s": sparse, "matmul_gflops": 4 * n * C * k / dense / 1e9}
 
 
+def _overhead_times(A: torch.Tensor, k: int) -> dict[str, float]:
+    """Seconds of the fixed costs of a default fit: the CSR copies and the NNDSVD initialisation."""
+    from .decompose.nmf import _POWER_ITERS, _Data, nndsvd_init
+
+    d = _Data(A)
+    return {"csr_s": _timeit(lambda: _Data(A)) if d.sparse else 0.0,
+            "init_s": _timeit(lambda: nndsvd_init(A, k, "nndsvda", 0, sparse=d.sparse,
+                                                  power_iters=_POWER_ITERS, data=d))}
+
+
+def _gram_init_times(A: torch.Tensor, k: int) -> dict[str, float]:
+    """The initialisation we use (randomised SVD on the CSR copies, ``_POWER_ITERS`` power iterations)
+    against the top-``k`` eigenvectors of the ``[C, C]`` Gram ``AᵀA`` (sparse product + ``eigh``)."""
+    from scipy import sparse as sp
+
+    from .decompose.nmf import _POWER_ITERS, _Data, _top_svd
+
+    d = _Data(A)
+    g = torch.Generator().manual_seed(0)
+    csr = sp.csr_matrix(A.numpy())
+
+    def gram() -> Any:
+        G = torch.from_numpy((csr.T @ csr).toarray())
+        return torch.linalg.eigh(G)
+
+    return {"k": k, "randomized_svd_s": _timeit(lambda: _top_svd(A, k, g, d, _POWER_ITERS)),
+            "gram_eigh_s": _timeit(gram, reps=1)}
+
+
 def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, Any]:
     n, C = A.shape
     An = A.numpy()
@@ -181,6 +215,7 @@ def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, A
         t1 = time_to_target(to1["model"].history_, to1["model"].times_, 1.01 * cd["err"])
         rounds.append({"cd": cd, "ours": ours, "to1": to1, "dense": dense, "t_to1": t1})
     pt = _product_times(A, k)
+    oh = _overhead_times(A, k)
     med = statistics.median
     last = rounds[-1]
     sparse_used = bool(last["ours"]["model"].__dict__.get("_sparse_used", _is_sparse(A)))
@@ -189,6 +224,7 @@ def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, A
     it_ours = last["ours"]["iters"]
     pair = pt["sparse_pair_s"] if sparse_used else pt["dense_pair_s"]
     ratio_to1 = [r["cd"]["time_s"] / r["t_to1"] for r in rounds if r["t_to1"]]
+    t_fixed = oh["init_s"] + (oh["csr_s"] if sparse_used else 0.0)
     row = {
         "n": n, "C": C, "k": k, "density": float(torch.count_nonzero(A)) / A.numel(),
         "sparse_products": sparse_used,
@@ -209,6 +245,10 @@ def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, A
         "matmul_gflops": pt["matmul_gflops"],
         "products_fraction": min(pair * it_ours / t_ours, 1.0),
         "product_pair_s": {"dense": pt["dense_pair_s"], "sparse": pt["sparse_pair_s"]},
+        # the fixed costs in the default run (CSR copies when sparse, NNDSVD init), and the products'
+        # share of the rest (the outer iterations)
+        "fixed_s": {"csr": oh["csr_s"] if sparse_used else 0.0, "init": oh["init_s"]},
+        "loop_products_fraction": min(pair * it_ours / max(t_ours - t_fixed, 1e-9), 1.0),
     }
     row["gflops_fraction"] = row["achieved_gflops"] / row["matmul_gflops"]
     return row
@@ -281,10 +321,13 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     dict
         The payload written (per matrix and ``k``: times, errors, iterations, ratios, GFLOP/s).
     """
+    import os
+
     from threadpoolctl import threadpool_limits
 
     from .bench import write_json
 
+    load_before = os.getloadavg()
     # One thread each: on a shared machine, multi-threaded BLAS/OpenMP timings are dominated by
     # waiting for descheduled threads; single-thread ratios are reproducible.
     threads = torch.get_num_threads()
@@ -306,12 +349,19 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
             kmem = 10 if quick else 25
             mem = _memory(A, kmem)
             enc = _encode(A, kmem, 20_000 if quick else _ENCODE_ROWS, reps)
+            gram = _gram_init_times(A, kmem)
     finally:
         torch.set_num_threads(threads)
+    load = {"before": list(load_before), "after": list(os.getloadavg()), "cpus": os.cpu_count()}
+    print(f"init (k={kmem}): randomised SVD {gram['randomized_svd_s'] * 1e3:.1f} ms, Gram AᵀA + eigh "
+          f"{gram['gram_eigh_s'] * 1e3:.1f} ms")
+    print(f"load average (1, 5, 15 min) before {load['before']}, after {load['after']} "
+          f"on {load['cpus']} CPUs")
     print(f"memory (k={kmem}): {mem}")
     print(f"encode {enc['rows']} rows k={kmem}: sklearn transform / ours = {enc['speedup']:.1f}×, "
           f"errors sklearn {enc['sklearn_err']:.5f} ours {enc['ours_err']:.5f}")
     payload = {"quick": quick, "threads_used": 1, "reps": reps, "rows": rows, "memory": mem, "encode": enc,
+               "init_alternatives": gram, "load_average": load,
                "notes": "ratios are medians over interleaved rounds in one process; time-to-1% = first outer "
                         "iteration whose error is within 1% of sklearn-cd's final error, init included"}
     print(f"wrote {write_json(out, 'nmf', payload)}")
@@ -325,8 +375,9 @@ def _print_row(r: dict[str, Any]) -> None:
     if r["k"] == 10 and r["matrix"] == "real" or not hasattr(_print_row, "hdr"):
         _print_row.hdr = True  # type: ignore[attr-defined]
         print(f"{'matrix':<8}{'k':>3}{'cd/ours':>8}{'cd/1%':>7}{'mu/ours':>8}{'sp/dn':>6}{'err cd':>8}"
-              f"{'err ours':>9}{'it':>4}{'GF/s':>6}{'mm GF/s':>8}{'prod%':>6}")
+              f"{'err ours':>9}{'it':>4}{'GF/s':>6}{'mm GF/s':>8}{'prod%':>6}{'loop%':>6}{'fixed ms':>9}")
     print(f"{r['matrix']:<8}{r['k']:>3}{f(r['speedup_default_vs_cd']):>8}{f(r['speedup_to_1pct_vs_cd']):>7}"
           f"{f(r['speedup_default_vs_mu']):>8}{r['speedup_sparse_vs_dense']:>6.2f}{r['sklearn_cd']['err']:>8.4f}"
           f"{r['ours_default']['err']:>9.4f}{r['ours_default']['iters']:>4}{r['achieved_gflops']:>6.1f}"
-          f"{r['matmul_gflops']:>8.1f}{100 * r['products_fraction']:>6.0f}")
+          f"{r['matmul_gflops']:>8.1f}{100 * r['products_fraction']:>6.0f}"
+          f"{100 * r['loop_products_fraction']:>6.0f}{1e3 * sum(r['fixed_s'].values()):>9.1f}")
