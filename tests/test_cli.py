@@ -82,7 +82,7 @@ def test_mask_amortised_and_explicit_target(tmp_path: Path, tiny_images: torch.T
     assert "amortised" in (out / "index.html").read_text()
     # a named class for every image (per-image mode)
     res = _invoke(["mask", str(paths[0]), "-o", str(tmp_path / "t"), "--model", "conftest:TinyNet",
-                   "--steps", "3", "--target", "class 2", "--no-baselines"])
+                   "--steps", "3", "--target", "class 2", "--no-baselines", "--area-mode", "budget"])
     assert res.exit_code == 0, res.output
     with open(tmp_path / "t" / "masks.csv", newline="") as f:
         assert next(csv.DictReader(f))["target"] == "2"
@@ -92,6 +92,7 @@ def test_mask_amortised_and_explicit_target(tmp_path: Path, tiny_images: torch.T
     "extra, message",
     [
         (["--steps", "0"], "steps"),
+        (["--area-mode", "budgt"], "'budget', 'penalty' or 'both'"),
         (["--target", "9"], "out of range"),
         (["--target", "clas 1"], "did you mean"),
         (["--model", "nope_module:factory"], "cannot import"),
