@@ -832,7 +832,7 @@ class MaskExplainer:
                 clock = clock + (holds.to(clock.dtype) if self.area_pause else 1.0)
                 if budget is not None:
                     # path following on the area itself: shrink the budget while the mask keeps the class,
-                    # hold it while the other terms win the class back
+                    # let it grow back slowly while the other terms win the class back
                     shrunk = (budget * (1 - self.budget_rate)).clamp_min(self.budget_min)
                     grown = (budget * (1 + self.budget_grow)).clamp_max(1.0)
                     budget = torch.where(holds, shrunk, grown)
