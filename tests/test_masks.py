@@ -201,6 +201,16 @@ def test_both_paths_return_the_smaller_class_keeping_mask(tiny: TinyNet, tiny_im
     assert both.masks.shape == b.masks.shape and both.step.shape == (6,)
 
 
+def test_restarts_never_give_a_larger_mask(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:6]
+    one = MaskExplainer(tiny, **FAST, area_mode="budget").explain(x)
+    two = MaskExplainer(tiny, **FAST, area_mode="budget", restarts=2).explain(x)
+    # the first restart replays the single run; the second can only offer a smaller class-keeping mask
+    assert bool((two.same_top1 >= one.same_top1).all())
+    kept = one.same_top1
+    assert bool((two.kept_fraction[kept] <= one.kept_fraction[kept] + 1e-6).all())
+
+
 def test_same_seed_same_masks_other_seed_other_masks(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
     x = tiny_images[:4]
     a = MaskExplainer(tiny, seed=3, **FAST).explain(x)
@@ -240,6 +250,8 @@ def test_explicit_target_and_errors(tiny: TinyNet, tiny_images: torch.Tensor) ->
         MaskExplainer(tiny, budget_start=0.1, budget_min=0.2)
     with pytest.raises(ParameterError, match="budget_grow"):
         MaskExplainer(tiny, budget_grow=1.5)
+    with pytest.raises(ParameterError, match="restarts"):
+        MaskExplainer(tiny, restarts=0)
     with pytest.raises(LayerError, match="nearest"):
         MaskExplainer(tiny, layers=["featurs.1"], steps=2).explain(x)
     with pytest.raises(ConceptLensError, match=r"\[N,3,H,W\]"):

@@ -354,7 +354,7 @@ class _GroupedUNet(nn.Module):
     """
 
     def __init__(
-        self, size: int, width: int, groups: int, init_logit: float, seed: int,
+        self, size: int, width: int, groups: int, init_logit: float, seed: int | Sequence[int],
         free: bool | Sequence[bool] = False,
     ) -> None:
         super().__init__()
@@ -365,18 +365,27 @@ class _GroupedUNet(nn.Module):
             "e0": (3, c, 3), "e1": (c, c, 3), "e2": (c, 2 * c, 3), "e3": (2 * c, 2 * c, 3),
             "d2": (4 * c, 2 * c, 3), "out": (3 * c, 1, 1),
         }
-        gen = torch.Generator().manual_seed(int(seed))
+        # one seed for every group, or one per group (restarts): equal seeds give equal starting weights
+        seeds = [int(seed)] * groups if isinstance(seed, int) else [int(v) for v in seed]
+        if len(seeds) != groups:
+            raise ParameterError(f"got {len(seeds)} seeds for {groups} generators")
+        start: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        for sd in dict.fromkeys(seeds):
+            gen = torch.Generator().manual_seed(sd)
+            start[sd] = {}
+            for name, (cin, cout, k) in specs.items():
+                fan_in = cin * k * k
+                # He-uniform so that the random initial masks have O(1) logit variation
+                # the output starts nearly flat (logit std ≈ 0.3 around init_logit)
+                bound = math.sqrt(6.0 / fan_in) if name != "out" else 0.3 * math.sqrt(3.0 / fan_in)
+                w = (torch.rand(cout, cin, k, k, generator=gen) * 2 - 1) * bound
+                b = torch.zeros(cout) if name != "out" else torch.full((1,), float(init_logit))
+                start[sd][name] = (w, b)
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
-        for name, (cin, cout, k) in specs.items():
-            fan_in = cin * k * k
-            # He-uniform so that the random initial masks have O(1) logit variation
-            # the output starts nearly flat (logit std ≈ 0.3 around init_logit)
-            bound = math.sqrt(6.0 / fan_in) if name != "out" else 0.3 * math.sqrt(3.0 / fan_in)
-            w = (torch.rand(cout, cin, k, k, generator=gen) * 2 - 1) * bound
-            b = torch.zeros(cout) if name != "out" else torch.full((1,), float(init_logit))
-            self.weights[name] = nn.Parameter(w.repeat(groups, 1, 1, 1))
-            self.biases[name] = nn.Parameter(b.repeat(groups))
+        for name in specs:
+            self.weights[name] = nn.Parameter(torch.cat([start[sd][name][0] for sd in seeds]))
+            self.biases[name] = nn.Parameter(torch.cat([start[sd][name][1] for sd in seeds]))
         # a learned logit map added to the U-Net's output (per group, where ``free`` says so): it lets the
         # budgeted masks move pixels the image features alone cannot separate
         flags = torch.as_tensor(free, dtype=torch.float32).reshape(-1)
@@ -506,6 +515,9 @@ class MaskExplainer:
         First and smallest budget (fractions of the pixels).
     budget_rate, budget_grow
         Relative shrink after a class-keeping step, relative growth after a step that lost the class.
+    restarts
+        U-Nets per image and path, each from its own seeded start (the smallest class-keeping mask over all
+        of them wins); the cost grows in proportion.
     batch_size
         Images optimised together (per-image mode; each has its own U-Net) or per minibatch (amortised).
     select
@@ -545,6 +557,7 @@ class MaskExplainer:
         budget_min: float = 0.01,
         budget_rate: float = 0.08,
         budget_grow: float = 0.04,
+        restarts: int = 1,
         batch_size: int = 8,
         select: str = "zero",
         progress: bool | None = None,
@@ -571,6 +584,7 @@ class MaskExplainer:
         _check_int("steps", steps, 1)
         _check_int("width", width, 1)
         _check_int("batch_size", batch_size, 1)
+        _check_int("restarts", restarts, 1)
         _check_int("seed", seed, 0)
         if select not in ("all", "zero"):
             raise ParameterError(f"select must be 'all' or 'zero', got {select!r}")
@@ -607,6 +621,7 @@ class MaskExplainer:
         self.budget_min = float(budget_min)
         self.budget_rate = float(budget_rate)
         self.budget_grow = float(budget_grow)
+        self.restarts = int(restarts)
         self.batch_size = int(batch_size)
         self.select = select
         self.progress = progress
@@ -623,7 +638,7 @@ class MaskExplainer:
             "width": self.width, "init_logit": self.init_logit,
             "area_end": self.area_end, "area_pause": self.area_pause, "area_mode": self.area_mode,
             "budget_start": self.budget_start, "budget_min": self.budget_min, "budget_rate": self.budget_rate,
-            "budget_grow": self.budget_grow,
+            "budget_grow": self.budget_grow, "restarts": self.restarts,
             "batch_size": self.batch_size, "select": self.select, **self.weights,
         }
 
@@ -777,14 +792,17 @@ class MaskExplainer:
         y = _resolve_targets(self.model, _slice_target(target, offset, n0), logits0)
         p_ref = F.softmax(logits0 / self.weights["T"], 1)
         # one U-Net per image and path: "both" optimises a budgeted and a penalised copy of every image
+        # (and every restart adds one more U-Net per image and path, from another seeded start)
         modes = ("budget", "penalty") if self.area_mode == "both" else (self.area_mode,)
-        r = len(modes)
+        paths = [(m, j) for j in range(self.restarts) for m in modes]
+        r = len(paths)
         if r > 1:
             x, y, p_ref = x.repeat(r, 1, 1, 1), y.repeat(r), p_ref.repeat(r, 1)
             ref = {k: v.repeat(r, *([1] * (v.ndim - 1))) for k, v in ref.items()}
         n = x.shape[0]
-        budgeted = torch.tensor([m == "budget" for m in modes for _ in range(n0)], device=x.device)
-        net = _GroupedUNet(self._mask_size(x), self.width, n, self.init_logit, self.seed,
+        budgeted = torch.tensor([m == "budget" for m, _ in paths for _ in range(n0)], device=x.device)
+        seeds = [self.seed + 7919 * j for _, j in paths for _ in range(n0)]
+        net = _GroupedUNet(self._mask_size(x), self.width, n, self.init_logit, seeds,
                            free=budgeted.tolist())
         net = net.to(x.device, x.dtype)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr)
@@ -844,7 +862,8 @@ class MaskExplainer:
         found = torch.isfinite(best_area)
         masks = torch.where(found[:, None, None, None], best, last)
         if r > 1:
-            # per image, the smallest class-keeping mask over the paths (the first path's last mask if none)
+            # per image, the smallest class-keeping mask over the paths (the first path's last mask if none);
+            # argmin takes the first of equal areas, so a restart never displaces an equal first-path mask
             pick = best_area.reshape(r, n0).argmin(0)
             rows = pick * n0 + torch.arange(n0, device=x.device)
             masks, best_step, x, y = masks[rows], best_step[rows], x[:n0], y[:n0]
