@@ -136,7 +136,7 @@ def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     x = object_images(8)
     assert bool((model(x).argmax(1) == 0).all())
     kw = dict(size=8, steps=60, layers=["act"], area_end=2.0, area_pause=False, select="zero",
-              area_mode="penalty")
+              area_mode="penalty", refine=False)  # refine would shrink past the noise with select="zero"
     with_abd = MaskExplainer(model, **kw).explain(x)
     without = MaskExplainer(model, **kw, abductive=0.0).explain(x)
     assert bool(with_abd.same_top1.all()) and bool(without.same_top1.all())
@@ -164,7 +164,8 @@ def test_select_all_checks_the_noise_backgrounds() -> None:
 def test_a_fixed_budget_keeps_exactly_that_many_pixels(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
     # budget held at 25 %: every visited binary mask is the top 64 of the 256 pixels, so is the result
     x = tiny_images[:6]
-    kw = dict(FAST, area_mode="budget", budget_start=0.25, budget_min=0.25, budget_rate=0.0, budget_grow=0.0)
+    kw = dict(FAST, area_mode="budget", budget_start=0.25, budget_min=0.25, budget_rate=0.0, budget_grow=0.0,
+              refine=False)
     r = MaskExplainer(tiny, **kw).explain(x)
     assert torch.equal(r.masks.sum((1, 2, 3)), torch.full((6,), 64.0))
     assert all("area" in h and h["area"] == 0.0 and h["budget"] == 0.25 for h in r.history)
@@ -199,6 +200,20 @@ def test_both_paths_return_the_smaller_class_keeping_mask(tiny: TinyNet, tiny_im
                           atol=0.02)
     assert bool((both.same_top1 >= (b.same_top1 | p.same_top1)).all())
     assert both.masks.shape == b.masks.shape and both.step.shape == (6,)
+
+
+def test_refine_shrinks_masks_along_their_ranking_and_keeps_the_class(tiny: TinyNet,
+                                                                     tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:6]
+    kw = dict(FAST, area_mode="budget", budget_start=0.5, budget_min=0.5, budget_rate=0.0, budget_grow=0.0)
+    raw = MaskExplainer(tiny, **kw, refine=False).explain(x)
+    ref = MaskExplainer(tiny, **kw).explain(x)
+    assert torch.equal(ref.same_top1, raw.same_top1)
+    assert bool((ref.masks <= raw.masks).all())  # a subset of the optimised mask's pixels
+    # candidates are 0.9^j of the 128 kept pixels: every refined area is one of them
+    sizes = {128} | {math.ceil(128 * 0.9 ** j) for j in range(1, 9)}
+    assert set(ref.masks.sum((1, 2, 3)).int().tolist()) <= sizes
+    assert float(ref.kept_fraction[raw.same_top1].mean()) < float(raw.kept_fraction[raw.same_top1].mean())
 
 
 def test_restarts_never_give_a_larger_mask(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
