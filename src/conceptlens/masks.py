@@ -681,8 +681,11 @@ class MaskExplainer:
         area_w: float | torch.Tensor,
         noise: torch.Tensor | None,
         budget: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Per-image loss ``[n]``, its terms ``{name: [n]}``, the binary mask and the logits.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-image loss ``[n]``, its terms ``{name: [n]}``, binary mask, logits and pixel ranking.
+
+        The ranking ``[n,1,H,W]`` is the upsampled mask logits shifted by the threshold (the binary mask is
+        ``ranking ≥ 0``).
 
         The logits are ``[n, K]`` on ``e``, then ``[n, K]`` on the noise composite when ``noise`` is given.
         ``budget [n]``: keep exactly the top ``budget_i`` fraction of image ``i``'s pixels by mask logit (the
@@ -703,7 +706,6 @@ class MaskExplainer:
             penalised = (~on).to(x.dtype)
         soft = torch.sigmoid(up)
         hard = (up >= 0).to(soft.dtype)
-        self._last_logits = up.detach()  # the pixel ranking behind this step's binary mask (for refine)
         m = hard + soft - soft.detach()
         e = m * x
         batch = e if noise is None else torch.cat([e, e + (1 - m) * noise])
@@ -733,7 +735,7 @@ class MaskExplainer:
             ce_r = F.cross_entropy(out[n:], y, reduction="none")
             terms["abductive"] = w["abductive"] * 0.5 * (ce_e + ce_r)
         loss = torch.stack(list(terms.values())).sum(0)
-        return loss, terms, hard.detach(), out.detach()
+        return loss, terms, hard.detach(), out.detach(), up.detach()
 
     def _reference(
         self, x: torch.Tensor, capture: _Capture
@@ -833,7 +835,7 @@ class MaskExplainer:
             for step in progress_bar(range(self.steps), desc="mask steps", enable=self.progress):
                 noise = self._noise(step, x, noise_gen) if use_abd else None
                 area_w = self.weights["area"] * self.area_end * (clock + 1) / self.steps
-                loss, terms, hard, out = self._loss(
+                loss, terms, hard, out, rank = self._loss(
                     net, x, y, ref, p_ref, capture, step, area_w, noise, budget
                 )
                 opt.zero_grad(set_to_none=True)
@@ -852,7 +854,7 @@ class MaskExplainer:
                     ok = self._survives_noise(ok & kept_noise, kinds, hard, x, y, check_gen)
                 best = torch.where(ok[:, None, None, None], hard, best)
                 if self.refine:
-                    best_rank = torch.where(ok[:, None, None, None], self._last_logits, best_rank)
+                    best_rank = torch.where(ok[:, None, None, None], rank, best_rank)
                 best_area = torch.where(ok, area, best_area)
                 best_step = torch.where(ok, torch.full_like(best_step, step), best_step)
                 last = hard
@@ -1026,7 +1028,7 @@ class MaskExplainer:
                 yb = logits0.argmax(1) if flip else y_all[idx]
                 p_ref = F.softmax(logits0 / self.weights["T"], 1)
                 noise = self._noise(step, xb, noise_gen) if use_abd else None
-                loss, terms, hard, out = self._loss(
+                loss, terms, hard, out, _ = self._loss(
                     net, xb, yb, ref, p_ref, capture, step,
                     self.weights["area"] * area_scale * min(1.0, 2 * (step + 1) / steps), noise
                 )
