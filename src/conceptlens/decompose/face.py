@@ -55,7 +55,7 @@ import torch
 
 from ..errors import ActivationError, HeadError, ParameterError
 from .base import Decomposition, as_rows, register
-from .nmf import NMF, hals, nndsvd_init
+from .nmf import NMF, hals, nndsvd_init, nnls_codes
 
 __all__ = ["FACE", "KLTerm", "face_objective", "check_head"]
 
@@ -65,8 +65,6 @@ _SOLVERS = ("hals", "adam")
 _FLOOR = 1e-10  # as in nmf.py: keeps Gram diagonals positive while fitting
 _MAX_BACKTRACK = 40
 _DELTA = 0.1  # inner HALS sweeps stop once a sweep changes X by < 10 % of the first sweep's change
-_ENCODE_MAX_SWEEPS = 500
-_ENCODE_DELTA = 1e-4
 # Float noise allowance when testing the majorisation: the KL is evaluated in float32 by most heads.
 _SLACK = 1e-7
 
@@ -366,6 +364,7 @@ class FACE(Decomposition):
     """
 
     nonnegative: ClassVar[bool] = True
+    encode_checks_finite: ClassVar[bool] = True  # nnls_codes checks its product W Aᵀ
     #: The explainer attaches ``split.h`` with :meth:`set_head` before ``fit`` when this is True.
     needs_head: ClassVar[bool] = True
 
@@ -626,12 +625,7 @@ class FACE(Decomposition):
     # -- encoding -----------------------------------------------------------------------------
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
         """Non-negative least-squares codes ``U [n, k]`` with the bank frozen (no KL: rows have no images)."""
-        W = self.components_.to(A.device)
-        Q, P = W @ W.T, W @ A.T
-        # Warm start only (the clipped unconstrained solution); HALS then solves the NNLS exactly.
-        eye = torch.eye(Q.shape[0], dtype=Q.dtype, device=Q.device)
-        X0 = torch.linalg.solve(Q + 1e-10 * float(Q.diagonal().max().clamp_min(1e-30)) * eye, P).clamp_min(0)
-        return hals(P, Q, X0, _ENCODE_MAX_SWEEPS, delta=_ENCODE_DELTA).T.contiguous()
+        return nnls_codes(A, self.components_.to(A.device)).contiguous()
 
     def encode(self, A: torch.Tensor) -> torch.Tensor:
         """Coefficients ``U [N, *S, k] ≥ 0`` of ``A [N, *S, C]`` with the bank frozen.

@@ -38,7 +38,7 @@ import torch
 from ..errors import ActivationError, ParameterError
 from .base import Decomposition, as_rows, check_finite, register
 
-__all__ = ["NMF", "hals", "mu", "SOLVERS", "Solver", "nndsvd_init"]
+__all__ = ["NMF", "hals", "mu", "SOLVERS", "Solver", "nndsvd_init", "nnls_codes"]
 
 
 class Solver(Protocol):
@@ -66,14 +66,19 @@ _OVERHEAD = 100_000  # cost of one small kernel launch, in flop equivalents (~5 
 # Encoding solves one NNLS to convergence rather than taking one alternating step.
 _ENCODE_MAX_SWEEPS = 500
 _ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step)
-# HALS encoding stops once a sweep changes a block's codes by at most _ENCODE_TOL × their norm: the codes
-# are then within ~1e-4 of the exact NNLS solution (Gauss–Seidel contracts by ~½ per sweep) and, the
-# objective being quadratic, the reconstruction error within ~1e-8 of the exact one. Measured on every
-# _ENCODE_CHECK-th sweep only (each check copies the block).
-_ENCODE_TOL = 1e-4
+# HALS encoding: _ENCODE_FULL sweeps over every row, then a check on every _ENCODE_CHECK-th sweep; a row
+# (one problem) is done once a sweep moves none of its codes by more than _ENCODE_TOL × the block's largest
+# code, and the sweeps go on over the rows still moving only (gathered into a smaller block once at most
+# _ENCODE_COMPACT of them are). On the real EfficientNet-Lite0 bench (100,000 rows, k = 25): ~7 sweeps'
+# worth of work instead of 10 full ones, and a lower error than scikit-learn's `transform`.
+_ENCODE_TOL = 3e-5
+_ENCODE_FULL = 4
 _ENCODE_CHECK = 2
-# Codes per encode block (k × rows): few large blocks keep the per-kernel overhead of the sweeps low.
-_ENCODE_ELEMS = 2**19
+_ENCODE_COMPACT = 0.4
+# Codes per encode block (k × rows): bounds the encode's working memory (P and X, 16 MB each in float32).
+_ENCODE_ELEMS = 2**22
+# Entries of A per block of the product W Aᵀ: a block that stays in cache is ~20 % faster on CPU.
+_PRODUCT_ELEMS = 2**20
 # Entries are kept ≥ _FLOOR × scale during fit so that no row or column of a factor becomes exactly
 # zero (a zero column makes its Gram diagonal zero and the HALS step undefined).
 _FLOOR = 1e-10
@@ -171,19 +176,87 @@ def _hals_sweeper(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, floor: floa
 def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """``argmin_{X≥0} ½tr(XᵀQX) − tr(PᵀX)`` by HALS sweeps from ``X [k, m]`` (overwritten and returned).
 
-    Stops once a sweep changes ``X`` by at most ``_ENCODE_TOL·‖X‖`` (Frobenius), checked on every
-    ``_ENCODE_CHECK``-th sweep; unlike a rule relative to the first sweep's change, a good start is
-    not penalised with extra sweeps.
+    The ``m`` columns are independent problems. After ``_ENCODE_FULL`` sweeps, every
+    ``_ENCODE_CHECK``-th sweep measures each column's largest change; a column is done once it is at
+    most ``_ENCODE_TOL`` × the largest entry of ``X``, and the later sweeps run on the columns still
+    moving only (gathered into a contiguous block, written back at the end).
     """
     sweep = _hals_sweeper(P, Q, X, 0.0)
-    for i in range(_ENCODE_MAX_SWEEPS):
-        old = X.clone() if i % _ENCODE_CHECK == _ENCODE_CHECK - 1 else None
+    for _ in range(_ENCODE_FULL):
         sweep()
-        if old is not None:
-            change = float(torch.linalg.vector_norm(X - old))
-            if change <= _ENCODE_TOL * float(torch.linalg.vector_norm(X)):
-                break
+    thresh = _ENCODE_TOL * float(X.amax()) if X.numel() else 0.0
+    idx: torch.Tensor | None = None  # columns of X held in Xa (None: all of them, Xa is X)
+    Xa, done = X, _ENCODE_FULL
+    while done < _ENCODE_MAX_SWEEPS and Xa.shape[1]:
+        for _ in range(_ENCODE_CHECK - 1):
+            sweep()
+        old = Xa.clone()
+        sweep()
+        done += _ENCODE_CHECK
+        moving = old.sub_(Xa).abs_().amax(0) > thresh
+        left = int(moving.count_nonzero())
+        if left == 0:
+            break
+        if left <= _ENCODE_COMPACT * Xa.shape[1]:
+            if idx is None:
+                idx = torch.nonzero(moving).squeeze(1)
+            else:
+                X[:, idx] = Xa
+                idx = idx[moving]
+            Xa = X[:, idx]
+            sweep = _hals_sweeper(P[:, idx], Q, Xa, 0.0)
+    if idx is not None:
+        X[:, idx] = Xa
     return X
+
+
+def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.Tensor:
+    """Non-negative least-squares codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖_F`` for a frozen bank.
+
+    Parameters
+    ----------
+    A : Tensor ``[n, C]``
+        Rows to encode (any sign; the codes are non-negative).
+    W : Tensor ``[k, C]``
+        The concept bank, on ``A``'s device and dtype.
+    solver : str
+        ``"hals"`` (default: solved to ~1e-5 of the largest code) or ``"mu"`` (reference).
+
+    Returns
+    -------
+    Tensor ``[n, k]``
+        The codes, ``≥ 0``. All-zero rows get all-zero codes.
+
+    Raises
+    ------
+    ActivationError
+        When ``A`` holds NaN or Inf.
+    """
+    Q = W @ W.T
+    Qinv = torch.linalg.pinv(Q)
+    k, C = W.shape
+    out = torch.empty(A.shape[0], k, dtype=W.dtype, device=A.device)
+    # Rows are independent problems: blocks of rows bound the working memory. (A dense product: building
+    # CSR copies costs about as much as the dense product it would replace, measured at 10 % density.)
+    b = max(64, _ENCODE_ELEMS // max(k, 1))
+    pb = max(64, _PRODUCT_ELEMS // max(C, 1)) if A.device.type == "cpu" else b
+    for s in range(0, A.shape[0], b):
+        rows = A[s : s + b]
+        P = torch.empty(k, rows.shape[0], dtype=W.dtype, device=A.device)  # W Aᵀ [k, b]
+        for t in range(0, rows.shape[0], pb):
+            torch.mm(W, rows[t : t + pb].T, out=P[:, t : t + pb])
+        # A NaN or Inf in a row of A makes its column of P non-finite (0 × Inf = NaN), so checking P (a
+        # C/k-th of A's size) settles the usual case; the exact check on A runs only when P is not finite.
+        if not bool(torch.isfinite(P.sum())):
+            check_finite(rows)
+        # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
+        X0 = (Qinv @ P).clamp_min_(0.0)
+        if solver == "hals":
+            out[s : s + b] = _nnls_hals(P, Q, X0).T
+            continue
+        X0 = X0.clamp_min_(torch.finfo(X0.dtype).eps * max(float(P.abs().max()), 1e-30))
+        out[s : s + b] = mu(P, Q, X0, _ENCODE_MAX_SWEEPS, floor=0.0, delta=_ENCODE_DELTA).T
+    return out
 
 
 def mu(
@@ -527,6 +600,7 @@ class NMF(Decomposition):
     """
 
     nonnegative = True
+    encode_checks_finite = True  # nnls_codes checks its product W Aᵀ
 
     def __init__(
         self,
@@ -895,23 +969,4 @@ class NMF(Decomposition):
     # -- encoding -----------------------------------------------------------------------------
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
         """NNLS codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖`` with the bank frozen (same solver as fit)."""
-        W = self.components_.to(A.device)
-        Q = W @ W.T
-        Qinv = torch.linalg.pinv(Q)
-        solve = SOLVERS[getattr(self, "solver", "hals")]
-        out = torch.empty(A.shape[0], W.shape[0], dtype=W.dtype, device=A.device)
-        # Rows are independent problems: blocks of rows bound the solver's memory, and each block stops as
-        # soon as its own rows have converged. (A dense product: building CSR copies costs about as much
-        # as the dense product it would replace, measured at 10 % density.)
-        b = max(256, _ENCODE_ELEMS // max(W.shape[0], 1))
-        for s in range(0, A.shape[0], b):
-            P = W @ A[s : s + b].T  # [k, b]
-            # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
-            X0 = (Qinv @ P).clamp_min_(0.0)
-            if solve is hals:
-                out[s : s + b] = _nnls_hals(P, Q, X0).T
-                continue
-            if solve is mu:
-                X0 = X0.clamp_min_(torch.finfo(X0.dtype).eps * max(float(P.abs().max()), 1e-30))
-            out[s : s + b] = solve(P, Q, X0, _ENCODE_MAX_SWEEPS, floor=0.0, delta=_ENCODE_DELTA).T
-        return out
+        return nnls_codes(A, self.components_.to(A.device), getattr(self, "solver", "hals"))
