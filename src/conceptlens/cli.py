@@ -391,6 +391,10 @@ def mask(
         "both", "--area-mode",
         help="How the area is driven down: budget (a pixel budget that follows the class), penalty (the "
              "paper's area term) or both (one run of each per image, the smaller mask wins; 2x the time)."),
+    detail: Optional[int] = typer.Option(  # noqa: UP045
+        None, help="Side of the mask's learned logit map (default: half the image side, 112 at 224; "
+                   "the mask generator's own resolution, 28 at 224, gives smoother but larger masks; 0: no "
+                   "map, the generator alone)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Minimal binary masks that keep the model's decision, compared with occlusion and Grad-CAM.
@@ -407,7 +411,7 @@ def mask(
         m = cl.models.load(model, weights=weights)
         x, names = _images(images, m.preset, 0)
         tgt: int | str | None = int(target) if target is not None and target.strip().isdigit() else target
-        kw: dict[str, Any] = {"area_mode": area_mode}
+        kw: dict[str, Any] = {"area_mode": area_mode, "detail": detail}
         if steps is not None and not amortised:
             kw["steps"] = steps
         ex = MaskExplainer(m, seed=seed, **kw)
