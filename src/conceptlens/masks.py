@@ -1920,6 +1920,13 @@ def _cell(v: Any, pct: bool = False) -> str:
     return f"{100 * v:.1f} %" if pct else f"{v:.3f}"
 
 
+def _detail_text(detail: int | None, side: int) -> str:
+    if detail == 0:
+        return "the U-Net's resolution (detail 0)"
+    d = math.ceil(side / 2) if detail is None else detail
+    return f"{d}² (detail)"
+
+
 def benchmark_markdown(payload: Mapping[str, Any]) -> str:
     """The tables of :func:`benchmark` as Markdown."""
     cfg = payload["config"]
@@ -1946,8 +1953,10 @@ def benchmark_markdown(payload: Mapping[str, Any]) -> str:
         f"{cfg['threads']} threads, load average {cfg['load_average']})",
         "",
         f"Per-image masks ({cfg['explainer']['steps']} steps, area_pause "
-        f"{'on' if cfg['explainer']['area_pause'] else 'off'}) and the baselines binarised at the same kept "
-        "area per image:",
+        f"{'on' if cfg['explainer']['area_pause'] else 'off'}, area_mode "
+        f"{cfg['explainer'].get('area_mode', 'penalty')}, mask logits at "
+        f"{_detail_text(cfg['explainer'].get('detail'), cfg['size'])}) and the baselines binarised at the "
+        "same kept area per image:",
         "",
         table(payload["rows"]),
         "",
