@@ -88,6 +88,10 @@ _SPARSE_DENSITY = 0.15
 # Power iterations of the randomised SVD inside fit: NNDSVD only needs a rough leading subspace, and HALS
 # corrects the rest in its first sweeps.
 _POWER_ITERS = 2
+# Extra columns of the randomised range finder beyond the rank wanted (Halko et al. recommend 5–10). Measured
+# with 5 on the real Lite0 matrix: 7 % faster to 1 % of cd's error, but the default run then stopped 0.7 %
+# worse at k = 10 (seed 2) and took 17 instead of 8 iterations at k = 25 (seed 0).
+_OVERSAMPLE = 10
 # Rows per batch when a store is fitted without an explicit batch_size.
 _STORE_BATCH = 8192
 # The stopping rule's second test: stop once the improvement still to come, extrapolated geometrically
@@ -431,7 +435,7 @@ def _top_svd(
     iterations (Halko, Martinsson & Tropp 2011), which is what makes NNDSVD cheap on tall matrices.
     """
     n, C = A.shape
-    q = min(r + 10, n, C)
+    q = min(r + _OVERSAMPLE, n, C)
     if min(n, C) <= 4 * q:
         u, s, vh = torch.linalg.svd(A, full_matrices=False)
         return u[:, :r], s[:r], vh[:r]
