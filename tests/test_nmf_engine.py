@@ -416,7 +416,11 @@ def test_encode_compacts_the_rows_still_moving_and_solves_each_exactly(monkeypat
 
 
 def test_encode_raises_on_nan_and_inf_from_the_product_check():
+    import conceptlens.decompose.nmf as nmf_mod
+
     m = NMF(3).fit(planted(50, 12, 3, seed=1)[0])
+    with pytest.raises(ParameterError, match="solver"):
+        nmf_mod.nnls_codes(planted(5, 12, 3)[0], m.components_, solver="cd")
     for bad in (float("nan"), float("inf")):
         A = planted(20, 12, 3, seed=3)[0]
         A[4, 5] = bad

@@ -235,7 +235,11 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
     ------
     ActivationError
         When ``A`` holds NaN or Inf.
+    ParameterError
+        For an unknown ``solver``.
     """
+    if solver not in SOLVERS:
+        raise ParameterError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     Q = W @ W.T
     Qinv = torch.linalg.pinv(Q)
     k, C = W.shape
