@@ -436,3 +436,13 @@ def test_bench_encode_row_reports_a_lower_error_than_sklearn_transform():
     assert r["rows"] == 1000 and r["k"] == 4
     assert r["ours_err"] <= r["sklearn_err"] * (1 + 1e-7)
     assert 0 < r["product_s"] and 0 < r["product_share"] and r["speedup"] > 0
+
+
+def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share():
+    from conceptlens.bench_nmf import _bench_one, planted_problem
+
+    r = _bench_one(planted_problem(300, 40, 4, seed=2), 4, 1, with_mu=False)
+    for key in ("speedup_default_vs_cd", "speedup_default_vs_cd_cpu", "speedup_to_1pct_vs_cd_cpu",
+                "floor_fraction", "products_fraction"):
+        assert r[key] > 0, key
+    assert r["ours_default"]["err"] <= r["sklearn_cd"]["err"] * 1.05
