@@ -103,6 +103,7 @@ from torch import nn
 
 from .errors import ImageError, LayerError, NotFittedError, ParameterError, TargetError, nearest
 from .progress import progress_bar
+from .split import call_order
 
 __all__ = [
     "MaskExplainer",
@@ -188,36 +189,8 @@ def activation_sites(model: nn.Module, probe: torch.Tensor) -> list[_CallSite]:
         ``activation`` (True for activation modules: ReLU, ReLU6, SiLU, GELU, ... or a leaf module whose
         class or attribute name says so, e.g. EfficientNet's ``_swish``).
     """
-    order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    handles = []
-
-    def make(name: str, mod: nn.Module) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                order.append((name, mod, tuple(out.shape[1:])))
-
-        return hook
-
-    try:
-        for name, mod in model.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(make(name, mod)))
-        with torch.no_grad():
-            model(probe[:1])
-    finally:
-        for hd in handles:
-            hd.remove()
-    counts: dict[str, int] = {}
-    for name, _, _ in order:
-        counts[name] = counts.get(name, 0) + 1
-    seen: dict[str, int] = {}
-    sites = []
-    for name, mod, shape in order:
-        i = seen.get(name, 0)
-        seen[name] = i + 1
-        label = f"{name}@{i}" if counts[name] > 1 else name
-        sites.append(_CallSite(label, name, i, shape, _is_activation(mod, name)))
-    return sites
+    return [_CallSite(label, name, i, shape[1:], _is_activation(mod, name))
+            for label, name, i, mod, shape in call_order(model, probe)]
 
 
 def default_layers(sites: Sequence[_CallSite]) -> dict[str, float]:

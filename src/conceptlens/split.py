@@ -103,6 +103,48 @@ def _first_tensor(out: Any) -> torch.Tensor:
     raise SplitError(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
 
 
+def call_order(
+    model: nn.Module, probe: torch.Tensor
+) -> list[tuple[str, str, int, nn.Module, tuple[int, ...]]]:
+    """Every call of a named module of ``model`` on ``probe[:1]``, in execution order.
+
+    Returns ``(label, name, call, module, shape)`` per call: ``name`` is the module's dotted name, ``call``
+    the 0-based index of this call of that module, ``label`` the name with ``@call`` when the module runs
+    more than once in one forward pass, ``shape`` the output's shape (batch of 1 included). Calls whose
+    output is not a tensor are skipped. The naming shared by :class:`ModelSplit` and
+    :func:`conceptlens.masks.activation_sites`.
+    """
+    order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
+    handles = []
+
+    def make(name: str, mod: nn.Module) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if isinstance(out, torch.Tensor):
+                order.append((name, mod, tuple(out.shape)))
+
+        return hook
+
+    try:
+        for name, mod in model.named_modules():
+            if name:
+                handles.append(mod.register_forward_hook(make(name, mod)))
+        with torch.no_grad():
+            model(probe[:1])
+    finally:
+        for hd in handles:
+            hd.remove()
+    counts: dict[str, int] = {}
+    for name, _, _ in order:
+        counts[name] = counts.get(name, 0) + 1
+    seen: dict[str, int] = {}
+    calls = []
+    for name, mod, shape in order:
+        i = seen.get(name, 0)
+        seen[name] = i + 1
+        calls.append((f"{name}@{i}" if counts[name] > 1 else name, name, i, mod, shape))
+    return calls
+
+
 class ModelSplit:
     """A classifier cut at ``layer`` into ``g`` and ``h``.
 
@@ -243,36 +285,8 @@ class ModelSplit:
         return sites
 
     def _hook_sites(self, probe: torch.Tensor) -> list[_Site]:
-        order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-        handles = []
-        names = {m: n for n, m in self.model.named_modules() if n}
-
-        def make(name: str, mod: nn.Module) -> Callable[..., None]:
-            def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-                if isinstance(out, torch.Tensor):
-                    order.append((name, mod, tuple(out.shape)))
-
-            return hook
-
-        try:
-            for mod, name in names.items():
-                handles.append(mod.register_forward_hook(make(name, mod)))
-            with torch.no_grad():
-                self.model(probe[:1])
-        finally:
-            for hd in handles:
-                hd.remove()
-        counts: dict[str, int] = {}
-        for name, _, _ in order:
-            counts[name] = counts.get(name, 0) + 1
-        seen: dict[str, int] = {}
-        sites = []
-        for name, mod, shape in order:
-            i = seen.get(name, 0)
-            seen[name] = i + 1
-            label = f"{name}@{i}" if counts[name] > 1 else name
-            sites.append(_Site(label, [], None, mod, i, shape))
-        return sites
+        calls = call_order(self.model, probe)
+        return [_Site(label, [], None, mod, i, shape) for label, _, i, mod, shape in calls]
 
     def layers(self) -> list[str]:
         """Names of every call site, in execution order."""
