@@ -552,3 +552,12 @@ def test_detail_zero_is_the_unet_alone_and_default_detail_is_half_the_side(tiny:
     # with the map at its start (zero) the first step's masks agree
     assert r0.history[0]["kept"] == pytest.approx(r4.history[0]["kept"])
     assert MaskExplainer(tiny, detail=0).get_params()["detail"] == 0
+
+
+def test_model_outputs_are_read_as_logits_or_rejected_with_a_parameter_error() -> None:
+    from conceptlens.masks import _logits
+
+    t = torch.zeros(2, 3)
+    assert _logits(t) is t and _logits((t, None)) is t and _logits({"logits": t}) is t
+    with pytest.raises(ParameterError, match="logits tensor"):
+        _logits("not logits")

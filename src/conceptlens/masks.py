@@ -103,7 +103,7 @@ from torch import nn
 
 from .errors import ImageError, LayerError, NotFittedError, ParameterError, TargetError, nearest
 from .progress import progress_bar
-from .split import call_order
+from .split import _first_tensor, call_order
 
 __all__ = [
     "MaskExplainer",
@@ -1090,13 +1090,7 @@ class MaskExplainer:
 
 # --------------------------------------------------------------------------------------------- helpers
 def _logits(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and "logits" in out:
-        return out["logits"]
-    raise ParameterError(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
+    return _first_tensor(out, ParameterError)
 
 
 def _act_distance(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:

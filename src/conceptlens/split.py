@@ -93,14 +93,15 @@ def _from_channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
 
 
-def _first_tensor(out: Any) -> torch.Tensor:
+def _first_tensor(out: Any, error: type[Exception] = SplitError) -> torch.Tensor:
+    """The logits in a model's output: the tensor itself, the first of a tuple/list, or ``out["logits"]``."""
     if isinstance(out, torch.Tensor):
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
     if isinstance(out, dict) and "logits" in out:
         return out["logits"]
-    raise SplitError(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
+    raise error(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
 
 
 def call_order(
