@@ -446,3 +446,11 @@ def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share():
                 "floor_fraction", "products_fraction"):
         assert r[key] > 0, key
     assert r["ours_default"]["err"] <= r["sklearn_cd"]["err"] * 1.05
+
+
+def test_fit_reads_nan_and_inf_off_its_min_max_pass():
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        A = planted(40, 12, 3, seed=4)[0]
+        A[7, 2] = bad
+        with pytest.raises(ActivationError, match="NaN/Inf"):
+            NMF(3).fit(A)

@@ -106,7 +106,8 @@ class Decomposition:
         sig = inspect.signature(type(self).__init__)
         return {p: getattr(self, p) for p in sig.parameters if p != "self" and hasattr(self, p)}
 
-    def _validate(self, A: torch.Tensor) -> torch.Tensor:
+    def _validate(self, A: torch.Tensor, finite: bool = True) -> torch.Tensor:
+        """``A`` as rows ``[n, C]``, checked (``finite=False``: the caller checks NaN/Inf itself)."""
         rows, _ = as_rows(A)
         if not isinstance(self.n_concepts, int) or self.n_concepts < 1:
             raise ParameterError(f"n_concepts must be a positive integer, got {self.n_concepts!r}")
@@ -118,7 +119,8 @@ class Decomposition:
             )
         if rows.shape[0] < 1:
             raise ActivationError("no activation rows to fit on (empty input)")
-        check_finite(rows)
+        if finite:
+            check_finite(rows)
         return rows
 
     # -- protocol -----------------------------------------------------------------------

@@ -730,11 +730,15 @@ class NMF(Decomposition):
     def _fit_rows(self, A: torch.Tensor, layer_name: str | None) -> tuple[torch.Tensor, tuple[int, ...]]:
         t0 = time.perf_counter()
         self._check_params()
-        rows = self._validate(A)
+        rows = self._validate(A, finite=False)
         lead = tuple(A.shape[:-1])
         dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
         X = rows.to(dtype)
-        lo, hi = (float(v) for v in torch.aminmax(X))  # one pass for the sign check and the scale
+        # one pass for the NaN/Inf check (a NaN makes both NaN, ±Inf shows in lo or hi), the sign check and
+        # the scale
+        lo, hi = (float(v) for v in torch.aminmax(X)) if X.numel() else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            check_finite(X)
         self._check_nonnegative(X, layer_name, lo)
         n, C = X.shape
         k = self.n_concepts
