@@ -454,3 +454,14 @@ def test_fit_reads_nan_and_inf_off_its_min_max_pass():
         A[7, 2] = bad
         with pytest.raises(ActivationError, match="NaN/Inf"):
             NMF(3).fit(A)
+
+
+def test_cross_product_in_row_blocks_equals_the_single_product(monkeypatch):
+    import conceptlens.decompose.nmf as nmf_mod
+
+    g = torch.Generator().manual_seed(6)
+    W, A = torch.rand(5, 30, generator=g), torch.rand(301, 30, generator=g)
+    monkeypatch.setattr(nmf_mod, "_PRODUCT_ELEMS", 64 * 30)  # blocks of 64 rows, the last one ragged
+    P = nmf_mod.cross_product(W, A)
+    assert P.shape == (5, 301)
+    torch.testing.assert_close(P, W @ A.T)

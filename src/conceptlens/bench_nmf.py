@@ -299,7 +299,7 @@ def _encode(A: torch.Tensor, k: int, rows: int, reps: int) -> dict[str, Any]:
     times the product ``W Aᵀ`` alone (what any encoder must compute), the floor for ours.
     """
     from .decompose import NMF
-    from .decompose.nmf import _PRODUCT_ELEMS
+    from .decompose.nmf import cross_product
 
     reps_tile = -(-rows // A.shape[0])
     T = A.repeat(reps_tile, 1)[:rows].contiguous()
@@ -307,12 +307,10 @@ def _encode(A: torch.Tensor, k: int, rows: int, reps: int) -> dict[str, Any]:
     sk = _sk(A.numpy(), k, "cd")["model"]
     ours = NMF(k)
     ours.components_ = torch.from_numpy(sk.components_).float()
-    W, pb = ours.components_, max(64, _PRODUCT_ELEMS // A.shape[1])
-    P = torch.empty(k, rows)
+    W = ours.components_
 
     def product() -> None:
-        for s in range(0, rows, pb):
-            torch.mm(W, T[s : s + pb].T, out=P[:, s : s + pb])
+        cross_product(W, T)
 
     res = []
     for rep in range(reps + 1):

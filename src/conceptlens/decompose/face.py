@@ -625,7 +625,7 @@ class FACE(Decomposition):
     # -- encoding -----------------------------------------------------------------------------
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
         """Non-negative least-squares codes ``U [n, k]`` with the bank frozen (no KL: rows have no images)."""
-        return nnls_codes(A, self.components_.to(A.device)).contiguous()
+        return nnls_codes(A, self.components_.to(A.device))
 
     def encode(self, A: torch.Tensor) -> torch.Tensor:
         """Coefficients ``U [N, *S, k] ≥ 0`` of ``A [N, *S, C]`` with the bank frozen.

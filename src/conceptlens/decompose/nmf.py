@@ -214,6 +214,23 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tenso
     return X
 
 
+def cross_product(W: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+    """``W Aᵀ``: ``[k, C] × [C, n] → [k, n]``, on CPU in blocks of rows of ``A`` that stay in cache.
+
+    One block of ``_PRODUCT_ELEMS`` entries of ``A`` at a time, written into one output: measured ~20 %
+    faster than the single product at k = 25, C = 1,280 (a thin product that streams ``A`` from memory).
+    """
+    k, C = W.shape
+    n = A.shape[0]
+    if A.device.type != "cpu":
+        return W @ A.T
+    P = torch.empty(k, n, dtype=W.dtype, device=A.device)
+    pb = max(64, _PRODUCT_ELEMS // max(C, 1))
+    for t in range(0, n, pb):
+        torch.mm(W, A[t : t + pb].T, out=P[:, t : t + pb])
+    return P
+
+
 def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.Tensor:
     """Non-negative least-squares codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖_F`` for a frozen bank.
 
@@ -242,17 +259,14 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
         raise ParameterError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     Q = W @ W.T
     Qinv = torch.linalg.pinv(Q)
-    k, C = W.shape
+    k = W.shape[0]
     out = torch.empty(A.shape[0], k, dtype=W.dtype, device=A.device)
     # Rows are independent problems: blocks of rows bound the working memory. (A dense product: building
     # CSR copies costs about as much as the dense product it would replace, measured at 10 % density.)
     b = max(64, _ENCODE_ELEMS // max(k, 1))
-    pb = max(64, _PRODUCT_ELEMS // max(C, 1)) if A.device.type == "cpu" else b
     for s in range(0, A.shape[0], b):
         rows = A[s : s + b]
-        P = torch.empty(k, rows.shape[0], dtype=W.dtype, device=A.device)  # W Aᵀ [k, b]
-        for t in range(0, rows.shape[0], pb):
-            torch.mm(W, rows[t : t + pb].T, out=P[:, t : t + pb])
+        P = cross_product(W, rows)  # W Aᵀ [k, b]
         # A NaN or Inf in a row of A makes its column of P non-finite (0 × Inf = NaN), so checking P (a
         # C/k-th of A's size) settles the usual case; the exact check on A runs only when P is not finite.
         if not bool(torch.isfinite(P.sum())):
