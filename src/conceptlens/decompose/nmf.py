@@ -85,6 +85,8 @@ _FLOOR = 1e-10
 # Below this density (fraction of non-zeros) the two [n,C]×[C,k] products use CSR copies of A on CPU:
 # measured 3-4× faster than dense at EfficientNet-Lite0's ~10 % density (bench_nmf records it).
 _SPARSE_DENSITY = 0.15
+# Entries of A per scanning thread when CSR copies are built (below: one thread; the pool costs ~0.2 ms).
+_SCAN_ELEMS = 2**21
 # Power iterations of the randomised SVD inside fit: NNDSVD only needs a rough leading subspace, and HALS
 # corrects the rest in its first sweeps.
 _POWER_ITERS = 2
@@ -94,9 +96,7 @@ _POWER_ITERS = 2
 _OVERSAMPLE = 10
 # Rows per batch when a store is fitted without an explicit batch_size.
 _STORE_BATCH = 8192
-# The stopping rule's second test: stop once the improvement still to come, extrapolated geometrically
-# from the last _STOP_WINDOW decreases, is below _STOP_AHEAD × tol (see _converged).
-_STOP_AHEAD = 10.0
+# The stopping rule's second test extrapolates the last _STOP_WINDOW decreases (see _converged).
 _STOP_WINDOW = 4
 
 
@@ -329,7 +329,7 @@ def _converged(history: list[float], tol: float) -> bool:
     """The outer stopping rule, on the relative errors ``history`` of the iterations so far.
 
     Stop when the last iteration improved the error by less than ``tol`` (relative), or when the
-    improvement still to come, extrapolated from the last decreases, is below ``_STOP_AHEAD · tol``. The
+    improvement still to come, extrapolated from the last decreases, is below ``tol`` too. The
     extrapolation assumes the decreases shrink geometrically with the largest ratio ``r`` seen among the
     last ``_STOP_WINDOW`` of them: what remains is ``d·r/(1 − r)`` for a last decrease ``d``. It is
     trusted only while the ratios do not grow (convergence at least geometric): NMF runs often slow
@@ -351,7 +351,7 @@ def _converged(history: list[float], tol: float) -> bool:
     if any(b > a * (1 + 1e-6) for a, b in zip(ratios[:-1], ratios[1:], strict=True)):
         return False
     r = max(ratios)
-    return r < 1 and last[-1] * r / (1 - r) < _STOP_AHEAD * tol
+    return r < 1 and last[-1] * r / (1 - r) < tol
 
 
 # ------------------------------------------------------------------------------------------------
@@ -376,13 +376,11 @@ class _Data:
             if self.sparse:
                 self._csr, self._csr_t = A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
             return
-        import numpy as np
-
-        flat = np.flatnonzero(A.detach().contiguous().numpy() != 0)  # bool: 5x faster scan
-        self.density = flat.size / max(A.numel(), 1)
+        parts = _nonzeros(A)
+        self.density = sum(int(p[0].size) for p in parts) / max(A.numel(), 1)
         self.sparse = bool(sparse) if sparse is not None else self.density <= _SPARSE_DENSITY
         if self.sparse:
-            self._csr, self._csr_t = _csr_pair(A, flat)
+            self._csr, self._csr_t = _csr_pair(A, parts)
 
     def mean_max(self) -> tuple[torch.Tensor, float]:
         """``(mean(A), max(A))``, from the non-zeros alone when CSR copies exist (a tenth of the reads)."""
@@ -405,26 +403,61 @@ class _Data:
         return (M.T @ self.A).T
 
 
-def _csr_pair(A: torch.Tensor, flat: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _nonzeros(A: torch.Tensor) -> list[tuple[Any, Any, Any]]:
+    """The non-zeros of ``A [n, C]`` (CPU) in row-major order, as blocks of rows.
+
+    Returns a list of ``(values [nnz_b], columns [nnz_b] int32, row counts [rows_b] int32)``, one per
+    block. The scan (numpy's ``flatnonzero`` on a boolean mask, about 5× faster than on the floats) is the
+    costly part of building CSR copies and numpy releases the GIL in it, so with more than one torch
+    thread the row blocks are scanned by that many threads (measured 43 → 17 ms on 12,103 × 1,280 with 2).
+    """
+    import numpy as np
+
+    a = A.detach().contiguous().numpy()
+    n, C = a.shape
+
+    def scan(lo: int, hi: int) -> tuple[Any, Any, Any]:
+        blk = a[lo:hi]
+        flat = np.flatnonzero(blk != 0)
+        counts = np.diff(np.searchsorted(flat, np.arange(0, (hi - lo + 1) * C, C, dtype=flat.dtype)))
+        return blk.ravel()[flat], (flat % C).astype(np.int32), counts.astype(np.int32)
+
+    workers = min(torch.get_num_threads(), max(1, a.size // _SCAN_ELEMS))
+    if workers <= 1:
+        return [scan(0, n)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    cuts = [n * i // workers for i in range(workers + 1)]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(scan, cuts[:-1], cuts[1:]))
+
+
+def _csr_pair(
+    A: torch.Tensor, parts: list[tuple[Any, Any, Any]] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CSR copies of ``A [n, C]`` and of ``Aᵀ`` (CPU tensors, int32 indices).
 
-    Built with numpy/scipy: one scan for the non-zeros and an O(nnz) transpose, about 10× faster than two
-    ``to_sparse_csr`` calls on a dense tensor, and the int32 indices make the ``Aᵀ`` product faster too.
+    Built with numpy/scipy from the non-zeros (:func:`_nonzeros`, or ``parts`` when already scanned) and
+    an O(nnz) transpose, about 10× faster than two ``to_sparse_csr`` calls on a dense tensor, and the
+    int32 indices make the ``Aᵀ`` product faster too.
     """
     import numpy as np
     from scipy import sparse as sp
 
-    a = A.detach().contiguous().numpy()
-    n, C = a.shape
-    if flat is None:
-        flat = np.flatnonzero(a != 0)  # the flat indices of the non-zeros, in row-major order
-    if flat.size >= 2**31 - 1:  # int32 indices would overflow: let torch build int64 ones
+    n, C = A.shape
+    if parts is None:
+        parts = _nonzeros(A)
+    nnz = sum(int(p[0].size) for p in parts)
+    if nnz >= 2**31 - 1:  # int32 indices would overflow: let torch build int64 ones
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
             return A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
-    # row pointers from the flat indices: the position of each row's first non-zero
-    indptr = np.searchsorted(flat, np.arange(0, (n + 1) * C, C, dtype=flat.dtype)).astype(np.int32)
-    m = sp.csr_matrix((a.ravel()[flat], (flat % C).astype(np.int32), indptr), shape=(n, C))
+    one = len(parts) == 1
+    vals = parts[0][0] if one else np.concatenate([p[0] for p in parts])
+    cols = parts[0][1] if one else np.concatenate([p[1] for p in parts])
+    indptr = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(parts[0][2] if one else np.concatenate([p[2] for p in parts]), out=indptr[1:])
+    m = sp.csr_matrix((vals, cols, indptr), shape=(n, C))
     mt = m.T.tocsr()  # CSR of Aᵀ = CSC of A: a counting sort of the column indices
 
     def wrap(x: Any) -> torch.Tensor:
@@ -459,10 +492,14 @@ def _top_svd(
         return u[:, :r], s[:r], vh[:r]
     d = data if data is not None else _Data(A, sparse=False)
     G = torch.randn(C, q, generator=gen, device=A.device, dtype=A.dtype)
-    Y = torch.linalg.qr(d.mm(G)).Q
+    # Only the [C, q] side is orthonormalised inside the power loop: Y = A Z spans the same subspace as
+    # its Q factor, and with Z orthonormal Y is conditioned like A's top q singular values (float32 keeps
+    # AᵀY well enough for the next QR). The costly [n, q] QR runs once, before the projection.
+    Y = d.mm(G)
     for _ in range(max(int(power_iters), 0)):
         Z = torch.linalg.qr(d.rmm(Y)).Q
-        Y = torch.linalg.qr(d.mm(Z)).Q
+        Y = d.mm(Z)
+    Y = torch.linalg.qr(Y).Q
     ub, s, vh = torch.linalg.svd(d.rmm(Y).T, full_matrices=False)
     return Y @ ub[:, :r], s[:r], vh[:r]
 
@@ -569,8 +606,10 @@ class NMF(Decomposition):
         Stop when the relative error ``‖A − UW‖_F / ‖A‖_F`` improves by less than ``tol`` (relative)
         from one outer iteration to the next, or when the improvement still to come, extrapolated
         geometrically from the last four iterations' decreases (only while their ratios do not grow),
-        is below ``10·tol`` (relative): on a quickly converging run the last few iterations, together
-        worth less than 0.1 % by then, are skipped. ``0`` runs all ``max_iter`` iterations.
+        is below ``tol`` too. The default 0.1 % stops where the error curve has flattened: on real
+        Lite0 activations 0.0–0.8 % above scikit-learn-cd's final error (its own default run), in about
+        half the iterations a 0.01 % rule needs; ``tol=1e-4`` fits to scikit-learn's error or below.
+        ``0`` runs all ``max_iter`` iterations.
     max_iter : int
         Maximum number of outer (alternating) iterations.
     seed : int
@@ -628,7 +667,7 @@ class NMF(Decomposition):
         self,
         n_concepts: int = 10,
         *,
-        tol: float = 1e-4,
+        tol: float = 1e-3,
         max_iter: int = 200,
         seed: int = 0,
         init: str = "nndsvda",
