@@ -446,8 +446,11 @@ def test_encode_raises_on_nan_and_inf_from_the_product_check():
             m.encode(A)
 
 
-def test_bench_encode_row_reports_a_lower_error_than_sklearn_transform():
+def test_bench_encode_row_reports_a_lower_error_than_sklearn_transform(monkeypatch):
+    from conceptlens import bench_nmf
     from conceptlens.bench_nmf import _encode, planted_problem
+
+    monkeypatch.setattr(bench_nmf, "_SETTLE_S", 0.0)  # the pause between timed calls: not needed here
 
     A = planted_problem(300, 40, 4, seed=1)
     r = _encode(A, 4, 1000, 1)
@@ -456,14 +459,20 @@ def test_bench_encode_row_reports_a_lower_error_than_sklearn_transform():
     assert 0 < r["product_s"] and 0 < r["product_share"] and r["speedup"] > 0
 
 
-def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share():
+def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share(monkeypatch):
+    from conceptlens import bench_nmf
     from conceptlens.bench_nmf import _bench_one, planted_problem
+
+    pauses: list[float] = []
+    monkeypatch.setattr(bench_nmf.time, "sleep", pauses.append)
 
     r = _bench_one(planted_problem(300, 40, 4, seed=2), 4, 1, with_mu=False)
     for key in ("speedup_default_vs_cd", "speedup_default_vs_cd_cpu", "speedup_to_1pct_vs_cd_cpu",
                 "floor_fraction", "products_fraction"):
         assert r[key] > 0, key
     assert r["ours_default"]["err"] <= r["sklearn_cd"]["err"] * 1.05
+    # every timed fit starts after the pause: warm-up (cd, ours) + 1 round × (cd, ours, to 1 %, dense)
+    assert pauses == [bench_nmf._SETTLE_S] * 6
 
 
 def test_fit_reads_nan_and_inf_off_its_min_max_pass():
