@@ -607,8 +607,9 @@ class NMF(Decomposition):
         from one outer iteration to the next, or when the improvement still to come, extrapolated
         geometrically from the last four iterations' decreases (only while their ratios do not grow),
         is below ``tol`` too. The default 0.1 % stops where the error curve has flattened: on real
-        Lite0 activations 0.0–0.8 % above scikit-learn-cd's final error (its own default run), in about
-        half the iterations a 0.01 % rule needs; ``tol=1e-4`` fits to scikit-learn's error or below.
+        Lite0 activations (12,103 × 1,280; k = 10, 25, 50; five seeds) between 0.04 % below and 0.8 %
+        above scikit-learn-cd's final error (its own default run), in about half the iterations a 0.01 %
+        rule needs; ``tol=1e-4`` runs on (at k = 25 to scikit-learn's error or below).
         ``0`` runs all ``max_iter`` iterations.
     max_iter : int
         Maximum number of outer (alternating) iterations.
