@@ -301,12 +301,11 @@ def _errors(decreases: list[float], start: float = 1.0) -> list[float]:
 def test_stopping_rule_extrapolates_geometric_decreases():
     from conceptlens.decompose.nmf import _converged
 
-    # ratio ¼: after a decrease d the rest is worth ≈ d/3, so it stops once d/3 < tol, one iteration
-    # before the plain rule (d < tol) would
-    h = _errors([6.4e-2 * 0.25**i for i in range(8)])
-    stops = [t for t in range(2, len(h) + 1) if _converged(h[:t], 1e-3)]
-    assert stops and stops[0] == 5  # decreases 6.4e-2, 1.6e-2, 4e-3, 1e-3 (not < tol): what remains ≈ 3.3e-4
     tol = 1e-4
+    # ratio ½: after a decrease d the rest is worth ≈ d, so it stops once d < 10·tol (not only below tol)
+    h = _errors([6e-3 * 0.5**i for i in range(10)])
+    stops = [t for t in range(2, len(h) + 1) if _converged(h[:t], tol)]
+    assert stops and stops[0] == 5  # decreases 6e-3, 3e-3, 1.5e-3, 7.5e-4: what remains ≈ 7.5e-4 < 10·tol
     # slowly shrinking decreases (ratio 0.95) predict a lot still to come: no early stop
     slow = _errors([5e-4 * 0.95**i for i in range(20)])
     assert not any(_converged(slow[:t], tol) for t in range(2, len(slow) + 1))

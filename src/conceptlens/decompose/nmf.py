@@ -96,7 +96,9 @@ _POWER_ITERS = 2
 _OVERSAMPLE = 10
 # Rows per batch when a store is fitted without an explicit batch_size.
 _STORE_BATCH = 8192
-# The stopping rule's second test extrapolates the last _STOP_WINDOW decreases (see _converged).
+# The stopping rule's second test: stop once the improvement still to come, extrapolated geometrically
+# from the last _STOP_WINDOW decreases, is below _STOP_AHEAD × tol (see _converged).
+_STOP_AHEAD = 10.0
 _STOP_WINDOW = 4
 
 
@@ -329,7 +331,7 @@ def _converged(history: list[float], tol: float) -> bool:
     """The outer stopping rule, on the relative errors ``history`` of the iterations so far.
 
     Stop when the last iteration improved the error by less than ``tol`` (relative), or when the
-    improvement still to come, extrapolated from the last decreases, is below ``tol`` too. The
+    improvement still to come, extrapolated from the last decreases, is below ``_STOP_AHEAD · tol``. The
     extrapolation assumes the decreases shrink geometrically with the largest ratio ``r`` seen among the
     last ``_STOP_WINDOW`` of them: what remains is ``d·r/(1 − r)`` for a last decrease ``d``. It is
     trusted only while the ratios do not grow (convergence at least geometric): NMF runs often slow
@@ -351,7 +353,7 @@ def _converged(history: list[float], tol: float) -> bool:
     if any(b > a * (1 + 1e-6) for a, b in zip(ratios[:-1], ratios[1:], strict=True)):
         return False
     r = max(ratios)
-    return r < 1 and last[-1] * r / (1 - r) < tol
+    return r < 1 and last[-1] * r / (1 - r) < _STOP_AHEAD * tol
 
 
 # ------------------------------------------------------------------------------------------------
@@ -607,10 +609,11 @@ class NMF(Decomposition):
         Stop when the relative error ``‖A − UW‖_F / ‖A‖_F`` improves by less than ``tol`` (relative)
         from one outer iteration to the next, or when the improvement still to come, extrapolated
         geometrically from the last four iterations' decreases (only while their ratios do not grow),
-        is below ``tol`` too. The default 0.1 % stops where the error curve has flattened: on real
-        Lite0 activations (12,103 × 1,280; k = 10, 25, 50; five seeds) between 0.04 % below and 0.8 %
-        above scikit-learn-cd's final error (its own default run), in about half the iterations a 0.01 %
-        rule needs; ``tol=1e-4`` runs on (at k = 25 to scikit-learn's error or below).
+        is below ``10·tol`` (relative): on a quickly converging run the last few iterations, together
+        worth less than 0.1 % by then, are skipped. A looser ``tol=1e-3`` is 1.3–1.7× faster on real
+        Lite0 activations (12,103 × 1,280) and ends within 0.8 % of scikit-learn-cd's error there, but on
+        slowly converging problems it stops early (4 % above the converged error on a 432 × 12 toy at
+        k = 3, after 31 of the 148 iterations ``1e-4`` runs).
         ``0`` runs all ``max_iter`` iterations.
     max_iter : int
         Maximum number of outer (alternating) iterations.
@@ -669,7 +672,7 @@ class NMF(Decomposition):
         self,
         n_concepts: int = 10,
         *,
-        tol: float = 1e-3,
+        tol: float = 1e-4,
         max_iter: int = 200,
         seed: int = 0,
         init: str = "nndsvda",
