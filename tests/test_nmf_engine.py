@@ -411,8 +411,8 @@ def test_encode_compacts_the_rows_still_moving_and_solves_each_exactly(monkeypat
     widths = []
     real = nmf_mod._hals_sweeper
 
-    def spy(P, Q, X, floor):
-        sweep = real(P, Q, X, floor)
+    def spy(P, Q, X, floor, scaled=False):
+        sweep = real(P, Q, X, floor, scaled)
 
         def counted():
             widths.append(X.shape[1])
