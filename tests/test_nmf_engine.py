@@ -504,3 +504,18 @@ def test_bench_online_row_streams_stores_of_two_sizes_in_fresh_processes():
         # the tiled store has the batch fit's optimum: the streamed fit is at most 3 % worse (on this
         # planted problem it is better: 4 % lower, the batch fit's default stop is early there)
         assert x["online_vs_batch"] < 0.03 and x["passes"] >= 1 and "rss_growth_mb" in x
+
+
+def test_peak_rss_growth_sees_a_call_that_stays_below_an_earlier_peak():
+    from pathlib import Path
+
+    from conceptlens.bench_nmf import peak_rss_growth
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux /proc")
+    big = np.ones(300 * 2**20 // 8)  # an earlier, higher peak (300 MB), freed again
+    del big
+    total, grew = peak_rss_growth(lambda: float(np.ones(100 * 2**20 // 8).sum()))
+    assert total == 100 * 2**20 // 8
+    assert grew is not None and 80 <= grew <= 200  # the 100 MB call, not 0 and not the 300 MB peak
+    assert peak_rss_growth(lambda: None)[1] < 20

@@ -20,10 +20,9 @@ and per ``k``:
   timed in the same run; the floor's share of our run (``floor_fraction``: the two products per outer
   iteration timed as dense ``torch.matmul``, × our iterations, / our time) and the share of the products
   as our run computes them (``products_fraction``: CSR products when ``A`` is sparse);
-* peak memory: for scikit-learn, ``tracemalloc`` peak (numpy registers its buffers with it); for ours,
-  the growth of the process' maximum resident set size (``resource.getrusage().ru_maxrss``) during the
-  call, which is a lower bound (``0`` when the call stays under an earlier peak), plus the size of the
-  tensors our solver holds (analytic working set);
+* peak memory of one fit each: the growth of the process' peak resident size during the call, reset first
+  (:func:`peak_rss_growth`, Linux), for both; scikit-learn's ``tracemalloc`` peak (numpy registers its
+  buffers with it); the size of the tensors our solver holds (analytic working set);
 * encode with the bank frozen of 100,000 rows (``A`` tiled): ours against scikit-learn's
   ``transform``, both with scikit-learn's bank, time ratio and errors;
 * where the rest of our run goes: the fixed costs (CSR copies, NNDSVD initialisation) and the share of
@@ -40,7 +39,6 @@ Everything above runs with one thread each (reproducible on a shared machine); t
 from __future__ import annotations
 
 import hashlib
-import resource
 import statistics
 import time
 import tracemalloc
@@ -51,7 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["run", "real_activations", "planted_problem", "time_to_target"]
+__all__ = ["run", "real_activations", "planted_problem", "time_to_target", "peak_rss_growth"]
 
 _ENCODE_ROWS = 100_000
 
@@ -300,21 +298,46 @@ def _is_sparse(A: torch.Tensor) -> bool:
     return float(torch.count_nonzero(A)) / max(A.numel(), 1) <= _SPARSE_DENSITY
 
 
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key))
+
+
+def peak_rss_growth(f: Any) -> tuple[Any, float | None]:
+    """Run ``f()`` and measure how far the process' peak resident size rises above its size at the start.
+
+    Linux only: the peak (``VmHWM``) is reset to the current size through ``/proc/self/clear_refs`` first,
+    so the growth is this call's own even when an earlier call peaked higher. Elsewhere ``None``.
+
+    Returns
+    -------
+    (result, growth_mb)
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = _status_kb("VmRSS:")
+    except (OSError, StopIteration):
+        return f(), None
+    out = f()
+    return out, (_status_kb("VmHWM:") - before) / 1024
+
+
 def _memory(A: torch.Tensor, k: int) -> dict[str, Any]:
-    """Peak memory: sklearn-cd by tracemalloc; ours by ru_maxrss growth (a lower bound) and analytic."""
+    """Peak memory of one fit each: the growth of the peak resident size (Linux) for both, scikit-learn's
+    tracemalloc peak (numpy registers its buffers with it), and our analytic working set."""
     n, C = A.shape
+    sk_rss = peak_rss_growth(lambda: _sk(A.numpy(), k, "cd"))[1]
     tracemalloc.start()
     _sk(A.numpy(), k, "cd")
     sk_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    _ours(A, k)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ours_rss = peak_rss_growth(lambda: _ours(A, k))[1]
     nnz = int(torch.count_nonzero(A))
     # the data's products and factors: P [k,n], Uᵀ (+ clone) [k,n], R [k,C], W [k,C], CSR copies of A, Aᵀ
     analytic = 4 * (3 * k * n + 3 * k * C) + (2 * nnz * 12 if _is_sparse(A) else 0)
     return {"k": k, "sklearn_cd_tracemalloc_peak_mb": sk_peak / 2**20,
-            "ours_maxrss_growth_mb": (after - before) / 1024,
+            "sklearn_cd_peak_rss_growth_mb": sk_rss, "ours_peak_rss_growth_mb": ours_rss,
             "ours_analytic_working_set_mb": analytic / 2**20,
             "input_mb": 4 * n * C / 2**20}
 
@@ -322,23 +345,16 @@ def _memory(A: torch.Tensor, k: int) -> dict[str, Any]:
 _ONLINE_SCRIPT = """
 import json, sys, time
 import torch
+from conceptlens.bench_nmf import peak_rss_growth
 from conceptlens.decompose import NMF
 from conceptlens.store import ActivationStore
 
-def status(key):  # kB, from /proc/self/status (Linux)
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(key))
-
 torch.set_num_threads(1)
 store = ActivationStore(sys.argv[1])
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")  # reset the peak resident size (VmHWM) to the current one
-before = status("VmRSS:")
 t = time.perf_counter()
-m = NMF(int(sys.argv[2]), batch_size=int(sys.argv[3])).fit(store)
-dt = time.perf_counter() - t
-print(json.dumps({"err": m.reconstruction_err_, "passes": m.n_iter_, "time_s": dt,
-                  "rss_before_mb": before / 1024, "peak_rss_mb": status("VmHWM:") / 1024}))
+m, growth = peak_rss_growth(lambda: NMF(int(sys.argv[2]), batch_size=int(sys.argv[3])).fit(store))
+print(json.dumps({"err": m.reconstruction_err_, "passes": m.n_iter_, "time_s": time.perf_counter() - t,
+                  "rss_growth_mb": growth}))
 """
 
 
@@ -346,9 +362,8 @@ def _online(A: torch.Tensor, k: int, tiles: tuple[int, ...] = (5, 10), batch: in
     """Mini-batch NMF streamed from on-disk stores of ``tiles`` copies of ``A`` against batch NMF on ``A``.
 
     A tiled matrix has the same relative error for tiled factors, so the batch fit on ``A`` is the
-    reference. Each streamed fit runs in a fresh process (one thread; Linux: it resets its peak resident
-    size through ``/proc/self/clear_refs`` before ``fit``), so the growth of its peak during ``fit`` is its
-    own. Two store sizes show whether that growth follows the batch or the data.
+    reference. Each streamed fit runs in a fresh process (one thread), its memory measured by
+    :func:`peak_rss_growth`. Two store sizes show whether that growth follows the batch or the data.
     """
     import json
     import subprocess
@@ -371,7 +386,7 @@ def _online(A: torch.Tensor, k: int, tiles: tuple[int, ...] = (5, 10), batch: in
         r = json.loads(out.strip().splitlines()[-1])
         runs.append({"rows": n * t, "store_mb": n * t * C * 4 / 2**20, "online_err": r["err"],
                      "online_vs_batch": r["err"] / ref - 1, "passes": r["passes"], "time_s": r["time_s"],
-                     "rss_growth_mb": r["peak_rss_mb"] - r["rss_before_mb"]})
+                     "rss_growth_mb": r["rss_growth_mb"]})
     return {"k": k, "batch_size": batch, "batch_mb": batch * C * 4 / 2**20, "shard_mb": n * C * 4 / 2**20,
             "batch_err": ref, "runs": runs}
 
