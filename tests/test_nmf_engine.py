@@ -519,3 +519,16 @@ def test_peak_rss_growth_sees_a_call_that_stays_below_an_earlier_peak():
     assert total == 100 * 2**20 // 8
     assert grew is not None and 80 <= grew <= 200  # the 100 MB call, not 0 and not the 300 MB peak
     assert peak_rss_growth(lambda: None)[1] < 20
+
+
+def test_encode_in_row_blocks_equals_one_block(monkeypatch):
+    """Several blocks write their codes into strided slices of one [k, n] buffer: same codes as one block."""
+    import conceptlens.decompose.nmf as nmf_mod
+
+    A = relu_data(700, 40, seed=11)
+    W = NMF(6).fit(A).components_
+    one = nmf_mod.nnls_codes(A, W)
+    assert one.shape == (700, 6) and one.T.is_contiguous()  # the transposed view of the [k, n] buffer
+    monkeypatch.setattr(nmf_mod, "_ENCODE_ELEMS", 6 * 256)  # 256 rows per block: 3 blocks, the last ragged
+    torch.testing.assert_close(nmf_mod.nnls_codes(A, W), one, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(nmf_mod.nnls_codes(A, W, "mu"), one, rtol=0, atol=1e-3 * float(one.max()))
