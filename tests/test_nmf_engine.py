@@ -507,18 +507,27 @@ def test_bench_online_row_streams_stores_of_two_sizes_in_fresh_processes():
 
 
 def test_peak_rss_growth_sees_a_call_that_stays_below_an_earlier_peak():
+    import subprocess
+    import sys
     from pathlib import Path
-
-    from conceptlens.bench_nmf import peak_rss_growth
 
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc")
-    big = np.ones(300 * 2**20 // 8)  # an earlier, higher peak (300 MB), freed again
-    del big
-    total, grew = peak_rss_growth(lambda: float(np.ones(100 * 2**20 // 8).sum()))
+    # in a fresh process: the allocator state of a long test session can serve the call from memory that
+    # is already resident (measured: growth 0 inside the full suite)
+    script = """
+import numpy as np
+from conceptlens.bench_nmf import peak_rss_growth
+big = np.ones(300 * 2**20 // 8)  # an earlier, higher peak (300 MB), freed again
+del big
+total, grew = peak_rss_growth(lambda: float(np.ones(100 * 2**20 // 8).sum()))
+print(total, grew, peak_rss_growth(lambda: None)[1])
+"""
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    total, grew, idle = (float(v) for v in out.split())
     assert total == 100 * 2**20 // 8
-    assert grew is not None and 80 <= grew <= 200  # the 100 MB call, not 0 and not the 300 MB peak
-    assert peak_rss_growth(lambda: None)[1] < 20
+    assert 80 <= grew <= 200  # the 100 MB call, not 0 and not the 300 MB peak
+    assert idle < 20
 
 
 def test_encode_in_row_blocks_equals_one_block(monkeypatch):
