@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+# README.md too: the package metadata (PKG-INFO) embeds it, so an edited README re-installs the package.
+$(STAMP): pyproject.toml README.md
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
