@@ -327,11 +327,16 @@ def _memory(A: torch.Tensor, k: int) -> dict[str, Any]:
     """Peak memory of one fit each: the growth of the peak resident size (Linux) for both, scikit-learn's
     tracemalloc peak (numpy registers its buffers with it), and our analytic working set."""
     n, C = A.shape
-    sk_rss = peak_rss_growth(lambda: _sk(A.numpy(), k, "cd"))[1]
-    tracemalloc.start()
-    _sk(A.numpy(), k, "cd")
-    sk_peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
+
+    def sk_traced() -> int:
+        tracemalloc.start()
+        try:
+            _sk(A.numpy(), k, "cd")
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    sk_peak, sk_rss = peak_rss_growth(sk_traced)  # one fit for both measures
     ours_rss = peak_rss_growth(lambda: _ours(A, k))[1]
     nnz = int(torch.count_nonzero(A))
     # the data's products and factors: P [k,n], Uᵀ (+ clone) [k,n], R [k,C], W [k,C], CSR copies of A, Aᵀ
@@ -513,8 +518,8 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
               f"{online['batch_size']}): error {r['online_err']:.4f} vs batch {online['batch_err']:.4f} "
               f"({100 * r['online_vs_batch']:+.2f} %), {r['passes']} passes, {r['time_s']:.1f} s, "
               f"peak memory growth {r['rss_growth_mb']:.0f} MB")
-    payload = {"quick": quick, "threads_used": 1, "reps": reps, "rows": rows, "memory": mem, "encode": enc,
-               "two_threads": both, "online": online,
+    payload = {"quick": quick, "threads_used": 1, "reps": reps, "reps_k25_real": 5, "rows": rows,
+               "memory": mem, "encode": enc, "two_threads": both, "online": online,
                "init_alternatives": gram, "load_average": load,
                "notes": "ratios are medians over interleaved rounds in one process; time-to-1% = first outer "
                         "iteration whose error is within 1% of sklearn-cd's final error, init included"}

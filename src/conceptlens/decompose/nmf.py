@@ -190,7 +190,8 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tenso
     The ``m`` columns are independent problems. After ``_ENCODE_FULL`` sweeps, every
     ``_ENCODE_CHECK``-th sweep measures each column's largest change; a column is done once it is at
     most ``_ENCODE_TOL`` × the largest entry of ``X``, and the later sweeps run on the columns still
-    moving only (gathered into a contiguous block, written back at the end).
+    moving only (gathered into a contiguous block, written back at the end). ``P`` is a temporary of the
+    caller's and is scaled in place.
     """
     # P is scaled in place (the caller's temporary) and one buffer serves every check: fresh 10 MB
     # temporaries cost page faults on each call (~12,000 per 100,000-row encode, ~20 ms).
