@@ -30,7 +30,7 @@ import torch
 from ..errors import ActivationError, ImageError, ParameterError
 from ..progress import progress_bar
 from .base import register
-from .nmf import NMF
+from .nmf import DEFAULT_TOL, NMF
 
 __all__ = ["CRAFT", "CropSet", "crop_rows", "crop_activations", "crop_images"]
 
@@ -142,7 +142,7 @@ class CRAFT(NMF):
         *,
         patch_size: int | tuple[int, int] = 64,
         stride: int | float | None = None,
-        tol: float = 1e-4,
+        tol: float = DEFAULT_TOL,
         max_iter: int = 200,
         seed: int = 0,
         init: str = "nndsvda",
