@@ -66,9 +66,28 @@ def test_csr_copies_from_threaded_row_blocks_equal_one_scan(monkeypatch):
     assert len(parts) == 4 and len(one) == 1
     for a, b in zip(one[0], (np.concatenate([p[i] for p in parts]) for i in range(3)), strict=True):
         np.testing.assert_array_equal(a, b)
-    csr, csr_t = nmf._csr_pair(A, parts)
+    csr, blocks = nmf._csr_pair(A, parts)
     torch.testing.assert_close(csr.to_dense(), A)
-    torch.testing.assert_close(csr_t.to_dense(), A.T)
+    assert [(lo, hi) for lo, hi, _ in blocks] == [(0, 301)]
+    torch.testing.assert_close(blocks[0][2].to_dense(), A.T)
+    # Aᵀ in ⌈301 / 100⌉ = 4 even column blocks, each the CSR of its slice of A, transposed
+    _, blocks = nmf._csr_pair(A, parts, block_rows=100)
+    assert [(lo, hi) for lo, hi, _ in blocks] == [(0, 75), (75, 150), (150, 225), (225, 301)]
+    for lo, hi, b in blocks:
+        torch.testing.assert_close(b.to_dense(), A[lo:hi].T)
+
+
+def test_blocked_transposed_product_equals_the_dense_one(monkeypatch):
+    import conceptlens.decompose.nmf as nmf
+
+    A = relu_data(1000, 48, seed=5)
+    M = torch.rand(1000, 7, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(nmf, "_RMM_BLOCK_ROWS", 300)
+    d = nmf._Data(A, sparse=True)
+    assert len(d._csr_t) == 4  # ⌈1000 / 300⌉ blocks
+    torch.testing.assert_close(d.rmm(M), A.T @ M, rtol=1e-5, atol=1e-5)
+    N = torch.rand(48, 7, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(d.mm(N), A @ N, rtol=1e-5, atol=1e-5)
 
 
 def test_sparse_and_dense_fits_agree():

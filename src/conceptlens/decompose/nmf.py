@@ -90,6 +90,8 @@ _FLOOR = 1e-10
 _SPARSE_DENSITY = 0.15
 # Entries of A per scanning thread when CSR copies are built (below: one thread; the pool costs ~0.2 ms).
 _SCAN_ELEMS = 2**21
+# Rows of M per block of the product Aᵀ M with CSR copies (see _csr_pair): 2,048 × 35 floats = 280 KB.
+_RMM_BLOCK_ROWS = 2048
 # Power iterations of the randomised SVD inside fit: NNDSVD only needs a rough leading subspace, and HALS
 # corrects the rest in its first sweeps.
 _POWER_ITERS = 2
@@ -384,8 +386,9 @@ def _converged(history: list[float], tol: float) -> bool:
 class _Data:
     """``A [n, C]`` with the products the solvers need: ``A @ M`` and ``Aᵀ @ M``.
 
-    On CPU, when ``A`` is mostly zeros (ReLU activations), CSR copies of ``A`` and ``Aᵀ`` make both
-    products proportional to the non-zeros; ``sparse=None`` decides by density.
+    On CPU, when ``A`` is mostly zeros (ReLU activations), CSR copies of ``A`` and of ``Aᵀ`` (the latter
+    in column blocks, see :func:`_csr_pair`) make both products proportional to the non-zeros;
+    ``sparse=None`` decides by density.
     """
 
     def __init__(self, A: torch.Tensor, sparse: bool | None = None) -> None:
@@ -398,7 +401,8 @@ class _Data:
             self.density = float(torch.count_nonzero(A)) / max(A.numel(), 1)
             self.sparse = bool(sparse)  # None: dense products on accelerators
             if self.sparse:
-                self._csr, self._csr_t = A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
+                self._csr = A.to_sparse_csr()
+                self._csr_t = [(0, A.shape[0], A.T.contiguous().to_sparse_csr())]
             return
         parts = _nonzeros(A)
         self.density = sum(int(p[0].size) for p in parts) / max(A.numel(), 1)
@@ -421,7 +425,12 @@ class _Data:
     def rmm(self, M: torch.Tensor) -> torch.Tensor:
         """``Aᵀ @ M``: ``[C, n] × [n, r] → [C, r]``."""
         if self.sparse:
-            return self._csr_t @ M.contiguous()
+            M = M.contiguous()
+            out = None
+            for lo, hi, block in self._csr_t:  # Aᵀ by blocks of columns: see _csr_pair
+                part = block @ M[lo:hi]
+                out = part if out is None else out.add_(part)
+            return out
         # (Mᵀ A)ᵀ, not Aᵀ M: with both operands transposed views, torch's CPU matmul can fall off the fast
         # BLAS path for small r (measured 30× slower at r = 10 on a [5733, 1280] matrix)
         return (M.T @ self.A).T
@@ -458,13 +467,16 @@ def _nonzeros(A: torch.Tensor) -> list[tuple[Any, Any, Any]]:
 
 
 def _csr_pair(
-    A: torch.Tensor, parts: list[tuple[Any, Any, Any]] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """CSR copies of ``A [n, C]`` and of ``Aᵀ`` (CPU tensors, int32 indices).
+    A: torch.Tensor, parts: list[tuple[Any, Any, Any]] | None = None, block_rows: int | None = None
+) -> tuple[torch.Tensor, list[tuple[int, int, torch.Tensor]]]:
+    """A CSR copy of ``A [n, C]`` and CSR copies of ``Aᵀ`` by blocks of its columns (CPU, int32 indices).
 
-    Built with numpy/scipy from the non-zeros (:func:`_nonzeros`, or ``parts`` when already scanned) and
-    an O(nnz) transpose, about 10× faster than two ``to_sparse_csr`` calls on a dense tensor, and the
-    int32 indices make the ``Aᵀ`` product faster too.
+    Returns ``(csr, blocks)`` with ``blocks`` a list of ``(lo, hi, csr of A[lo:hi]ᵀ)``, so that
+    ``Aᵀ M = Σ blocks[b] @ M[lo:hi]``. Each block's ``M[lo:hi]`` (``block_rows`` rows, default
+    ``_RMM_BLOCK_ROWS``) stays in the core's cache while its rows are gathered: on 12,103 × 1,280 Lite0
+    activations ``Aᵀ M`` takes 4.7 instead of 5.5 ms at 25 columns and 7.0 instead of 8.6 ms at 35 (one
+    thread). Built with numpy/scipy from the non-zeros (:func:`_nonzeros`, or ``parts`` when already
+    scanned) and O(nnz) transposes, about 10× faster than ``to_sparse_csr`` on a dense tensor.
     """
     import numpy as np
     from scipy import sparse as sp
@@ -476,14 +488,16 @@ def _csr_pair(
     if nnz >= 2**31 - 1:  # int32 indices would overflow: let torch build int64 ones
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-            return A.to_sparse_csr(), A.T.contiguous().to_sparse_csr()
+            return A.to_sparse_csr(), [(0, n, A.T.contiguous().to_sparse_csr())]
     one = len(parts) == 1
     vals = parts[0][0] if one else np.concatenate([p[0] for p in parts])
     cols = parts[0][1] if one else np.concatenate([p[1] for p in parts])
     indptr = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(parts[0][2] if one else np.concatenate([p[2] for p in parts]), out=indptr[1:])
     m = sp.csr_matrix((vals, cols, indptr), shape=(n, C))
-    mt = m.T.tocsr()  # CSR of Aᵀ = CSC of A: a counting sort of the column indices
+    step = max(int(block_rows or _RMM_BLOCK_ROWS), 1)
+    nb = max(1, -(-n // step))
+    cuts = [n * i // nb for i in range(nb + 1)]
 
     def wrap(x: Any) -> torch.Tensor:
         return torch.sparse_csr_tensor(
@@ -496,7 +510,13 @@ def _csr_pair(
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return wrap(m), wrap(mt)
+        blocks = []
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
+            a, b = int(indptr[lo]), int(indptr[hi])
+            rows = sp.csr_matrix((vals[a:b], cols[a:b], indptr[lo : hi + 1] - a), shape=(hi - lo, C))
+            # CSR of a block of Aᵀ = CSC of the rows lo:hi of A: a counting sort of their column indices
+            blocks.append((lo, hi, wrap(rows.T.tocsr())))
+        return wrap(m), blocks
 
 
 # ------------------------------------------------------------------------------------------------
