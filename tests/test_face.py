@@ -104,16 +104,13 @@ def test_registered_and_head_protocol(world) -> None:
 
 
 def test_default_nmf_on_this_slowly_converging_toy_ends_within_1pc(world) -> None:
-    # k = 3 on 432 × 12 converges slowly. The sweep budget (4 inner sweeps here: a half-step's fixed
-    # launches dwarf its products) gets the default there in a few dozen iterations; one sweep per
-    # half-step needs well over twice as many for the same stopping rule.
+    # k = 3 on 432 × 12 converges slowly (~150 iterations): the default stopping rule must not stop on the
+    # way (tol = 1e-3 stops it after 31 iterations, 4 % above)
     A, _ = world
     converged = NMF(3, seed=0, tol=0.0, max_iter=1000).fit(A).reconstruction_err_
     d = NMF(3, seed=0).fit(A)
-    assert d._sweep_budget(432, 12, 3) == (4, 4)
-    assert d.reconstruction_err_ <= 1.01 * converged and d.n_iter_ < 80
-    one = NMF(3, seed=0, inner_sweeps=1).fit(A)
-    assert one.n_iter_ > 2 * d.n_iter_
+    assert d.reconstruction_err_ <= 1.01 * converged
+    assert NMF(3, seed=0, tol=1e-3).fit(A).reconstruction_err_ > 1.03 * converged
 
 
 def test_lambda_zero_is_nmf(world, nmf_fit) -> None:

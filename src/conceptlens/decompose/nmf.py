@@ -63,9 +63,6 @@ _ALPHA = 0.5
 _DELTA = 0.1
 _MAX_SWEEPS = 30
 _OVERHEAD = 100_000  # cost of one small kernel launch, in flop equivalents (~5 µs at 20 GFLOP/s)
-# Fixed cost of one half-step besides its products (Gram matrix, error, rescaling, the stopping rule: ~20
-# launches), counted with the products in ρ: on small matrices it is most of an outer iteration.
-_STEP_OVERHEAD = 20 * _OVERHEAD
 # Encoding solves one NNLS to convergence rather than taking one alternating step.
 _ENCODE_MAX_SWEEPS = 500
 _ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step)
@@ -768,8 +765,8 @@ class NMF(Decomposition):
         # whose fixed launch cost (~_OVERHEAD flops) dominates when m·k is small. A sparse product
         # streams its index arrays too: count it at twice the flops of its non-zeros.
         cross = 2 * n * C * k * min(1.0, 2.0 * density)
-        prod_u = cross + 2 * C * k * k + _STEP_OVERHEAD
-        prod_w = cross + 2 * n * k * k + _STEP_OVERHEAD
+        prod_u = cross + 2 * C * k * k
+        prod_w = cross + 2 * n * k * k
         rho_u = 1 + prod_u / (k * (2 * n * k + _OVERHEAD))
         rho_w = 1 + prod_w / (k * (2 * C * k + _OVERHEAD))
         return min(1 + int(_ALPHA * rho_u), _MAX_SWEEPS), min(1 + int(_ALPHA * rho_w), _MAX_SWEEPS)
