@@ -159,6 +159,14 @@ def hals(
     return X
 
 
+def _gram_diagonal(Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(live, dsafe)`` of a Gram matrix ``Q [k, k]``: the rows with a positive diagonal, and the diagonal
+    with 1 where it is not positive (such rows have no quadratic term: HALS leaves them)."""
+    d = torch.diagonal(Q)
+    live = d > 0
+    return live, torch.where(live, d, torch.ones_like(d))
+
+
 def _hals_sweeper(
     P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, floor: float, scaled: bool = False
 ) -> Any:
@@ -166,10 +174,7 @@ def _hals_sweeper(
 
     ``scaled``: ``P`` is already divided row-wise by ``Q``'s diagonal (where it is positive).
     """
-    d = torch.diagonal(Q)
-    live = d > 0
-    # Rows with a zero Gram diagonal have no effect on the objective's quadratic part; leave them.
-    dsafe = torch.where(live, d, torch.ones_like(d))
+    live, dsafe = _gram_diagonal(Q)
     Pn = P if scaled else P / dsafe[:, None]
     Qn = Q / dsafe[:, None]
     # Zeroing the diagonal folds "X_j + …" into the product: X_j ← max(floor, Pn_j − Qn0_j X).
@@ -199,8 +204,7 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tenso
     """
     # P is scaled in place (the caller's temporary) and one buffer serves every check: fresh 10 MB
     # temporaries cost page faults on each call (~12,000 per 100,000-row encode, ~20 ms).
-    d = torch.diagonal(Q)
-    P.div_(torch.where(d > 0, d, torch.ones_like(d))[:, None])
+    P.div_(_gram_diagonal(Q)[1][:, None])
     sweep = _hals_sweeper(P, Q, X, 0.0, scaled=True)
     for _ in range(_ENCODE_FULL):
         sweep()
