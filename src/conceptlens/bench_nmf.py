@@ -59,8 +59,8 @@ _ENCODE_ROWS = 100_000
 # ------------------------------------------------------------------------------------------------
 # Seconds of pause before each timed call (see _settle).
 _SETTLE_S = 0.3
-# Interleaved rounds for the headline measurements (k = 25 on the real matrix, the encode with two threads):
-# this machine's timings are noisy.
+# Interleaved rounds for the headline measurements (k = 25 on the real matrix, the encode, and both with two
+# threads): this machine's timings are noisy.
 _HEADLINE_REPS = 5
 # (patch, stride) in pixels of the 224² photos: the crops that make the full bench matrix
 _CROPS = ((112, 56), (160, 32))
@@ -491,7 +491,7 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
                     _print_row(r)
             kmem = 10 if quick else 25
             mem = _memory(A, kmem)
-            enc = _encode(A, kmem, 20_000 if quick else _ENCODE_ROWS, reps)
+            enc = _encode(A, kmem, 20_000 if quick else _ENCODE_ROWS, reps if quick else _HEADLINE_REPS)
             gram = _gram_init_times(A, kmem)
             # the batch reference is the headline row's default fit, already measured
             online = None if quick else _online(A, kmem, batch_err=next(
