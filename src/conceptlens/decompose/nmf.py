@@ -440,10 +440,10 @@ class _Data:
         wide = -(-r // _PAD_COLS) * _PAD_COLS
         if r <= _PAD_MIN or wide == r or M.device.type != "cpu":
             return M.contiguous()
-        buf = self._pads.get((M.shape[0], wide, M.dtype))
-        if buf is None:
-            buf = torch.zeros(M.shape[0], wide, dtype=M.dtype)
-            self._pads[(M.shape[0], wide, M.dtype)] = buf
+        key = (M.shape[0], wide, M.dtype)
+        if key not in self._pads:
+            self._pads[key] = torch.zeros(M.shape[0], wide, dtype=M.dtype)
+        buf = self._pads[key]
         buf[:, :r] = M
         return buf
 
