@@ -519,13 +519,19 @@ def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share(monkeypatch):
     pauses: list[float] = []
     monkeypatch.setattr(bench_nmf.time, "sleep", pauses.append)
 
-    r = _bench_one(planted_problem(300, 40, 4, seed=2), 4, 1, with_mu=False)
+    # 20 % noise: a problem on which the loose tolerance stops earlier than the default (21 vs 31 iterations)
+    r = _bench_one(planted_problem(300, 40, 4, noise=0.2, seed=2), 4, 1, with_mu=False)
     for key in ("speedup_default_vs_cd", "speedup_default_vs_cd_cpu", "speedup_to_1pct_vs_cd_cpu",
-                "floor_fraction", "products_fraction"):
+                "floor_fraction", "products_fraction", "speedup_loose_tol_vs_cd"):
         assert r[key] > 0, key
     assert r["ours_default"]["err"] <= r["sklearn_cd"]["err"] * 1.05
-    # every timed fit starts after the pause: warm-up (cd, ours) + 1 round × (cd, ours, to 1 %, dense)
-    assert pauses == [bench_nmf._SETTLE_S] * 6
+    # the loose row is the whole call at LOOSE_TOL: it stops earlier, at a higher error
+    loose, default = r["ours_loose_tol"], r["ours_default"]
+    assert loose["tol"] == bench_nmf.LOOSE_TOL == 1e-3
+    assert loose["iters"] < default["iters"] and loose["err"] > default["err"]
+    assert loose["err_vs_cd"] == pytest.approx(loose["err"] / r["sklearn_cd"]["err"] - 1)
+    # every timed fit starts after the pause: warm-up (cd, ours) + 1 round × (cd, ours, to 1 %, dense, loose)
+    assert pauses == [bench_nmf._SETTLE_S] * 7
 
 
 def test_fit_reads_nan_and_inf_off_its_min_max_pass():
