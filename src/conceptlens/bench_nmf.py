@@ -167,12 +167,11 @@ def _ours(
 ) -> dict:
     from .decompose import NMF
 
-    if stop_below is not None:
+    if stop_below is not None:  # run on until the error reaches stop_below
         m = NMF(k, tol=0.0, max_iter=1000)
+        m._stop_below = stop_below
     else:
         m = NMF(k) if tol is None else NMF(k, tol=tol)
-    if stop_below is not None:
-        m._stop_below = stop_below
     if sparse is not None:
         m._sparse = sparse
     _settle()

@@ -687,8 +687,8 @@ class NMF(Decomposition):
         worth less than 0.1 % by then, are skipped. A looser ``tol=1e-3`` is 1.2–1.4× faster on real
         Lite0 activations (12,103 × 1,280: 6 instead of 11 iterations at k = 25, ending 0.28 % above
         scikit-learn-cd's error), but NMF runs can crawl along a plateau and then drop: on the
-        ground-truth world's activations (7,680 × 64, k = 10) ``1e-3`` stops after 9 iterations, 6.4 %
-        above the error that ``1e-4`` reaches after 64 (the plateau's decreases are 0.03–0.1 % per
+        ground-truth world's activations (7,680 × 64, k = 10) ``1e-3`` stops after 9 iterations, 6.3 %
+        above the error that ``1e-4`` reaches after 63 (the plateau's decreases are 0.03–0.1 % per
         iteration for 25 iterations before the drop). ``0`` runs all ``max_iter`` iterations.
     max_iter : int
         Maximum number of outer (alternating) iterations.
