@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import conceptlens as cl
+from helpers import TinyNet
 
 
 @pytest.fixture(scope="session")
@@ -27,28 +28,6 @@ def photos(lite0: nn.Module) -> torch.Tensor:
 @pytest.fixture(scope="session")
 def photo_acts(lite0_split: cl.ModelSplit, photos: torch.Tensor) -> torch.Tensor:
     return lite0_split.g(photos)
-
-
-class TinyNet(nn.Module):
-    """A small CNN (conv-ReLU ×2, GAP, Linear) with a preset, for fast unit tests."""
-
-    def __init__(self, n_classes: int = 4, width: int = 8, seed: int = 0) -> None:
-        super().__init__()
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            self.features = nn.Sequential(
-                nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(width, 2 * width, 3, stride=2, padding=1),
-                nn.ReLU(),
-            )
-            self.pool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(2 * width, n_classes)
-        self.preset = cl.data.Preset(size=16, mean=(0.5,) * 3, std=(0.25,) * 3,
-                                     classes=[f"class {i}" for i in range(n_classes)])
-        self.eval()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
 @pytest.fixture()

@@ -117,7 +117,7 @@ def test_mask_missing_image_exits_2(tmp_path: Path) -> None:
 def test_mask_amortised_with_another_target_is_refused(tmp_path: Path, tiny_images: torch.Tensor) -> None:
     _write_pngs(tmp_path / "imgs", tiny_images[:4])
     with torch.no_grad():
-        from conftest import TinyNet
+        from helpers import TinyNet
 
         top = TinyNet()(tiny_images[:4]).argmax(1)
     # a class that is nobody's top-1 cannot be explained by the amortised generator
@@ -133,7 +133,7 @@ def test_mask_amortised_with_another_target_is_refused(tmp_path: Path, tiny_imag
 def test_sweep_world_writes_table_files_and_reference_rows(tmp_path: Path) -> None:
     import json
 
-    from conceptlens.metrics_face import SWEEP_COLUMNS
+    from conceptlens.metrics.face import SWEEP_COLUMNS
 
     out = tmp_path / "sw"
     res = _invoke(["sweep", "--method", "face", "--kl-weights", "0,1", "--world", "--n-images", "6",

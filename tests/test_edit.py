@@ -19,7 +19,7 @@ from conceptlens.decompose.eddp import EDDP, UnlearnedHead, remove_concepts
 from conceptlens.errors import ImageError, NotFittedError, ParameterError
 from conceptlens.explainer import ConceptEditHead, EditResult
 from conceptlens.importance.base import concept_directions
-from conftest import TinyNet
+from helpers import TinyNet
 
 K = 3
 PARAMS: dict[str, dict[str, object]] = {
@@ -234,8 +234,8 @@ def test_ground_truth_key_concepts_matter_more_than_distractors(method: str) -> 
     """Concepts matched (Hungarian, on IoU with the true masks) to a class's key concepts lower its logit
     when removed, more than those matched to distractors; unlearning a key concept leaves other classes'
     images that lack it (nearly) unchanged."""
-    from conceptlens import groundtruth as gt
-    from conceptlens import synthetic
+    from conceptlens.world import concepts as synthetic
+    from conceptlens.world import leaderboard as gt
 
     model = synthetic.trained_model(seed=0)
     world = synthetic.ConceptWorld(**model.world_config)

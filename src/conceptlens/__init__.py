@@ -10,23 +10,42 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from conceptlens import decompose, importance, metrics
+from conceptlens._version import __version__
+from conceptlens.errors import ConceptLensError, NotFittedError
+from conceptlens.explainer import ConceptExplainer, LocalExplanation
+from conceptlens.io import images as data
+from conceptlens.io import models
+from conceptlens.split.model_split import ModelSplit
+from conceptlens.workflows.compare import compare  # the function; the module is conceptlens.workflows.compare
 
-from . import data, decompose, importance, metrics, models
-from .compare import compare  # the function (the module stays reachable as conceptlens.compare's globals)
-from .errors import ConceptLensError, NotFittedError
-from .explainer import ConceptExplainer, LocalExplanation
-from .split import ModelSplit
+#: Lazily imported modules (matplotlib / jinja2 / the synthetic world load only when used). The short
+#: names are the pre-0.2 module names, kept as aliases of their new homes.
+_LAZY = {
+    "report": "conceptlens.report",
+    "cli": "conceptlens.cli",
+    "bench": "conceptlens.bench",
+    "recursive": "conceptlens.recursive",
+    "attribution": "conceptlens.attribution",
+    "world": "conceptlens.world",
+    "workflows": "conceptlens.workflows",
+    "io": "conceptlens.io",
+    "split": "conceptlens.split",
+    "store": "conceptlens.io.store",
+    "masks": "conceptlens.attribution.masks",
+    "baselines": "conceptlens.attribution.baselines",
+    "synthetic": "conceptlens.world",
+    "groundtruth": "conceptlens.world.leaderboard",
+}
 
 
-def __getattr__(name: str):  # lazy: matplotlib / jinja2 / the synthetic world load only when used
+def __getattr__(name: str):  # noqa: ANN202 - module attribute hook
     import importlib
 
-    if name in ("report", "synthetic", "cli", "bench", "store", "masks", "baselines", "groundtruth",
-                "attribution", "recursive"):
-        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        return importlib.import_module(_LAZY[name])
     if name == "MaskExplainer":
-        return importlib.import_module(".masks", __name__).MaskExplainer
+        return importlib.import_module("conceptlens.attribution.masks").MaskExplainer
     raise AttributeError(f"module 'conceptlens' has no attribute {name!r}")
 
 

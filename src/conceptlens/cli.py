@@ -30,7 +30,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, list[str]]:
-    from . import data
+    from conceptlens.io import images as data
 
     x, names = data.load_images(path, preset=preset, return_paths=True)  # type: ignore[arg-type]
     if crop:
@@ -64,9 +64,9 @@ def demo(
     import torch
 
     import conceptlens as cl
-    from conceptlens.compare import _methods as method_names
-    from conceptlens.compare import compare as run_compare
-    from conceptlens.compare import reading, write_report
+    from conceptlens.workflows.compare import _methods as method_names
+    from conceptlens.workflows.compare import compare as run_compare
+    from conceptlens.workflows.compare import reading, write_report
 
     t0 = time.time()
     try:
@@ -108,7 +108,7 @@ def _sweep_sections(kl_weights: str, methods: list[str], A: object, split: objec
     """FACE's λ curve as a report section, when FACE is compared and λ values are given."""
     if not kl_weights.strip() or "face" not in methods:
         return []
-    from conceptlens.metrics_face import face_sweep, parse_kl_weights, sweep_section
+    from conceptlens.metrics.face import face_sweep, parse_kl_weights, sweep_section
 
     sw = face_sweep(A, split.h, target, parse_kl_weights(kl_weights), n_concepts=k, seed=seed,  # type: ignore[arg-type, attr-defined]
                     references=("ice",))
@@ -200,8 +200,7 @@ def fit(
 
 def _load(file: Path, model: Optional[str], weights: Optional[str]):  # noqa: UP045
     import conceptlens as cl
-
-    from .explainer import read_saved
+    from conceptlens.explainer import read_saved
 
     manifest, _ = read_saved(file)
     m = cl.models.load(model or manifest["model"], weights=weights)
@@ -312,12 +311,12 @@ def bench(
     out: Path = typer.Option(Path("bench/results"), "--out", "-o", help="Folder for the JSON results."),
 ) -> None:
     """Run benchmarks that report ratios against peers measured in the same run; writes JSON."""
-    from . import bench as bench_mod
+    from conceptlens import bench as bench_mod
 
     try:
         bench_mod.run(what, quick=quick, out=out)
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean exit code
-        from .errors import ConceptLensError
+        from conceptlens.errors import ConceptLensError
 
         if isinstance(exc, ConceptLensError):
             _fail(exc)
@@ -345,9 +344,9 @@ def compare(
 ) -> None:
     """Run every method on one class side by side: OUT/compare.csv, OUT/index.html, OUT/<method>/."""
     import conceptlens as cl
-    from conceptlens.compare import _methods as method_names
-    from conceptlens.compare import compare as run_compare
-    from conceptlens.compare import reading, write_report
+    from conceptlens.workflows.compare import _methods as method_names
+    from conceptlens.workflows.compare import compare as run_compare
+    from conceptlens.workflows.compare import reading, write_report
 
     t0 = time.time()
     try:
@@ -403,8 +402,8 @@ def mask(
     confidence, pixel deletion/insertion AUC, and the baselines at equal area) and OUT/index.html.
     """
     import conceptlens as cl
-    from conceptlens.masks import BASELINES, MaskExplainer, compare_with_baselines
-    from conceptlens.report.masks_section import write_mask_outputs
+    from conceptlens.attribution.masks.explainer import BASELINES, MaskExplainer, compare_with_baselines
+    from conceptlens.report.sections.masks import write_mask_outputs
 
     t0 = time.time()
     try:
@@ -473,8 +472,8 @@ def sweep(
     OUT/sweep.png (the λ curves) and prints the table and whether the KL term improves faithfulness.
     """
     import conceptlens as cl
-    from conceptlens import metrics_face
     from conceptlens.errors import ParameterError
+    from conceptlens.metrics import face as metrics_face
 
     t0 = time.time()
     try:

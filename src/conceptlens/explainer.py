@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import decompose
-from . import importance as importance_mod
-from .attribution import implicit_maps, upsample_maps
-from .decompose import craft as _craft  # noqa: F401 - registers method="craft"
-from .decompose.craft import CropSet, crop_activations
-from .errors import (
+from conceptlens import decompose
+from conceptlens import importance as importance_mod
+from conceptlens.attribution.implicit import implicit_maps, upsample_maps
+from conceptlens.decompose import craft as _craft  # noqa: F401 - registers method="craft"
+from conceptlens.decompose.craft import CropSet, crop_activations
+from conceptlens.errors import (
     ActivationError,
     ConceptLensError,
     ImageError,
@@ -42,9 +42,9 @@ from .errors import (
     TargetError,
     nearest,
 )
-from .importance.base import Context, Importance, concept_directions
-from .importance.linear import scores as spatial_scores
-from .split import ModelSplit
+from conceptlens.importance.base import Context, Importance, concept_directions
+from conceptlens.importance.linear import scores as spatial_scores
+from conceptlens.split.model_split import ModelSplit
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
            "upsample_maps", "SCHEMA"]
@@ -229,7 +229,7 @@ class ConceptExplainer:
     Parameters
     ----------
     split
-        A :class:`~conceptlens.split.ModelSplit` (or an ``nn.Module``, cut at ``layer="auto"``).
+        A :class:`~conceptlens.split.model_split.ModelSplit` (or an ``nn.Module``, cut at ``layer="auto"``).
     method
         A registered decomposition: ``"nmf"`` (default), ``"pca"``, ``"kmeans"``, … (see
         ``conceptlens.decompose.available()``).
@@ -452,7 +452,7 @@ class ConceptExplainer:
                                   boxes=torch.tensor([[0, 0, H, W]]).expand(x.shape[0], 4).clone(),
                                   scores=self.fit_scores_.clone(), predicted=logits.argmax(1).cpu())
         if recursive:
-            from .recursive import build_tree
+            from conceptlens.recursive import build_tree
 
             self.tree_ = build_tree(self, x, layers or [], recursive_params)
         return self
@@ -491,7 +491,8 @@ class ConceptExplainer:
         maps
             ``"upsample"`` (the coefficient maps, bilinearly upsampled to ``H×W``), ``"implicit"`` (CRAFT's
             concept attribution maps by implicit differentiation of the NNLS codes, a Grad-CAM of each
-            concept at the layer; NMF-like methods only, see :mod:`conceptlens.attribution`) or ``"none"``.
+            concept at the layer; NMF-like methods only, see
+            :mod:`~conceptlens.attribution.implicit`) or ``"none"``.
         A
             Precomputed ``g(x)``.
 
@@ -578,7 +579,7 @@ class ConceptExplainer:
         return {i: f for i, f in sorted(out.items()) if f != 0.0}
 
     def _edit_head(self, removed: dict[int, float]) -> torch.nn.Module:
-        from .decompose.eddp import EDDP, UnlearnedHead
+        from conceptlens.decompose.eddp import EDDP, UnlearnedHead
 
         d = self.decomposition_
         if isinstance(d, EDDP):
@@ -714,13 +715,13 @@ class ConceptExplainer:
                 tensors[f"crops.{name}"] = getattr(crops, name).detach().cpu().contiguous()
         tree_structure = None
         if getattr(self, "tree_", None) is not None:
-            from .recursive import tree_state
+            from conceptlens.recursive import tree_state
 
             tree_structure, tree_tensors = tree_state(self.tree_)
             tensors.update(tree_tensors)
         import safetensors
 
-        from . import __version__
+        from conceptlens._version import __version__
 
         manifest = {
             "schema": SCHEMA,
@@ -752,14 +753,14 @@ class ConceptExplainer:
         path
             The saved file.
         model
-            The model it was fitted on (``nn.Module``), or a name for :func:`conceptlens.models.load`;
+            The model it was fitted on (``nn.Module``), or a name for :func:`conceptlens.io.models.load`;
             None loads the model named in the manifest.
         split
             Use this split instead of cutting ``model`` at the saved layer.
         """
         manifest, tensors = read_saved(path)
         if split is None:
-            from . import models
+            from conceptlens.io import models as models
 
             if model is None or isinstance(model, str):
                 model = models.load(model or manifest["model"])
@@ -799,7 +800,7 @@ class ConceptExplainer:
             except KeyError as exc:
                 raise SavedFileError(f"{str(path)!r}: the saved crops are incomplete ({exc})") from exc
         if "tree" in manifest:
-            from .recursive import tree_from_state
+            from conceptlens.recursive import tree_from_state
 
             try:
                 ex.tree_ = tree_from_state(manifest["tree"], tensors)

@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from .errors import LayerError, NotFittedError, ParameterError
+from conceptlens.errors import LayerError, NotFittedError, ParameterError
 
 __all__ = [
     "ConceptNode",
@@ -220,7 +220,7 @@ def _check_params(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def _thumbnails(x: torch.Tensor, crops: Any, ids: torch.Tensor, preset: Any, side: int) -> torch.Tensor:
     """``[n, t, t', 3]`` uint8 pictures of crops ``ids`` (denormalised with the preset, ≤ ``side`` px)."""
-    from .decompose.craft import crop_images
+    from conceptlens.decompose.craft import crop_images
 
     if ids.numel() == 0:
         return torch.zeros(0, side, side, 3, dtype=torch.uint8)
@@ -246,7 +246,7 @@ def _thumbnails(x: torch.Tensor, crops: Any, ids: torch.Tensor, preset: Any, sid
 
 def _layer_order(split: Any, layers: Sequence[str]) -> list[str]:
     """Canonical names of ``layers``, checked to be earlier than the split's layer, deep to shallow."""
-    from .split import ModelSplit
+    from conceptlens.split.model_split import ModelSplit
 
     names = split.layers()
     pos = {n: i for i, n in enumerate(names)}
@@ -293,10 +293,10 @@ def build_tree(
     ConceptNode
         The root.
     """
-    from . import importance as importance_mod
-    from .decompose.nmf import NMF
-    from .importance.base import Context
-    from .split import ModelSplit
+    from conceptlens import importance as importance_mod
+    from conceptlens.decompose.nmf import NMF
+    from conceptlens.importance.base import Context
+    from conceptlens.split.model_split import ModelSplit
 
     if getattr(ex, "decomposition_", None) is None or getattr(ex, "crops_", None) is None:
         raise NotFittedError("build_tree needs a fitted explainer with crops: call ex.fit(x, target) first")
@@ -329,7 +329,7 @@ def build_tree(
 
     def split_node(parent: ConceptNode, depth: int) -> ConceptNode:
         """Fit the sub-concepts of ``parent`` at ``order[depth]`` and recurse."""
-        from .decompose.craft import crop_images
+        from conceptlens.decompose.craft import crop_images
 
         ids = parent.crop_ids
         sp = child_split(order[depth])
@@ -424,7 +424,7 @@ def tree_section(root: ConceptNode, *, title: str = "Concept tree") -> Any:
     import numpy as np
     from markupsafe import escape
 
-    from .report import Section, figures
+    from conceptlens.report import Section, figures
 
     images: dict[str, Any] = {}
 

@@ -5,12 +5,12 @@ Use a class directly (``NMF(n_concepts=10).fit(A)``) or by name through the regi
 notation and the protocol every method follows.
 """
 
-from .base import Decomposition, available, get, register
-from .craft import CRAFT
-from .eddp import EDDP
-from .face import FACE
-from .kmeans import KMeans
-from .nmf import NMF
-from .pca import PCA
+from conceptlens.decompose.base import Decomposition, available, get, register
+from conceptlens.decompose.craft import CRAFT
+from conceptlens.decompose.eddp import EDDP
+from conceptlens.decompose.face import FACE
+from conceptlens.decompose.kmeans import KMeans
+from conceptlens.decompose.nmf import NMF
+from conceptlens.decompose.pca import PCA
 
 __all__ = ["Decomposition", "register", "get", "available", "NMF", "PCA", "KMeans", "FACE", "CRAFT", "EDDP"]

@@ -20,7 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from ..errors import ActivationError, NotFittedError, ParameterError, nearest
+from conceptlens.errors import ActivationError, NotFittedError, ParameterError, nearest
 
 __all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_finite"]
 

@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ActivationError, ImageError, ParameterError
-from ..progress import progress_bar
-from .base import register
-from .nmf import DEFAULT_TOL, NMF
+from conceptlens.decompose.base import register
+from conceptlens.decompose.nmf import DEFAULT_TOL, NMF
+from conceptlens.errors import ActivationError, ImageError, ParameterError
+from conceptlens.progress import progress_bar
 
 __all__ = ["CRAFT", "CropSet", "crop_rows", "crop_activations", "crop_images"]
 
@@ -186,7 +186,7 @@ class CRAFT(NMF):
 
 def crop_images(x: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
                 out_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Cut given boxes of equal size out of images and resize them (as :func:`conceptlens.data.crops` does).
+    """Cut given boxes of equal size out of images and resize them (as :func:`~conceptlens.io.images.crops`).
 
     Parameters
     ----------
@@ -243,11 +243,11 @@ def crop_activations(
     Parameters
     ----------
     split
-        The :class:`~conceptlens.split.ModelSplit` (``g``, ``h``).
+        The :class:`~conceptlens.split.model_split.ModelSplit` (``g``, ``h``).
     x
         ``[N, C, H, W]`` normalised images (any channel count, any aspect ratio).
     patch_size, stride
-        As in :func:`conceptlens.data.crops`.
+        As in :func:`conceptlens.io.images.crops`.
     crops_per_pass
         Bound on the crops held in memory at once.
     progress
@@ -264,7 +264,7 @@ def crop_activations(
     predicted : torch.Tensor
         ``[M]`` long, top-1 class of the model on each crop.
     """
-    from .. import data
+    from conceptlens.io import images as data
 
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
         raise ImageError(f"expected images [N,C,H,W] with N ≥ 1, got {list(getattr(x, 'shape', []))}")

@@ -91,9 +91,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ActivationError, HeadError, NotFittedError, ParameterError
-from ..progress import progress_bar
-from .base import Decomposition, as_rows, check_finite, register
+from conceptlens.decompose.base import Decomposition, as_rows, check_finite, register
+from conceptlens.errors import ActivationError, HeadError, NotFittedError, ParameterError
+from conceptlens.progress import progress_bar
 
 __all__ = [
     "EDDP",

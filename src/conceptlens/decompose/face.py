@@ -53,9 +53,9 @@ from typing import Any, ClassVar, cast
 
 import torch
 
-from ..errors import ActivationError, HeadError, ParameterError
-from .base import Decomposition, as_rows, register
-from .nmf import NMF, hals, nndsvd_init, nnls_codes
+from conceptlens.decompose.base import Decomposition, as_rows, register
+from conceptlens.decompose.nmf import NMF, hals, nndsvd_init, nnls_codes
+from conceptlens.errors import ActivationError, HeadError, ParameterError
 
 __all__ = ["FACE", "KLTerm", "face_objective", "check_head"]
 

@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from ..errors import ActivationError, ParameterError
-from .base import Decomposition, register
+from conceptlens.decompose.base import Decomposition, register
+from conceptlens.errors import ActivationError, ParameterError
 
 __all__ = ["KMeans"]
 

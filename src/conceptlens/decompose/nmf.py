@@ -35,8 +35,8 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import ActivationError, ParameterError
-from .base import Decomposition, as_rows, check_finite, register
+from conceptlens.decompose.base import Decomposition, as_rows, check_finite, register
+from conceptlens.errors import ActivationError, ParameterError
 
 __all__ = ["NMF", "hals", "mu", "SOLVERS", "Solver", "nndsvd_init", "nnls_codes"]
 
@@ -712,7 +712,7 @@ class NMF(Decomposition):
         iteration is one pass over the rows in batches of ``batch_size``: every batch's codes are solved
         with the bank frozen and only the sufficient statistics ``UᵀU [k, k]`` and ``UᵀA [k, C]`` are
         kept (float64), then the bank takes one HALS step on them. Memory is ``O(batch_size·C + k·C)``,
-        not ``O(n·C)``, so ``fit`` also accepts an :class:`~conceptlens.store.ActivationStore` (any
+        not ``O(n·C)``, so ``fit`` also accepts an :class:`~conceptlens.io.store.ActivationStore` (any
         object with ``iter_batches(rows)``), which is read batch by batch. The bank is initialised
         from the first batch.
     distributed : bool
@@ -810,7 +810,7 @@ class NMF(Decomposition):
         Parameters
         ----------
         A : Tensor ``[n, C]`` or ``[..., C]`` (e.g. ``[N, h, w, C]``), or an activation store
-            Non-negative activations. A store (:class:`~conceptlens.store.ActivationStore`, or any
+            Non-negative activations. A store (:class:`~conceptlens.io.store.ActivationStore`, or any
             object with ``iter_batches(rows)`` yielding ``[b, C]`` tensors) is fitted by the mini-batch
             algorithm without loading it whole (see ``batch_size``).
         layer_name : str, optional

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Decomposition, register
+from conceptlens.decompose.base import Decomposition, register
 
 __all__ = ["PCA"]
 

@@ -6,11 +6,11 @@ here that calls :func:`register`.
 
 from __future__ import annotations
 
-from . import gradient, linear
-from .base import Context, Importance, available, get, register
+from conceptlens.importance import gradient, linear
+from conceptlens.importance.base import Context, Importance, available, get, register
 
 try:  # Sobol needs scipy's quasi-Monte-Carlo designs
-    from . import sobol
+    from conceptlens.importance import sobol
 except ImportError:  # pragma: no cover - scipy is a hard dependency
     sobol = None  # type: ignore[assignment]
 

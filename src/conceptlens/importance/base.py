@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ParameterError, nearest
+from conceptlens.errors import ParameterError, nearest
 
 __all__ = ["Context", "Importance", "register", "get", "available"]
 
@@ -34,7 +34,7 @@ class Context:
     decomposition : Any
         The fitted :class:`~conceptlens.decompose.Decomposition` (``decode`` maps ``[..., k] -> [..., C]``).
     split : Any
-        The :class:`~conceptlens.split.ModelSplit` (``h``, ``linear_head()``).
+        The :class:`~conceptlens.split.model_split.ModelSplit` (``h``, ``linear_head()``).
     target : int
         Class index.
     seed : int

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Context, Importance, concept_directions, register
-from .linear import scores
+from conceptlens.importance.base import Context, Importance, concept_directions, register
+from conceptlens.importance.linear import scores
 
 __all__ = ["gradient_weights"]
 

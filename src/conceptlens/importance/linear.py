@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import ParameterError
-from .base import Context, Importance, concept_directions, register
+from conceptlens.errors import ParameterError
+from conceptlens.importance.base import Context, Importance, concept_directions, register
 
 __all__ = ["linear_weights", "scores"]
 

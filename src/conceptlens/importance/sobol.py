@@ -49,9 +49,9 @@ import numpy as np
 import torch
 from scipy.stats import qmc
 
-from ..errors import ActivationError, ParameterError, TargetError
-from ..progress import enabled as progress_enabled
-from .base import Context, Importance, concept_directions, register
+from conceptlens.errors import ActivationError, ParameterError, TargetError
+from conceptlens.importance.base import Context, Importance, concept_directions, register
+from conceptlens.progress import enabled as progress_enabled
 
 __all__ = [
     "SobolResult",
@@ -624,8 +624,8 @@ def sobol_importance(ctx: Context) -> Importance:
     (``"auto"``: the closed form when the head is GAP + linear; ``False``: always sample).
     ``weights`` are ICE's concept weights (closed form, or autograd for other heads).
     """
-    from .gradient import gradient_weights
-    from .linear import linear_weights
+    from conceptlens.importance.gradient import gradient_weights
+    from conceptlens.importance.linear import linear_weights
 
     opts = dict(ctx.options or {})
     unknown = set(opts) - {"n_designs", "batch_size", "n_boot", "exact"}

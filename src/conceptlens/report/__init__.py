@@ -11,8 +11,8 @@ prototypes (ICE heatmaps) and the local explanations; later analyses add :class:
 
 from __future__ import annotations
 
-from . import figures
-from .figures import heatmap_overlay, save_png
-from .html import Section, metric_rows, write
+from conceptlens.report import figures
+from conceptlens.report.figures import heatmap_overlay, save_png
+from conceptlens.report.html import Section, metric_rows, write
 
 __all__ = ["Section", "figures", "heatmap_overlay", "metric_rows", "save_png", "write"]

@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from ..errors import ImageError, ParameterError
+from conceptlens.errors import ImageError, ParameterError
 
 __all__ = [
     "heatmap_overlay",
@@ -137,7 +137,7 @@ def to_pictures(x: Any, preset: Any = None) -> np.ndarray:
     x
         ``[N, 3, H, W]`` images as the model sees them (torch or numpy).
     preset
-        A :class:`~conceptlens.data.Preset` whose ``denormalize`` undoes the normalisation; None rescales
+        A :class:`~conceptlens.io.images.Preset` whose ``denormalize`` undoes the normalisation; None rescales
         each image to [0, 1] by its own minimum and maximum (a constant image becomes mid-grey).
     """
     if preset is not None and hasattr(x, "detach"):

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ImageError, NotFittedError, ParameterError
-from ..progress import progress_bar
-from . import figures
+from conceptlens.errors import ImageError, NotFittedError, ParameterError
+from conceptlens.progress import progress_bar
+from conceptlens.report import figures
 
 __all__ = ["Section", "write", "metric_rows"]
 
@@ -270,8 +270,8 @@ def write(
     pathlib.Path
         The path of ``out_dir/index.html``.
     """
-    from .. import __version__
-    from .. import metrics as metrics_mod
+    from conceptlens import metrics as metrics_mod
+    from conceptlens._version import __version__
 
     if getattr(ex, "decomposition_", None) is None:
         raise NotFittedError("report.write needs a fitted explainer: call ex.fit(x, target) first")
@@ -308,8 +308,8 @@ def write(
     if craft_sections is None:
         craft_sections = tree is not None or getattr(ex, "crops_", None) is not None
     if craft_sections:
-        from ..attribution import maps_section
-        from ..recursive import tree_section
+        from conceptlens.attribution.implicit import maps_section
+        from conceptlens.recursive import tree_section
 
         extra_sections = list(extra_sections)
         if tree is not None:

@@ -1,0 +1,1 @@
+"""What comes in: images (files, folders, datasets, presets, crops), models (the zoo), activation stores."""

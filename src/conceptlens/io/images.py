@@ -1,0 +1,923 @@
+"""Images in: files, folders, globs, arrays, tensors and offline sample photos; presets; crops.
+
+Notation
+--------
+N
+    number of images.
+S
+    the model's input size (``preset.size``): every loaded image is ``S × S``.
+H, W
+    height and width of an image before resizing (or of the images given to :func:`crops`).
+x
+    a batch of images ``[N, 3, H, W]``; *in [0, 1]* before normalisation, ``(x01 − mean) / std`` after.
+M
+    number of crops cut by :func:`crops`; ``ph × pw`` is the patch size, ``sy, sx`` the strides.
+
+Every image goes through the same steps: decode to 8-bit RGB (:func:`load_pil`, which also handles
+grey, alpha, palette, 16-bit, CMYK and EXIF rotation), scale to [0, 1] (:func:`to_tensor01`), resize so
+that the shorter side is ``S`` and centre-crop ``S × S`` (bilinear with antialiasing, the same geometry as
+torchvision's ``Resize(S)`` + ``CenterCrop(S)``), then normalise with the preset's mean and std.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob as _glob
+import importlib.util
+import math
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, overload
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from conceptlens.errors import ImageError, ParameterError, nearest
+
+__all__ = [
+    "Preset",
+    "DEFAULT_PRESET",
+    "IMAGE_EXTENSIONS",
+    "load_images",
+    "load_pil",
+    "to_tensor01",
+    "resize_center_crop",
+    "sample_images",
+    "sample_image_names",
+    "crops",
+    "batched",
+]
+
+#: File extensions (lower case) that a folder or a glob is searched for.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """How a model wants its input: square size, per-channel mean and std, class names.
+
+    Parameters
+    ----------
+    size
+        Side ``S`` of the square input in pixels.
+    mean, std
+        Per-channel (R, G, B) mean and standard deviation of the normalisation
+        ``x = (x01 − mean) / std`` applied to images in [0, 1].
+    classes
+        Class names, index ``i`` = output logit ``i`` (may be empty when unknown).
+    """
+
+    size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
+            raise ParameterError(f"Preset.size must be a positive integer, got {self.size!r}.")
+        mean = _three_floats("mean", self.mean)
+        std = _three_floats("std", self.std)
+        if any(s <= 0 for s in std):
+            raise ParameterError(f"Preset.std must be > 0 for every channel, got {std}.")
+        classes = self.classes
+        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+            raise ParameterError(
+                f"Preset.classes must be a list of class names, got {type(classes).__name__}."
+            )
+        # Frozen dataclass: normalise field types once so that equality and JSON round trips are exact.
+        object.__setattr__(self, "size", int(self.size))
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
+        object.__setattr__(self, "classes", [str(c) for c in classes])
+
+    def __hash__(self) -> int:  # the generated hash would fail on the ``classes`` list
+        return hash((self.size, self.mean, self.std, tuple(self.classes)))
+
+    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if x.ndim < 3 or x.shape[-3] != 3:
+            raise ParameterError(
+                f"expected images [N,3,H,W] or [3,H,W] with 3 colour channels, got shape {tuple(x.shape)}."
+            )
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(3, 1, 1)
+        return mean, std
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise images in [0, 1]: ``(x − mean) / std``.
+
+        Parameters
+        ----------
+        x
+            ``[N, 3, H, W]`` or ``[3, H, W]``, values in [0, 1].
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape, device and (floating) dtype as ``x``.
+        """
+        mean, std = self._stats(x)
+        return (x - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`normalize`: ``x · std + mean``, clamped to [0, 1] for display.
+
+        Parameters
+        ----------
+        x
+            ``[N, 3, H, W]`` or ``[3, H, W]`` normalised images.
+
+        Returns
+        -------
+        torch.Tensor
+            Same shape, values in [0, 1].
+        """
+        mean, std = self._stats(x)
+        return (x * std + mean).clamp(0.0, 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (``size``, ``mean``, ``std``, ``classes``)."""
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "classes": list(self.classes),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
+        """Inverse of :meth:`to_dict`; raises :class:`ParameterError` on missing or unknown keys."""
+        if not isinstance(d, dict):
+            raise ParameterError(f"a preset must be a dict, got {type(d).__name__}.")
+        required = {"size", "mean", "std"}
+        allowed = required | {"classes"}
+        missing = sorted(required - d.keys())
+        unknown = sorted(set(d) - allowed)
+        if missing or unknown:
+            raise ParameterError(
+                f"invalid preset dict: missing keys {missing}, unknown keys {unknown}; "
+                f"expected {sorted(allowed)}."
+            )
+        return cls(
+            size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]), classes=list(d.get("classes", []))
+        )
+
+
+def _three_floats(name: str, v: Any) -> tuple[float, float, float]:
+    try:
+        t = tuple(float(a) for a in v)
+    except (TypeError, ValueError):
+        raise ParameterError(f"Preset.{name} must be 3 numbers (R, G, B), got {v!r}.") from None
+    if len(t) != 3 or not all(math.isfinite(a) for a in t):
+        raise ParameterError(f"Preset.{name} must be 3 finite numbers (R, G, B), got {v!r}.")
+    return t  # type: ignore[return-value]
+
+
+#: Used when no preset is given: ImageNet statistics at 224 × 224.
+DEFAULT_PRESET = Preset(size=224, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
+
+
+# --------------------------------------------------------------------------------------------- decoding
+def _composite_on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grey → 8-bit RGB by rescaling (Pillow's own convert clips at 255)."""
+    a = np.asarray(img)
+    if img.mode.startswith("I;16"):
+        a8 = a.astype(np.float64) / 257.0  # 65535 / 257 = 255: the full 16-bit range maps to 8 bits
+    else:
+        a = a.astype(np.float64)
+        finite = a[np.isfinite(a)]
+        lo = float(finite.min()) if finite.size else 0.0
+        hi = float(finite.max()) if finite.size else 0.0
+        # Mode "I"/"F" carries no bit depth: use the smallest standard range that holds the data.
+        if img.mode == "F" and lo >= 0.0 and hi <= 1.0:
+            a8 = a * 255.0
+        elif lo >= 0.0 and hi <= 255.0:
+            a8 = a
+        elif lo >= 0.0 and hi <= 65535.0:
+            a8 = a / 257.0
+        else:
+            a8 = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        a8 = np.nan_to_num(a8, nan=0.0, posinf=255.0, neginf=0.0)
+    a8 = np.clip(np.rint(a8), 0, 255).astype(np.uint8)
+    return Image.fromarray(a8).convert("RGB")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode → 8-bit RGB: alpha composited over white, 16-bit rescaled, palette expanded."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        return _composite_on_white(img)
+    if mode == "P":
+        if "transparency" in img.info:
+            return _composite_on_white(img)
+        return img.convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        return _wide_to_rgb(img)
+    # L, 1, CMYK, YCbCr, RGBX, HSV, LAB: Pillow converts these to RGB itself.
+    return img.convert("RGB")
+
+
+def _decode(img: Image.Image) -> Image.Image:
+    img.load()  # Image.open is lazy: force the decode so that a truncated file fails here
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001 - a malformed EXIF block should not lose an otherwise good image
+        pass
+    return _to_rgb(img)
+
+
+def load_pil(path: str | Path) -> Image.Image:
+    """Read one image file as 8-bit RGB, whatever its mode.
+
+    Grey (``L``, ``1``), ``LA``/``RGBA``/``PA`` (alpha composited over white), palette ``P`` (with its
+    transparency), 16-bit ``I;16*`` and 32-bit ``I``/``F`` (rescaled to 8 bits, not clipped), ``CMYK``
+    and EXIF-rotated files (rotated upright) all come back as ``RGB``. Multi-frame files give their
+    first frame.
+
+    Parameters
+    ----------
+    path
+        Path of the image file.
+
+    Returns
+    -------
+    PIL.Image.Image
+        Mode ``"RGB"``, size ``(W, H)`` after EXIF rotation.
+
+    Raises
+    ------
+    ImageError
+        If the file does not exist or cannot be decoded.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ImageError(f"image file {str(p)!r} does not exist (or is not a file).")
+    try:
+        with Image.open(p) as im:
+            out = _decode(im)
+            # Detach from the file handle that the ``with`` closes.
+            return out.copy() if out is im else out
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, ValueError…)
+        raise ImageError(f"cannot read image {str(p)!r}: {type(e).__name__}: {e}") from e
+
+
+def to_tensor01(img: Image.Image | np.ndarray) -> torch.Tensor:
+    """An image as a float tensor in [0, 1].
+
+    Parameters
+    ----------
+    img
+        A PIL image (any mode, converted as in :func:`load_pil`) or a numpy array ``[H, W]``,
+        ``[H, W, 1|3|4]`` (``uint8``, or float in [0, 1]; a 4th channel is alpha, composited over white).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[3, H, W]`` float32 in [0, 1], on the CPU.
+    """
+    if isinstance(img, Image.Image):
+        arr = np.array(_to_rgb(img), dtype=np.uint8)
+        return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
+    if isinstance(img, np.ndarray):
+        return _array_to_tensor01(img)
+    raise ImageError(f"to_tensor01 expects a PIL image or a numpy array, got {type(img).__name__}.")
+
+
+def _array_to_tensor01(a: np.ndarray) -> torch.Tensor:
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageError(
+            f"a numpy image must be [H,W], [H,W,1], [H,W,3] or [H,W,4] (channels last), got shape {a.shape}."
+        )
+    if a.dtype == np.uint8:
+        t = torch.from_numpy(np.ascontiguousarray(a)).float().div_(255.0)
+    elif a.dtype == np.bool_:
+        t = torch.from_numpy(a.astype(np.float32))
+    elif np.issubdtype(a.dtype, np.floating):
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        if not bool(torch.isfinite(t).all()) or t.min() < 0 or t.max() > 1:
+            raise ImageError(
+                "a float numpy image must hold values in [0, 1]; "
+                "pass uint8 (0-255) or divide by the maximum first."
+            )
+    else:
+        raise ImageError(f"a numpy image must be uint8 (or float in [0, 1]), got dtype {a.dtype}.")
+    t = t.permute(2, 0, 1)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    elif t.shape[0] == 4:
+        rgb, alpha = t[:3], t[3:]
+        t = rgb * alpha + (1.0 - alpha)  # over white, as for RGBA files
+    return t.contiguous()
+
+
+# --------------------------------------------------------------------------------------------- geometry
+def resize_center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so that the shorter side is ``size``, then centre-crop ``size × size``.
+
+    Bilinear with antialiasing; the output geometry is that of torchvision's ``Resize(size)`` followed by
+    ``CenterCrop(size)`` so that results match the usual ImageNet preprocessing.
+
+    Parameters
+    ----------
+    x
+        ``[N, C, H, W]`` or ``[C, H, W]`` float images.
+    size
+        Output side ``S``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, C, S, S]`` (or ``[C, S, S]``), same device and dtype.
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ParameterError(f"size must be a positive integer, got {size!r}.")
+    size = int(size)
+    squeeze = x.ndim == 3
+    if squeeze:
+        x = x.unsqueeze(0)
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    if h < 1 or w < 1:
+        raise ImageError(f"cannot resize an empty image of size {h}×{w}.")
+    if (h, w) != (size, size):
+        short, long = (h, w) if h <= w else (w, h)
+        new_long = max(size, int(size * long / short))
+        nh, nw = (size, new_long) if h <= w else (new_long, size)
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+        top = int(round((nh - size) / 2.0))
+        left = int(round((nw - size) / 2.0))
+        x = x[..., top : top + size, left : left + size]
+    x = x.clamp(0.0, 1.0) if x.is_floating_point() else x
+    return x.squeeze(0) if squeeze else x.contiguous()
+
+
+# --------------------------------------------------------------------------------------------- sources
+_GLOB_CHARS = set("*?[")
+
+
+def _ext_list() -> str:
+    return ", ".join(IMAGE_EXTENSIONS)
+
+
+def _is_image_file(p: Path) -> bool:
+    # Hidden files (e.g. macOS "._photo.jpg" resource forks) are not images even with an image suffix.
+    return p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def _folder_files(folder: Path, recursive: bool) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted((p for p in it if _is_image_file(p)), key=lambda p: str(p))
+    if not files:
+        how = "or its subfolders " if recursive else ""
+        hint = "" if recursive else " (use recursive=True to look into subfolders)"
+        raise ImageError(
+            f"folder {str(folder)!r} {how}contains no image files; "
+            f"supported extensions (any case): {_ext_list()}{hint}."
+        )
+    return files
+
+
+def _glob_files(pattern: str, recursive: bool) -> list[Path]:
+    files = sorted(
+        (Path(m) for m in _glob.glob(pattern, recursive=recursive) if _is_image_file(Path(m))),
+        key=lambda p: str(p),
+    )
+    if not files:
+        raise ImageError(
+            f"the pattern {pattern!r} matches no image file; supported extensions (any case): {_ext_list()}."
+        )
+    return files
+
+
+# One "item" is a file path to decode later, or a [3,H,W] / [N,3,H,W] tensor in [0,1] with its names.
+_Item = tuple[Path | torch.Tensor, list[str]]
+
+
+def _tensor_source(t: torch.Tensor, name: str) -> _Item:
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4 or t.shape[1] not in (1, 3):
+        raise ImageError(
+            f"an image tensor must be [N,3,H,W] or [3,H,W] (channels first, values in [0,1]), "
+            f"got shape {tuple(t.shape)}."
+        )
+    if t.dtype == torch.uint8:
+        t = t.float() / 255.0
+    elif t.dtype in (torch.float16, torch.bfloat16):
+        t = t.float()  # antialiased interpolation is not implemented for half types on every device
+    elif not t.is_floating_point():
+        raise ImageError(f"an image tensor must be float in [0, 1] or uint8, got dtype {t.dtype}.")
+    elif t.numel() and (not bool(torch.isfinite(t).all()) or t.min() < 0 or t.max() > 1):
+        raise ImageError(
+            f"an image tensor must hold values in [0, 1] (found [{float(t.min()):.3g}, "
+            f"{float(t.max()):.3g}]); pass un-normalised images, e.g. preset.denormalize(x)."
+        )
+    if t.shape[1] == 1:
+        t = t.expand(-1, 3, -1, -1)
+    return t, [f"<{name}:{i}>" for i in range(t.shape[0])]
+
+
+def _expand(
+    source: Any, recursive: bool, out: list[_Item], counter: list[int], devices: list[torch.device]
+) -> None:
+    if isinstance(source, (str, Path)):
+        p = Path(source)
+        if p.is_dir():
+            out.extend((f, [str(f)]) for f in _folder_files(p, recursive))
+        elif p.is_file():
+            out.append((p, [str(p)]))
+        elif isinstance(source, str) and _GLOB_CHARS & set(source):
+            out.extend((f, [str(f)]) for f in _glob_files(source, recursive))
+        else:
+            raise ImageError(
+                f"path {str(source)!r} does not exist (give a file, a folder or a glob pattern)."
+            )
+    elif isinstance(source, Image.Image):
+        name = getattr(source, "filename", "") or f"<pil:{counter[0]}>"
+        counter[0] += 1
+        out.append((to_tensor01(source), [name]))
+    elif isinstance(source, np.ndarray):
+        if source.ndim == 4:  # a stack of HWC images
+            ts = [_array_to_tensor01(a) for a in source]
+            t = torch.stack(ts) if ts else torch.empty(0, 3, 1, 1)
+            out.append((t, [f"<array:{counter[0] + i}>" for i in range(len(ts))]))
+            counter[0] += len(ts)
+        else:
+            out.append((_array_to_tensor01(source), [f"<array:{counter[0]}>"]))
+            counter[0] += 1
+    elif isinstance(source, torch.Tensor):
+        t, names = _tensor_source(source.detach(), "tensor")
+        devices.append(t.device)
+        names = [f"<tensor:{counter[0] + i}>" for i in range(len(names))]
+        counter[0] += len(names)
+        out.append((t, names))
+    elif isinstance(source, (list, tuple)):
+        for s in source:
+            _expand(s, recursive, out, counter, devices)
+    else:
+        raise ImageError(
+            f"cannot load images from a {type(source).__name__}; give a path, a folder, a glob pattern, "
+            "a PIL image, a numpy uint8 [H,W,3] array, a tensor [N,3,H,W] in [0,1], or a list of these."
+        )
+
+
+def _progress_bar(total: int, progress: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    # progress=None: show only on a terminal (tqdm's own rule for disable=None).
+    disable = None if progress is None else not progress
+    return tqdm(total=total, desc=desc, disable=disable, unit="img", file=sys.stderr, leave=False)
+
+
+@overload
+def load_images(
+    source: Any,
+    preset: Preset | None = ...,
+    *,
+    size: int | None = ...,
+    recursive: bool = ...,
+    progress: bool | None = ...,
+    return_paths: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def load_images(
+    source: Any,
+    preset: Preset | None = ...,
+    *,
+    size: int | None = ...,
+    recursive: bool = ...,
+    progress: bool | None = ...,
+    return_paths: Literal[True],
+) -> tuple[torch.Tensor, list[str]]: ...
+
+
+def load_images(
+    source: Any,
+    preset: Preset | None = None,
+    *,
+    size: int | None = None,
+    recursive: bool = False,
+    progress: bool | None = None,
+    return_paths: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+    """Load images from almost anything, resized to ``S × S`` and normalised for a model.
+
+    Parameters
+    ----------
+    source
+        A file path; a folder (every file with a supported extension, any case, sorted by path; hidden
+        files skipped); a glob pattern such as ``"photos/*.jpg"``; a PIL image; a numpy ``uint8`` array
+        ``[H, W]``, ``[H, W, 3|4]`` or a stack ``[N, H, W, 3]``; a tensor ``[N, 3, H, W]`` or
+        ``[3, H, W]`` with values in [0, 1] (or ``uint8``); or a list mixing any of these.
+    preset
+        Size, mean and std to use (e.g. ``model.preset``); ImageNet statistics at 224 if ``None``.
+    size
+        Overrides ``preset.size``.
+    recursive
+        Look into subfolders of folders (and let ``**`` in glob patterns match across folders).
+    progress
+        Show a progress bar while decoding files: ``None`` = only on a terminal.
+    return_paths
+        Also return one name per image: its path, or ``"<pil:i>"``, ``"<array:i>"``, ``"<tensor:i>"``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, 3, S, S]`` float, ``(x01 − mean) / std``. On the device of the first tensor in ``source``
+        (CPU if there is none); float32 unless a floating tensor of another dtype was given.
+    list[str]
+        Only with ``return_paths=True``: the ``N`` names, in the same order.
+
+    Raises
+    ------
+    ImageError
+        A path that does not exist, a folder or pattern without images, an unsupported input type, or
+        no readable image at all. A file that cannot be decoded is skipped with a warning naming it.
+    """
+    preset = DEFAULT_PRESET if preset is None else preset
+    if not isinstance(preset, Preset):
+        raise ParameterError(
+            f"preset must be a conceptlens.io.images.Preset or None, got {type(preset).__name__}."
+        )
+    S = preset.size if size is None else size
+    if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or S < 1:
+        raise ParameterError(f"size must be a positive integer, got {S!r}.")
+    S = int(S)
+
+    items: list[_Item] = []
+    devices: list[torch.device] = []
+    _expand(source, recursive, items, [0], devices)
+    if not items:
+        raise ImageError("no images given (the source is an empty list).")
+    device = devices[0] if devices else torch.device("cpu")
+    tried: list[str] = []
+    parts: list[torch.Tensor] = []
+    names: list[str] = []
+    n_files = sum(isinstance(it, Path) for it, _ in items)
+    bar = _progress_bar(n_files, progress, "loading images") if n_files else None
+    try:
+        for it, nm in items:
+            if isinstance(it, Path):
+                tried.append(str(it))
+                try:
+                    img = load_pil(it)
+                except ImageError as e:
+                    warnings.warn(f"skipping unreadable image {str(it)!r}: {e}", stacklevel=2)
+                    continue
+                finally:
+                    if bar is not None:
+                        bar.update(1)
+                t = to_tensor01(img).unsqueeze(0)
+            else:
+                t = it if it.ndim == 4 else it.unsqueeze(0)
+            if t.shape[0] == 0:
+                continue
+            parts.append(resize_center_crop(t, S).to(device))
+            names.extend(nm)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if not parts:
+        if tried:
+            shown = ", ".join(repr(p) for p in tried[:10]) + (
+                f" and {len(tried) - 10} more" if len(tried) > 10 else ""
+            )
+            raise ImageError(
+                f"none of the {len(tried)} image file(s) could be read: {shown}. "
+                f"Check that they are valid images ({_ext_list()})."
+            )
+        raise ImageError("no images given (the tensors or arrays are empty).")
+    dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
+    x = preset.normalize(torch.cat([p.to(dtype) for p in parts], dim=0))
+    return (x, names) if return_paths else x
+
+
+# --------------------------------------------------------------------------------------------- samples
+# Photos shipped *inside* the installed packages (read from disk, never fetched): name → (package, file).
+_SAMPLES: dict[str, tuple[str, str]] = {
+    "chelsea": ("skimage", "data/chelsea.png"),
+    "coffee": ("skimage", "data/coffee.png"),
+    "astronaut": ("skimage", "data/astronaut.png"),
+    "rocket": ("skimage", "data/rocket.jpg"),
+    "motorcycle": ("skimage", "data/motorcycle_left.png"),
+    "camera": ("skimage", "data/camera.png"),
+    "coins": ("skimage", "data/coins.png"),
+    "moon": ("skimage", "data/moon.png"),
+    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
+    "immunohistochemistry": ("skimage", "data/ihc.png"),
+    "retina": ("skimage", "data/retina.jpg"),
+    "china": ("sklearn", "datasets/images/china.jpg"),
+    "flower": ("sklearn", "datasets/images/flower.jpg"),
+    # Available by name but not in the default list (textures, documents, microscopy).
+    "clock": ("skimage", "data/clock_motion.png"),
+    "page": ("skimage", "data/page.png"),
+    "text": ("skimage", "data/text.png"),
+    "brick": ("skimage", "data/brick.png"),
+    "grass": ("skimage", "data/grass.png"),
+    "gravel": ("skimage", "data/gravel.png"),
+    "cell": ("skimage", "data/cell.png"),
+    "microaneurysms": ("skimage", "data/microaneurysms.png"),
+}
+_DEFAULT_SAMPLES = (
+    "chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera", "coins", "moon",
+    "hubble_deep_field", "immunohistochemistry", "retina", "china", "flower",
+)  # fmt: skip
+_ALIASES = {"cat": "chelsea", "motorcycle_left": "motorcycle", "ihc": "immunohistochemistry"}
+
+
+def _sample_path(name: str) -> Path | None:
+    pkg, rel = _SAMPLES[name]
+    # find_spec locates the package without importing it (no network, no import cost).
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root) / rel
+        if p.is_file():
+            return p
+    return None
+
+
+def sample_image_names() -> list[str]:
+    """Names of the default sample photos available offline, ``"chelsea"`` first.
+
+    Photos come from ``skimage.data`` (always installed) and, if scikit-learn is installed, its two
+    sample images (``"china"``, ``"flower"``). Only files shipped inside the packages are used.
+
+    Returns
+    -------
+    list[str]
+        The names :func:`sample_images` loads by default.
+    """
+    return [n for n in _DEFAULT_SAMPLES if _sample_path(n) is not None]
+
+
+@overload
+def sample_images(
+    preset: Preset | None = ...,
+    *,
+    names: Sequence[str] | None = ...,
+    size: int | None = ...,
+    return_names: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def sample_images(
+    preset: Preset | None = ...,
+    *,
+    names: Sequence[str] | None = ...,
+    size: int | None = ...,
+    return_names: Literal[True],
+) -> tuple[torch.Tensor, list[str]]: ...
+
+
+def sample_images(
+    preset: Preset | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    size: int | None = None,
+    return_names: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
+    """Real photos shipped with scikit-image (and scikit-learn), loaded like :func:`load_images`.
+
+    Parameters
+    ----------
+    preset
+        As in :func:`load_images` (ImageNet statistics at 224 if ``None``).
+    names
+        Which photos (see :func:`sample_image_names`; also ``"clock"``, ``"page"``, ``"text"``,
+        ``"brick"``, ``"grass"``, ``"gravel"``, ``"cell"``, ``"microaneurysms"``; ``"cat"`` is
+        ``"chelsea"``). Default: :func:`sample_image_names`.
+    size
+        Overrides ``preset.size``.
+    return_names
+        Also return the names.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[N, 3, S, S]`` float32 normalised images, in the order of ``names``.
+    list[str]
+        Only with ``return_names=True``.
+
+    Raises
+    ------
+    ParameterError
+        An unknown name (the message lists the closest ones).
+    ImageError
+        A requested photo that is not installed (e.g. ``"china"`` without scikit-learn).
+    """
+    if names is None:
+        chosen = sample_image_names()
+        if not chosen:
+            raise ImageError("no sample photo found: is scikit-image installed? (pip install scikit-image)")
+    else:
+        if isinstance(names, str):
+            names = [names]
+        chosen = []
+        for n in names:
+            key = _ALIASES.get(n, n)
+            if key not in _SAMPLES:
+                known = sorted(set(_SAMPLES) | set(_ALIASES))
+                raise ParameterError(
+                    f"unknown sample image {n!r}; did you mean {nearest(n, known)}? Known: {known}."
+                )
+            chosen.append(key)
+        if not chosen:
+            raise ParameterError("names is empty; pass None for the default sample photos.")
+    paths = []
+    for n in chosen:
+        p = _sample_path(n)
+        if p is None:
+            pkg = _SAMPLES[n][0]
+            raise ImageError(
+                f"sample image {n!r} is not available offline: its package {pkg!r} is missing or does not "
+                f"ship it; install {'scikit-learn' if pkg == 'sklearn' else 'scikit-image'} or pick another "
+                f"from {sample_image_names()}."
+            )
+        paths.append(p)
+    x = load_images(paths, preset, size=size, progress=False)
+    return (x, list(chosen)) if return_names else x
+
+
+# --------------------------------------------------------------------------------------------- crops
+def _pair(name: str, v: int | tuple[int, int]) -> tuple[int, int]:
+    t = (v, v) if not isinstance(v, (tuple, list)) else tuple(v)
+    if len(t) != 2 or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 1 for a in t):
+        raise ParameterError(f"{name} must be a positive integer or a pair of them, got {v!r}.")
+    return int(t[0]), int(t[1])
+
+
+def _stride_for(p: int, stride: int | float | None) -> int:
+    if stride is None:
+        return max(1, round(0.8 * p))
+    if isinstance(stride, bool) or not isinstance(stride, (int, float, np.integer, np.floating)):
+        raise ParameterError(
+            f"stride must be a number (pixels, or a fraction < 1 of the patch), got {stride!r}."
+        )
+    if not math.isfinite(stride) or stride <= 0:
+        raise ParameterError(f"stride must be > 0, got {stride!r}.")
+    if stride < 1:
+        return max(1, round(stride * p))
+    return max(1, round(stride))
+
+
+def _starts(length: int, p: int, s: int) -> torch.Tensor:
+    starts = list(range(0, length - p + 1, s))
+    if starts[-1] + p < length:
+        starts.append(length - p)  # the last patch sits on the border so that the whole image is covered
+    return torch.tensor(starts, dtype=torch.long)
+
+
+def crops(
+    x: torch.Tensor,
+    patch_size: int | tuple[int, int] = 64,
+    stride: int | float | None = None,
+    out_size: int | None = None,
+    *,
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cut every image into overlapping patches that cover it, optionally resized for the model.
+
+    Patch origins along an axis of length ``L`` are ``0, s, 2s, …`` and, when that leaves a strip
+    uncovered, one more at ``L − p`` (aligned to the border). Extraction is one strided view
+    (``Tensor.unfold``) indexed at the chosen origins: no per-patch Python loop.
+
+    Parameters
+    ----------
+    x
+        ``[N, C, H, W]`` images (normalised or not: values are copied as they are).
+    patch_size
+        ``p`` or ``(ph, pw)`` in pixels; must fit in ``H × W``.
+    stride
+        Step between patch origins: an int (pixels), a float < 1 (fraction of the patch), a float ≥ 1
+        (pixels, rounded), or ``None`` for ``0.8 × patch`` (the peers' default).
+    out_size
+        Resize each patch to ``out_size × out_size`` (bilinear, antialiased), e.g. ``preset.size``;
+        ``None`` keeps ``ph × pw``.
+    batch_size
+        Patches gathered and resized at a time (bounds the memory of the intermediate copy).
+
+    Returns
+    -------
+    patches : torch.Tensor
+        ``[M, C, out, out]`` (or ``[M, C, ph, pw]``); image-major, then row-major over positions.
+    image_index : torch.Tensor
+        ``[M]`` long, the image each patch comes from.
+    boxes : torch.Tensor
+        ``[M, 4]`` long ``(y0, x0, y1, x1)`` in the pixels of ``x`` (``y1``, ``x1`` exclusive).
+
+    Raises
+    ------
+    ParameterError
+        A patch larger than the images, a non-positive size or stride, or ``x`` not ``[N, C, H, W]``.
+    """
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ParameterError(f"crops expects images [N,C,H,W], got {shape}.")
+    ph, pw = _pair("patch_size", patch_size)
+    N, C, H, W = x.shape
+    if ph > H or pw > W:
+        raise ParameterError(
+            f"patch_size {ph}×{pw} is larger than the images ({H}×{W}); use a patch_size ≤ {min(H, W)} "
+            "or larger images."
+        )
+    if out_size is not None:
+        out_h, out_w = _pair("out_size", out_size)
+    else:
+        out_h, out_w = ph, pw
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    sy, sx = _stride_for(ph, stride), _stride_for(pw, stride)
+    dev = x.device
+    ys, xs = _starts(H, ph, sy).to(dev), _starts(W, pw, sx).to(dev)
+    ny, nx = len(ys), len(xs)
+    M = N * ny * nx
+
+    image_index = torch.arange(N, device=dev).repeat_interleave(ny * nx)
+    iy = torch.arange(ny, device=dev).repeat_interleave(nx).repeat(N)
+    ix = torch.arange(nx, device=dev).repeat(N * ny)
+    y0, x0 = ys[iy], xs[ix]
+    boxes = torch.stack([y0, x0, y0 + ph, x0 + pw], dim=1)
+
+    # [N, C, H-ph+1, W-pw+1, ph, pw]: every possible patch, as a view (no copy until indexed).
+    view = x.unfold(2, ph, 1).unfold(3, pw, 1)
+    resize = (out_h, out_w) != (ph, pw)
+    out = torch.empty((M, C, out_h, out_w), dtype=x.dtype, device=dev)
+    for b in range(0, M, batch_size):
+        sl = slice(b, b + batch_size)
+        # Advanced indices separated by a slice: result dims are [b, C, ph, pw].
+        chunk = view[image_index[sl], :, y0[sl], x0[sl]]
+        if resize:
+            chunk = F.interpolate(
+                chunk, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
+            )
+        out[sl] = chunk
+    return out, image_index, boxes
+
+
+def batched(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    """Consecutive slices ``x[i : i + batch_size]`` along the first dimension (views, no copy).
+
+    Parameters
+    ----------
+    x
+        ``[N, ...]``.
+    batch_size
+        Positive size of each slice (the last one may be shorter).
+
+    Yields
+    ------
+    torch.Tensor
+        ``[b, ...]`` with ``b ≤ batch_size``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    for i in range(0, x.shape[0], int(batch_size)):
+        yield x[i : i + int(batch_size)]
+
+
+def demo_set(
+    preset: Preset | None = None, *, patch_size: int = 112, stride: int | float | None = None
+) -> tuple[torch.Tensor, list[str]]:
+    """The demo's images: crops of every bundled sample photo, resized to the model's input.
+
+    Parameters
+    ----------
+    preset
+        The model's preset (size, normalisation).
+    patch_size, stride
+        Crop geometry in pixels of the ``preset.size`` photos (stride default 0.8 × patch).
+
+    Returns
+    -------
+    tuple
+        ``x [M,3,S,S]`` normalised crops and their names (``"chelsea crop 3"``).
+    """
+    photos, names = sample_images(preset, return_names=True)
+    size = photos.shape[-1]
+    x, idx, _ = crops(photos, patch_size=patch_size, stride=stride, out_size=size)
+    return x, [f"{names[int(i)]} crop {j}" for j, i in enumerate(idx)]

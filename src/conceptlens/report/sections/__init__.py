@@ -1,0 +1,1 @@
+"""One module per extra report section (compare, maps, tree, edits, masks, sweep)."""
