@@ -10,11 +10,11 @@
 
 from __future__ import annotations
 
+import conceptlens.io as data
 from conceptlens import decompose, importance, metrics
 from conceptlens._version import __version__
 from conceptlens.errors import ConceptLensError, NotFittedError
 from conceptlens.explainer import ConceptExplainer, LocalExplanation
-from conceptlens.io import images as data
 from conceptlens.io import models
 from conceptlens.split.model_split import ModelSplit
 from conceptlens.workflows.compare import compare  # the function; the module is conceptlens.workflows.compare

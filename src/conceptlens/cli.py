@@ -30,7 +30,7 @@ def _fail(exc: Exception) -> None:
 
 
 def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, list[str]]:
-    from conceptlens.io import images as data
+    import conceptlens.io as data
 
     x, names = data.load_images(path, preset=preset, return_paths=True)  # type: ignore[arg-type]
     if crop:

@@ -31,7 +31,6 @@ from conceptlens import decompose
 from conceptlens import importance as importance_mod
 from conceptlens.attribution.implicit import implicit_maps, upsample_maps
 from conceptlens.decompose import craft as _craft  # noqa: F401 - registers method="craft"
-from conceptlens.decompose.craft import CropSet, crop_activations
 from conceptlens.errors import (
     ActivationError,
     ConceptLensError,
@@ -44,6 +43,7 @@ from conceptlens.errors import (
 )
 from conceptlens.importance.base import Context, Importance, concept_directions
 from conceptlens.importance.linear import scores as spatial_scores
+from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",

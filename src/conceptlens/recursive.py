@@ -220,7 +220,7 @@ def _check_params(params: dict[str, Any] | None) -> dict[str, Any]:
 
 def _thumbnails(x: torch.Tensor, crops: Any, ids: torch.Tensor, preset: Any, side: int) -> torch.Tensor:
     """``[n, t, t', 3]`` uint8 pictures of crops ``ids`` (denormalised with the preset, ≤ ``side`` px)."""
-    from conceptlens.decompose.craft import crop_images
+    from conceptlens.io.crops import crop_images
 
     if ids.numel() == 0:
         return torch.zeros(0, side, side, 3, dtype=torch.uint8)
@@ -329,7 +329,7 @@ def build_tree(
 
     def split_node(parent: ConceptNode, depth: int) -> ConceptNode:
         """Fit the sub-concepts of ``parent`` at ``order[depth]`` and recurse."""
-        from conceptlens.decompose.craft import crop_images
+        from conceptlens.io.crops import crop_images
 
         ids = parent.crop_ids
         sp = child_split(order[depth])

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 import conceptlens as cl
+import conceptlens.io as data
 from conceptlens import decompose
-from conceptlens.decompose.craft import CRAFT, CropSet, crop_activations, crop_images, crop_rows
+from conceptlens.decompose.craft import CRAFT
 from conceptlens.decompose.nmf import NMF
 from conceptlens.errors import LayerError, ParameterError
-from conceptlens.io import images as data
+from conceptlens.io.crops import CropSet, crop_activations, crop_images, crop_rows
 from conceptlens.recursive import ConceptNode, ambiguity, build_tree, select_ambiguous
 
 

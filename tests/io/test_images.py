@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import conceptlens.io as data
 from conceptlens.errors import ConceptLensError, ImageError, ParameterError
-from conceptlens.io import images as data
-from conceptlens.io.images import Preset, crops, load_images, load_pil, to_tensor01
+from conceptlens.io.crops import crops
+from conceptlens.io.images import Preset, load_images, load_pil, to_tensor01
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 RAW = Preset(size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # no normalisation: values stay in [0, 1]

@@ -15,7 +15,7 @@ Adding a method = one new file that subclasses :class:`Decomposition` and calls 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -88,8 +88,35 @@ class Decomposition:
     """
 
     name: ClassVar[str] = "base"
+    # -- declarations: what the method needs; the explainer, compare, the report and the CLI read these
+    #    and never name a method ---------------------------------------------------------------------
+    #: Display name in tables and reports (default: the registered name).
+    label: ClassVar[str] = ""
     #: True when the method requires non-negative activations (NMF-like).
     nonnegative: ClassVar[bool] = False
+    #: ``"positions"``: fitted on every spatial position of ``A``; ``"crops"``: the explainer cuts the fit
+    #: images into crops (``crop_params()``) and fits the bank on one spatially averaged row per crop.
+    fit_on: ClassVar[str] = "positions"
+    #: True when the method uses the classifier head ``h``: the explainer calls :meth:`set_head` before
+    #: :meth:`fit` (and after loading).
+    uses_head: ClassVar[bool] = False
+    #: The importance estimator ``importance="auto"`` picks (None: closed form for a GAP + linear head,
+    #: else autograd).
+    default_importance: ClassVar[str | None] = None
+    #: How an edit removes a concept: ``"reconstruction"`` (its part ``U_i ⊗ D_i`` of the reconstruction is
+    #: subtracted, keeping the residual; :class:`conceptlens.edit.ConceptEditHead`) or ``"own"`` (the
+    #: method's :meth:`edit_head` builds the edited head).
+    edit_rule: ClassVar[str] = "reconstruction"
+    #: Extra sections of the method's HTML report (names of :mod:`conceptlens.report.sections` modules
+    #: that the report adds by default, e.g. ``("edits",)``).
+    report_sections: ClassVar[tuple[str, ...]] = ()
+    #: The name of the constructor argument that trades the method off against another goal and that
+    #: :mod:`conceptlens.workflows.sweep` sweeps (FACE: ``"kl_weight"``), or None.
+    sweep_param: ClassVar[str | None] = None
+    #: Constructor arguments for quick runs (tests, ``bench --quick``, the ground-truth board's quick mode).
+    quick_params: ClassVar[Mapping[str, Any]] = {}
+    #: Constructor arguments that fit the demo's time budget (a few minutes on a laptop CPU).
+    demo_params: ClassVar[Mapping[str, Any]] = {}
     #: True when ``_encode_rows`` itself raises on NaN/Inf rows (from a product it computes anyway),
     #: which spares ``encode`` a full extra pass over ``A``.
     encode_checks_finite: ClassVar[bool] = False
@@ -158,6 +185,31 @@ class Decomposition:
 
     def _decode_rows(self, U: torch.Tensor) -> torch.Tensor:
         return U @ self.components_
+
+    # -- hooks the declarations name ----------------------------------------------------------
+    def set_head(self, head: Callable[[torch.Tensor], torch.Tensor] | None) -> Decomposition:
+        """Attach the classifier head ``h`` (activations → logits) for methods with ``uses_head``."""
+        if head is not None and not callable(head):
+            raise ParameterError(f"head must be callable (activations → logits), got {type(head).__name__}")
+        self.head = head
+        return self
+
+    def crop_params(self) -> tuple[int | tuple[int, int], int | float | None]:
+        """``(patch_size, stride)`` of the crops a ``fit_on = "crops"`` method is fitted on."""
+        return getattr(self, "patch_size", 64), getattr(self, "stride", None)
+
+    def edit_head(self, head: Callable[[torch.Tensor], torch.Tensor],
+                  removed: Mapping[int, float]) -> torch.nn.Module:
+        """The head ``h'(A) = h(A')`` with concepts removed, for methods with ``edit_rule = "own"``.
+
+        ``removed`` maps a concept index to the fraction of it to take away (1 removes it).
+        """
+        raise NotImplementedError(f"{type(self).__name__} declares edit_rule={self.edit_rule!r}")
+
+    @classmethod
+    def display_name(cls) -> str:
+        """The method's name in tables and reports."""
+        return cls.label or cls.name
 
     # -- saving ----------------------------------------------------------------------------
     def state_tensors(self) -> dict[str, torch.Tensor]:

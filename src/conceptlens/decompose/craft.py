@@ -22,61 +22,17 @@ from NMF: any ``[..., C]`` is encoded row by row (per spatial position for ``[N,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
 
 from conceptlens.decompose.base import register
 from conceptlens.decompose.nmf import DEFAULT_TOL, NMF
-from conceptlens.errors import ActivationError, ImageError, ParameterError
-from conceptlens.progress import progress_bar
+from conceptlens.errors import ParameterError
+from conceptlens.io.crops import crop_rows
 
-__all__ = ["CRAFT", "CropSet", "crop_rows", "crop_activations", "crop_images"]
-
-
-@dataclass(frozen=True, eq=False)
-class CropSet:
-    """The crops a crop-fitted bank was learnt on (kept by the explainer as ``ex.crops_``).
-
-    Attributes
-    ----------
-    image_index : torch.Tensor
-        ``[M]`` long, the fit image each crop was cut from.
-    boxes : torch.Tensor
-        ``[M, 4]`` long ``(y0, x0, y1, x1)`` in the pixels of the fit images (``y1``, ``x1`` exclusive).
-    scores : torch.Tensor
-        ``[M, k]`` each crop's code (NNLS of its spatially averaged activation): prototypes are the crops
-        with the highest score.
-    predicted : torch.Tensor
-        ``[M]`` long, the model's top-1 class on each crop (resized to the input size).
-    """
-
-    image_index: torch.Tensor
-    boxes: torch.Tensor
-    scores: torch.Tensor
-    predicted: torch.Tensor
-
-    def __len__(self) -> int:
-        return int(self.image_index.shape[0])
-
-    def top(self, concept: int, n: int, among: torch.Tensor | None = None) -> torch.Tensor:
-        """Ids ``[≤ n]`` of the crops with the highest positive score for ``concept``, best first.
-
-        ``among`` (``[m]`` long crop ids) restricts the search to those crops.
-        """
-        ids = torch.arange(len(self)) if among is None else among.reshape(-1).long()
-        s = self.scores[ids.to(self.scores.device), concept].detach().cpu()
-        order = torch.argsort(s, descending=True, stable=True)[: max(int(n), 0)]
-        order = order[s[order] > 0]
-        return ids.cpu()[order]
-
-
-def crop_rows(A: torch.Tensor) -> torch.Tensor:
-    """One row per crop: ``A [M, ..., C]`` averaged over its middle (spatial/token) axes → ``[M, C]``."""
-    if A.ndim <= 2:
-        return A
-    return A.reshape(A.shape[0], -1, A.shape[-1]).mean(1)
+__all__ = ["CRAFT"]
 
 
 def _check_patch(patch_size: object) -> int | tuple[int, int]:
@@ -131,10 +87,12 @@ class CRAFT(NMF):
     >>> U = d.encode(split.g(x_new))                    # [N, h, w, 10], per position, ≥ 0
     """
 
+    label = "CRAFT"
     #: The explainer cuts the fit images into crops for this method.
     fit_on: ClassVar[str] = "crops"
     #: ``importance="auto"`` means Sobol total indices for CRAFT.
-    default_importance: ClassVar[str] = "sobol"
+    default_importance: ClassVar[str | None] = "sobol"
+    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 100}
 
     def __init__(
         self,
@@ -182,108 +140,3 @@ class CRAFT(NMF):
         U = super().fit_encode(rows, layer_name)
         self.n_crops_ = int(rows.shape[0])
         return U
-
-
-def crop_images(x: torch.Tensor, image_index: torch.Tensor, boxes: torch.Tensor,
-                out_size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Cut given boxes of equal size out of images and resize them (as :func:`~conceptlens.io.images.crops`).
-
-    Parameters
-    ----------
-    x
-        ``[N, C, H, W]`` images.
-    image_index
-        ``[m]`` long, the image of each crop.
-    boxes
-        ``[m, 4]`` long ``(y0, x0, y1, x1)``, all of the same height and width.
-    out_size
-        ``(H', W')`` to resize to (bilinear, antialiased); None keeps the box size.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[m, C, H', W']``.
-    """
-    boxes = boxes.long().cpu()
-    if boxes.ndim != 2 or boxes.shape[1] != 4 or boxes.shape[0] != image_index.numel():
-        raise ParameterError(
-            f"boxes must be [m, 4] for m = {image_index.numel()} crops, got {list(boxes.shape)}"
-        )
-    if boxes.shape[0] == 0:
-        h, w = out_size if out_size is not None else (0, 0)
-        return x.new_zeros(0, x.shape[1], h, w)
-    hs, ws = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    if bool((hs != hs[0]).any() or (ws != ws[0]).any()):
-        raise ParameterError("crop_images needs boxes of one size (one patch size)")
-    ph, pw = int(hs[0]), int(ws[0])
-    view = x.unfold(2, ph, 1).unfold(3, pw, 1)  # [N, C, H-ph+1, W-pw+1, ph, pw], no copy
-    dev = x.device
-    # advanced indices separated by a slice: the result is [m, C, ph, pw]
-    out = view[image_index.long().to(dev), :, boxes[:, 0].to(dev), boxes[:, 1].to(dev)]
-    if out_size is not None and tuple(out_size) != (ph, pw):
-        out = torch.nn.functional.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False,
-                                              antialias=True)
-    return out
-
-
-def crop_activations(
-    split: Any,
-    x: torch.Tensor,
-    patch_size: int | tuple[int, int] = 64,
-    stride: int | float | None = None,
-    *,
-    crops_per_pass: int = 256,
-    progress: bool | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut images into crops, resize each to the images' size, run ``g`` and average over space.
-
-    Images are processed a few at a time, so that at most about ``crops_per_pass`` crop images and their
-    activations exist at once: memory does not grow with the number of fit images.
-
-    Parameters
-    ----------
-    split
-        The :class:`~conceptlens.split.model_split.ModelSplit` (``g``, ``h``).
-    x
-        ``[N, C, H, W]`` normalised images (any channel count, any aspect ratio).
-    patch_size, stride
-        As in :func:`conceptlens.io.images.crops`.
-    crops_per_pass
-        Bound on the crops held in memory at once.
-    progress
-        Progress bar (None: only on a terminal).
-
-    Returns
-    -------
-    rows : torch.Tensor
-        ``[M, C']`` spatially averaged crop activations (one row per crop).
-    image_index : torch.Tensor
-        ``[M]`` long.
-    boxes : torch.Tensor
-        ``[M, 4]`` long.
-    predicted : torch.Tensor
-        ``[M]`` long, top-1 class of the model on each crop.
-    """
-    from conceptlens.io import images as data
-
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
-        raise ImageError(f"expected images [N,C,H,W] with N ≥ 1, got {list(getattr(x, 'shape', []))}")
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    rows, idx, bxs, pred = [], [], [], []
-    first, _, _ = data.crops(x[:1], patch_size, stride)  # crops per image (cheap: one image, not resized)
-    per_image = int(first.shape[0])
-    step = max(1, crops_per_pass // per_image)
-    for i0 in progress_bar(range(0, x.shape[0], step), desc="crops", enable=progress, min_items=2):
-        c, ii, bb = data.crops(x[i0 : i0 + step], patch_size, stride, out_size=size)
-        A = split.g(c, progress=False)
-        if not torch.isfinite(A).all():
-            raise ActivationError(
-                f"activations of the crops at layer {split.layer!r} contain NaN/Inf; check the images' "
-                "normalisation (cl.data.load_images with the model's preset)"
-            )
-        with torch.no_grad():
-            pred.append(split.h(A).argmax(1).cpu())
-        rows.append(crop_rows(A))
-        idx.append(ii.cpu() + i0)
-        bxs.append(bb.cpu())
-    return torch.cat(rows), torch.cat(idx), torch.cat(bxs), torch.cat(pred)

@@ -85,7 +85,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -385,7 +385,15 @@ class EDDP(Decomposition):
     >>> A2 = remove_concepts(A, d, [3])               # concept 3 edited out
     """
 
+    label = "EDDP"
+    uses_head = True  # for URA, when a head is attached
     needs_head: ClassVar[bool] = False
+    edit_rule = "own"  # the paper's edit: encoding directions weighted by the detectors (remove_concepts)
+    report_sections = ("edits",)
+    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 60, "polish_iter": 10, "n_init": 1,
+                                                 "init_rows": 4000}
+    #: The demo's budget: 300 steps without the alignment term (3.5× cheaper).
+    demo_params: ClassVar[Mapping[str, Any]] = {"max_iter": 300, "ura_weight": 0.0}
 
     def __init__(
         self,
@@ -431,12 +439,10 @@ class EDDP(Decomposition):
         self.polish_iter = polish_iter
         self.progress = progress
 
-    def set_head(self, head: Callable[[torch.Tensor], torch.Tensor] | None) -> EDDP:
-        """Attach (or, with None, detach) the classifier head used by URA; returns self."""
-        if head is not None and not callable(head):
-            raise ParameterError(f"head must be callable (activations → logits), got {type(head).__name__}")
-        self.head = head
-        return self
+    def edit_head(self, head: Callable[[torch.Tensor], torch.Tensor],
+                  removed: Mapping[int, float]) -> nn.Module:
+        """The paper's edit as a head: :class:`UnlearnedHead` with ``removed`` (concept → fraction)."""
+        return UnlearnedHead(head, self, [], dict(removed))
 
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, cast
 
 import torch
@@ -365,8 +365,12 @@ class FACE(Decomposition):
 
     nonnegative: ClassVar[bool] = True
     encode_checks_finite: ClassVar[bool] = True  # nnls_codes checks its product W Aᵀ
-    #: The explainer attaches ``split.h`` with :meth:`set_head` before ``fit`` when this is True.
+    label = "FACE"
+    uses_head = True
+    #: ``fit`` fails without a head (EDDP only uses one when it is there).
     needs_head: ClassVar[bool] = True
+    sweep_param = "kl_weight"
+    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 20, "encode_kl_steps": 2}
 
     def __init__(
         self,
@@ -402,11 +406,6 @@ class FACE(Decomposition):
         p = super().get_params()
         p.pop("head", None)
         return p
-
-    def set_head(self, head: Head) -> FACE:
-        """Attach the classifier head ``h`` (``ModelSplit.h``) used by the KL term; returns self."""
-        self.head = head
-        return self
 
     def _check_params(self) -> None:
         def number(name: str, v: Any, lo: float, strict: bool = False) -> None:

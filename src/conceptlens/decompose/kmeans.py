@@ -91,6 +91,8 @@ class KMeans(Decomposition):
     >>> U = d.encode(A)                                # one-hot [..., 10]
     """
 
+    label = "k-means"
+
     def __init__(
         self, n_concepts: int = 10, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
     ) -> None:

@@ -30,8 +30,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
 import torch
 
@@ -741,6 +741,8 @@ class NMF(Decomposition):
     """
 
     nonnegative = True
+    label = "NMF"
+    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 100}
     encode_checks_finite = True  # nnls_codes checks its product W Aᵀ
 
     def __init__(

@@ -58,6 +58,8 @@ class PCA(Decomposition):
     >>> U = d.encode(A); A_hat = d.decode(U)          # [..., 10], [..., C]
     """
 
+    label = "PCA"
+
     def __init__(self, n_concepts: int = 10, seed: int = 0) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
 

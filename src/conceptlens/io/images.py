@@ -49,7 +49,6 @@ __all__ = [
     "resize_center_crop",
     "sample_images",
     "sample_image_names",
-    "crops",
     "batched",
 ]
 
@@ -763,122 +762,6 @@ def sample_images(
     return (x, list(chosen)) if return_names else x
 
 
-# --------------------------------------------------------------------------------------------- crops
-def _pair(name: str, v: int | tuple[int, int]) -> tuple[int, int]:
-    t = (v, v) if not isinstance(v, (tuple, list)) else tuple(v)
-    if len(t) != 2 or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 1 for a in t):
-        raise ParameterError(f"{name} must be a positive integer or a pair of them, got {v!r}.")
-    return int(t[0]), int(t[1])
-
-
-def _stride_for(p: int, stride: int | float | None) -> int:
-    if stride is None:
-        return max(1, round(0.8 * p))
-    if isinstance(stride, bool) or not isinstance(stride, (int, float, np.integer, np.floating)):
-        raise ParameterError(
-            f"stride must be a number (pixels, or a fraction < 1 of the patch), got {stride!r}."
-        )
-    if not math.isfinite(stride) or stride <= 0:
-        raise ParameterError(f"stride must be > 0, got {stride!r}.")
-    if stride < 1:
-        return max(1, round(stride * p))
-    return max(1, round(stride))
-
-
-def _starts(length: int, p: int, s: int) -> torch.Tensor:
-    starts = list(range(0, length - p + 1, s))
-    if starts[-1] + p < length:
-        starts.append(length - p)  # the last patch sits on the border so that the whole image is covered
-    return torch.tensor(starts, dtype=torch.long)
-
-
-def crops(
-    x: torch.Tensor,
-    patch_size: int | tuple[int, int] = 64,
-    stride: int | float | None = None,
-    out_size: int | None = None,
-    *,
-    batch_size: int = 256,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut every image into overlapping patches that cover it, optionally resized for the model.
-
-    Patch origins along an axis of length ``L`` are ``0, s, 2s, …`` and, when that leaves a strip
-    uncovered, one more at ``L − p`` (aligned to the border). Extraction is one strided view
-    (``Tensor.unfold``) indexed at the chosen origins: no per-patch Python loop.
-
-    Parameters
-    ----------
-    x
-        ``[N, C, H, W]`` images (normalised or not: values are copied as they are).
-    patch_size
-        ``p`` or ``(ph, pw)`` in pixels; must fit in ``H × W``.
-    stride
-        Step between patch origins: an int (pixels), a float < 1 (fraction of the patch), a float ≥ 1
-        (pixels, rounded), or ``None`` for ``0.8 × patch`` (the peers' default).
-    out_size
-        Resize each patch to ``out_size × out_size`` (bilinear, antialiased), e.g. ``preset.size``;
-        ``None`` keeps ``ph × pw``.
-    batch_size
-        Patches gathered and resized at a time (bounds the memory of the intermediate copy).
-
-    Returns
-    -------
-    patches : torch.Tensor
-        ``[M, C, out, out]`` (or ``[M, C, ph, pw]``); image-major, then row-major over positions.
-    image_index : torch.Tensor
-        ``[M]`` long, the image each patch comes from.
-    boxes : torch.Tensor
-        ``[M, 4]`` long ``(y0, x0, y1, x1)`` in the pixels of ``x`` (``y1``, ``x1`` exclusive).
-
-    Raises
-    ------
-    ParameterError
-        A patch larger than the images, a non-positive size or stride, or ``x`` not ``[N, C, H, W]``.
-    """
-    if not isinstance(x, torch.Tensor) or x.ndim != 4:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ParameterError(f"crops expects images [N,C,H,W], got {shape}.")
-    ph, pw = _pair("patch_size", patch_size)
-    N, C, H, W = x.shape
-    if ph > H or pw > W:
-        raise ParameterError(
-            f"patch_size {ph}×{pw} is larger than the images ({H}×{W}); use a patch_size ≤ {min(H, W)} "
-            "or larger images."
-        )
-    if out_size is not None:
-        out_h, out_w = _pair("out_size", out_size)
-    else:
-        out_h, out_w = ph, pw
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    sy, sx = _stride_for(ph, stride), _stride_for(pw, stride)
-    dev = x.device
-    ys, xs = _starts(H, ph, sy).to(dev), _starts(W, pw, sx).to(dev)
-    ny, nx = len(ys), len(xs)
-    M = N * ny * nx
-
-    image_index = torch.arange(N, device=dev).repeat_interleave(ny * nx)
-    iy = torch.arange(ny, device=dev).repeat_interleave(nx).repeat(N)
-    ix = torch.arange(nx, device=dev).repeat(N * ny)
-    y0, x0 = ys[iy], xs[ix]
-    boxes = torch.stack([y0, x0, y0 + ph, x0 + pw], dim=1)
-
-    # [N, C, H-ph+1, W-pw+1, ph, pw]: every possible patch, as a view (no copy until indexed).
-    view = x.unfold(2, ph, 1).unfold(3, pw, 1)
-    resize = (out_h, out_w) != (ph, pw)
-    out = torch.empty((M, C, out_h, out_w), dtype=x.dtype, device=dev)
-    for b in range(0, M, batch_size):
-        sl = slice(b, b + batch_size)
-        # Advanced indices separated by a slice: result dims are [b, C, ph, pw].
-        chunk = view[image_index[sl], :, y0[sl], x0[sl]]
-        if resize:
-            chunk = F.interpolate(
-                chunk, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
-            )
-        out[sl] = chunk
-    return out, image_index, boxes
-
-
 def batched(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     """Consecutive slices ``x[i : i + batch_size]`` along the first dimension (views, no copy).
 
@@ -898,26 +781,3 @@ def batched(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
     for i in range(0, x.shape[0], int(batch_size)):
         yield x[i : i + int(batch_size)]
-
-
-def demo_set(
-    preset: Preset | None = None, *, patch_size: int = 112, stride: int | float | None = None
-) -> tuple[torch.Tensor, list[str]]:
-    """The demo's images: crops of every bundled sample photo, resized to the model's input.
-
-    Parameters
-    ----------
-    preset
-        The model's preset (size, normalisation).
-    patch_size, stride
-        Crop geometry in pixels of the ``preset.size`` photos (stride default 0.8 × patch).
-
-    Returns
-    -------
-    tuple
-        ``x [M,3,S,S]`` normalised crops and their names (``"chelsea crop 3"``).
-    """
-    photos, names = sample_images(preset, return_names=True)
-    size = photos.shape[-1]
-    x, idx, _ = crops(photos, patch_size=patch_size, stride=stride, out_size=size)
-    return x, [f"{names[int(i)]} crop {j}" for j, i in enumerate(idx)]

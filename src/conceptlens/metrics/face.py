@@ -1265,7 +1265,7 @@ class SweepData:
 def _craft_crops(
     split: Any, x: torch.Tensor, patch: int, progress: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    from conceptlens.io.images import crops
+    from conceptlens.io.crops import crops
 
     c, idx, _ = crops(x, patch_size=patch, out_size=x.shape[-1])
     return split.g(c, progress=progress), idx

@@ -1780,7 +1780,7 @@ def benchmark(
         ``world`` and ``targets`` (the issue's targets, met or not).
     """
     import conceptlens as cl
-    from conceptlens.io.images import crops
+    from conceptlens.io.crops import crops
 
     model = cl.models.load("efficientnet_lite0")
     x, names = cl.data.sample_images(model.preset, return_names=True)

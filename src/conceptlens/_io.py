@@ -1,0 +1,112 @@
+"""The one way conceptlens writes files: atomically, durably, readable by others.
+
+Every file the library writes (saved explainers, activation-store shards and indexes, PNGs, reports, JSON
+and CSV results, the world CNN's cache) goes through :func:`atomic_write`: the bytes go to a temp file
+beside the target, are flushed and fsynced, get mode ``0644`` (less the umask; ``mkstemp`` creates
+``0600``, but these files are meant to be shared), and replace the target with one ``os.replace``. A
+reader sees the old file or the whole new one, never a torn write; an interrupted write leaves at most a
+``.<name>.*.tmp`` file and never loses the old one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["atomic_write", "atomic_write_with", "write_json", "write_csv", "json_safe", "sha256_bytes",
+           "file_mode"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode of every file conceptlens writes: ``0644`` less the process umask."""
+    return 0o644 & ~_umask()
+
+
+def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path`` (binary), then fsync it and rename it over ``path``.
+
+    Parameters
+    ----------
+    path
+        The target file; its folder is created when missing.
+    write
+        Writes the content to the open binary file it is given.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return p
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically (see the module docstring)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return atomic_write_with(path, lambda f: f.write(raw))
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` with non-finite floats as None, tuples as lists, numpy / torch scalars as Python numbers."""
+    if isinstance(v, Mapping):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 0) == 0:
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_json(path: str | os.PathLike[str], payload: Any, *, indent: int | None = 1) -> Path:
+    """Write ``payload`` as JSON (non-finite numbers as ``null``) atomically, ending with a newline."""
+    return atomic_write(path, json.dumps(json_safe(payload), indent=indent) + "\n")
+
+
+def write_csv(path: str | os.PathLike[str], columns: Sequence[str],
+              rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` (dicts; missing keys empty) under the header ``columns`` atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(dict(r))
+    return atomic_write(path, buf.getvalue())
+
+
+def sha256_bytes(*chunks: bytes) -> str:
+    """Hex SHA-256 of the concatenated ``chunks`` (detects corruption, not forgery: it is not keyed)."""
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(c)
+    return h.hexdigest()
