@@ -30,6 +30,19 @@ def photo_acts(lite0_split: cl.ModelSplit, photos: torch.Tensor) -> torch.Tensor
     return lite0_split.g(photos)
 
 
+@pytest.fixture(scope="session")
+def world_model() -> nn.Module:
+    """The concept world's CNN (``trained_model(seed=0)``), trained at most once per test run.
+
+    It lives in the default cache (``$CONCEPTLENS_CACHE``, else ``~/.cache/conceptlens``), the one the
+    library's own callers (the leaderboard, the masks benchmark, the world sweep) read, so that they load
+    this file instead of training again. Tests that use it are ``slow``.
+    """
+    from conceptlens.world.cnn import trained_model
+
+    return trained_model(seed=0, progress=False)
+
+
 @pytest.fixture()
 def tiny() -> TinyNet:
     return TinyNet()

@@ -130,10 +130,11 @@ def test_mask_amortised_with_another_target_is_refused(tmp_path: Path, tiny_imag
 
 
 # ------------------------------------------------------------------------------------------------ sweep
+@pytest.mark.slow  # trains the world CNN when its cache is empty
 def test_sweep_world_writes_table_files_and_reference_rows(tmp_path: Path) -> None:
     import json
 
-    from conceptlens.metrics.face import SWEEP_COLUMNS
+    from conceptlens.workflows.sweep import SWEEP_COLUMNS
 
     out = tmp_path / "sw"
     res = _invoke(["sweep", "--method", "face", "--kl-weights", "0,1", "--world", "--n-images", "6",
@@ -174,6 +175,7 @@ def test_sweep_bad_kl_weights_exit_2(tmp_path: Path, weights: str) -> None:
     assert "error:" in res.output and "KL weight" in res.output
 
 
+@pytest.mark.slow  # loads (and, with an empty cache, trains) the world CNN before it reads the class
 def test_sweep_world_unknown_class_exits_2(tmp_path: Path) -> None:
     res = _invoke(["sweep", "--world", "--target", "disc+blu", "-o", str(tmp_path / "o")])
     assert res.exit_code == 2 and "did you mean" in res.output

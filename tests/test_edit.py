@@ -234,7 +234,7 @@ def test_ground_truth_key_concepts_matter_more_than_distractors(method: str) -> 
     """Concepts matched (Hungarian, on IoU with the true masks) to a class's key concepts lower its logit
     when removed, more than those matched to distractors; unlearning a key concept leaves other classes'
     images that lack it (nearly) unchanged."""
-    from conceptlens.world import concepts as synthetic
+    from conceptlens import world as synthetic
     from conceptlens.world import leaderboard as gt
 
     model = synthetic.trained_model(seed=0)

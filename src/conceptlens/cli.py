@@ -1,4 +1,5 @@
-"""The ``conceptlens`` command line: it parses arguments and calls the explainer, nothing more.
+"""The ``conceptlens`` command line: it parses arguments and calls the workflows and the explainer, nothing
+more.
 
 Commands: ``demo`` (every method compared on the bundled model and photos), ``compare``, ``fit``,
 ``explain``, ``evaluate``, ``report``, ``layers``, ``mask``, ``sweep``, ``bench``.
@@ -39,13 +40,11 @@ def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, l
     return x, names
 
 
-_DEMO_METHODS = "ice,pca,kmeans,craft,face,eddp,masks"
-
-
 @app.command()
 def demo(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Folder for the HTML report."),
-    methods: str = typer.Option(_DEMO_METHODS, help="Comma-separated methods to compare."),
+    methods: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="Comma-separated methods to compare (default: every method and the masks)."),
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts of every method."),
     patch: int = typer.Option(112, help="Crop size in pixels of the 224-px photos (resized to the input)."),
     masks: int = typer.Option(2, "--masks", help="Photos explained by minimal masks (an optimisation each)."),
@@ -61,69 +60,13 @@ def demo(
     laptop CPU, CRAFT's crops are the demo's crops, EDDP runs 300 steps without its alignment term, and the
     masks explain the first --masks photos.
     """
-    import torch
+    from conceptlens.errors import ConceptLensError
+    from conceptlens.workflows.demo import DEMO_METHODS, run_demo
 
-    import conceptlens as cl
-    from conceptlens.workflows.compare import _methods as method_names
-    from conceptlens.workflows.compare import compare as run_compare
-    from conceptlens.workflows.compare import reading, write_report
-
-    t0 = time.time()
     try:
-        model = cl.models.load("efficientnet_lite0")
-        photos, names = cl.data.sample_images(model.preset, return_names=True)
-        with torch.no_grad():
-            target = int(model(photos[:1]).argmax(1))
-        crops, crop_names = cl.data.demo_set(model.preset, patch_size=patch)
-        x = torch.cat([photos, crops])
-        all_names = [*names, *crop_names]
-        typer.echo(f"{len(names)} photos + {crops.shape[0]} crops of {patch} px; target = "
-                   f"{model.preset.classes[target]!r} (the class predicted for 'chelsea')")
-        split = cl.ModelSplit(model, "auto")
-        A = split.g(x)
-        # the crops already are CRAFT's crops: a patch of the whole (resized) crop fits its bank on them
-        # (one forward pass each) instead of cutting 16 new crops out of every image
-        names_m = method_names(methods)  # validated, lower-case, as compare() reads them
-        params: dict[str, dict[str, object]] = {}
-        if "craft" in names_m:
-            params["craft"] = {"patch_size": int(x.shape[-1])}
-        if "eddp" in names_m:  # the demo's time budget: 300 steps, no alignment term (3.5x cheaper)
-            params["eddp"] = {"max_iter": 300, "ura_weight": 0.0}
-        res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
-                          mask_images=min(max(masks, 1), len(names)), method_params=params or None)
-        extra = _sweep_sections(sweep, names_m, A, split, res.target, n_concepts, seed)
-        path = write_report(res, x, out, names=all_names, A=A, side_by_side=range(min(4, len(names))),
-                            extra_sections=extra)
-    except cl.ConceptLensError as exc:
+        run_demo(out, methods or DEMO_METHODS, n_concepts, patch, masks, sweep, seed, echo=typer.echo)
+    except ConceptLensError as exc:
         _fail(exc)
-        return
-    _print_table(res)
-    for s in reading(res):
-        typer.echo(s)
-    typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
-
-
-def _sweep_sections(kl_weights: str, methods: list[str], A: object, split: object, target: int, k: int,
-                    seed: int) -> list[object]:
-    """FACE's λ curve as a report section, when FACE is compared and λ values are given."""
-    if not kl_weights.strip() or "face" not in methods:
-        return []
-    from conceptlens.metrics.face import face_sweep, parse_kl_weights, sweep_section
-
-    sw = face_sweep(A, split.h, target, parse_kl_weights(kl_weights), n_concepts=k, seed=seed,  # type: ignore[arg-type, attr-defined]
-                    references=("ice",))
-    return [sweep_section(sw)]
-
-
-def _print_table(res: object) -> None:
-    cols = ["fid_c", "fid_r", "accuracy", "c_insertion", "c_deletion", "c_mu_fidelity", "c_gini", "sparsity",
-            "kept_area", "seconds"]
-    typer.echo(f"{'method':<8}" + "".join(f"{c:>14}" for c in cols))
-    for r in res.rows:  # type: ignore[attr-defined]
-        if r["error"]:
-            typer.echo(f"{r['method']:<8}  failed: {r['error']}")
-        else:
-            typer.echo(f"{r['method']:<8}" + "".join(f"{r[c]:>14.4f}" for c in cols))
 
 
 @app.command()
@@ -165,10 +108,11 @@ def fit(
         x, _ = _images(images, m.preset, crop)
         method_params: dict[str, object] = {}
         if patch is not None or stride is not None:
-            if getattr(cl.decompose.get(method), "fit_on", None) != "crops":
+            if cl.decompose.get(method).fit_on != "crops":
+                crop_fitted = [n for n in cl.decompose.available() if cl.decompose.get(n).fit_on == "crops"]
                 raise ParameterError(
-                    f"--patch/--stride set the crops of a crop-fitted method (craft); method {method!r} fits "
-                    "on whole images: use --crop to cut the images into crops first")
+                    f"--patch/--stride set the crops of a crop-fitted method ({', '.join(crop_fitted)}); "
+                    f"method {method!r} fits on whole images: use --crop to cut the images into crops first")
             if patch is not None:
                 method_params["patch_size"] = patch
             if stride is not None:
@@ -344,9 +288,9 @@ def compare(
 ) -> None:
     """Run every method on one class side by side: OUT/compare.csv, OUT/index.html, OUT/<method>/."""
     import conceptlens as cl
-    from conceptlens.workflows.compare import _methods as method_names
+    from conceptlens.workflows.compare import check_methods, print_table, write_report
     from conceptlens.workflows.compare import compare as run_compare
-    from conceptlens.workflows.compare import reading, write_report
+    from conceptlens.workflows.demo import sweep_sections
 
     t0 = time.time()
     try:
@@ -356,15 +300,12 @@ def compare(
         A = split.g(x)
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
                           stability=stability, mask_images=masks or None)
-        names_m = method_names(methods)  # validated, lower-case, as compare() reads them
-        extra = _sweep_sections(kl_weights, names_m, A, split, res.target, n_concepts, seed)
+        extra = sweep_sections(kl_weights, check_methods(methods), A, split, res.target, n_concepts, seed)
         path = write_report(res, x, out, names=names, A=A, extra_sections=extra)
     except cl.ConceptLensError as exc:
         _fail(exc)
         return
-    _print_table(res)
-    for s in reading(res):
-        typer.echo(s)
+    print_table(res, typer.echo)
     typer.echo(f"table: {(out / 'compare.csv').resolve()}")
     typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
 
@@ -402,8 +343,9 @@ def mask(
     confidence, pixel deletion/insertion AUC, and the baselines at equal area) and OUT/index.html.
     """
     import conceptlens as cl
-    from conceptlens.attribution.masks.explainer import BASELINES, MaskExplainer, compare_with_baselines
+    from conceptlens.attribution.masks.explainer import MaskExplainer
     from conceptlens.report.sections.masks import write_mask_outputs
+    from conceptlens.workflows.masks import BASELINES, compare_with_baselines
 
     t0 = time.time()
     try:
@@ -473,15 +415,17 @@ def sweep(
     """
     import conceptlens as cl
     from conceptlens.errors import ParameterError
-    from conceptlens.metrics import face as metrics_face
+    from conceptlens.workflows import sweep as lambda_sweep
 
     t0 = time.time()
     try:
-        if method.lower() != "face":
+        swept = [n for n in cl.decompose.available() if cl.decompose.get(n).sweep_param]
+        if cl.decompose.get(method).sweep_param is None:
+            param = cl.decompose.get(swept[0]).sweep_param
             raise ParameterError(
-                f"only face has a λ (KL weight) to sweep, got --method {method!r}; ICE (nmf) and CRAFT are "
-                "already in the sweep as the λ = 0 reference rows: use --method face")
-        lams = metrics_face.parse_kl_weights(kl_weights)
+                f"only {' and '.join(swept)} has a λ ({param}) to sweep, got --method {method!r}; ICE (nmf) "
+                f"and CRAFT are already in the sweep as the λ = 0 reference rows: use --method {swept[0]}")
+        lams = lambda_sweep.parse_kl_weights(kl_weights)
         face_params: dict[str, object] = {}
         if max_iter is not None:
             face_params["max_iter"] = max_iter
@@ -491,14 +435,14 @@ def sweep(
             if images:
                 raise ParameterError(
                     "--world sweeps the concept world's own images: drop --images (or --world)")
-            data = metrics_face.world_sweep_data(n_per_class=n_images, target=target, seed=seed)
+            data = lambda_sweep.world_sweep_data(n_per_class=n_images, target=target, seed=seed)
         else:
-            data = metrics_face.real_sweep_data(model, weights=weights, images=images or None, layer=layer,
+            data = lambda_sweep.real_sweep_data(model, weights=weights, images=images or None, layer=layer,
                                                 target=target, crop=crop)
         typer.echo(f"FACE λ sweep on {data.config['dataset']}: {data.A.shape[0]} images, layer "
                    f"{data.config['layer']}, target {', '.join(data.config['target_names'])}, "
                    f"k = {n_concepts}")
-        res = metrics_face.run_sweep(data, lams, n_concepts, seed, with_stability=stability, progress=True,
+        res = lambda_sweep.run_sweep(data, lams, n_concepts, seed, with_stability=stability, progress=True,
                                      **face_params)
         paths = res.save(out)
     except cl.ConceptLensError as exc:

@@ -14,30 +14,24 @@ only; nothing is unpickled or executed.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from conceptlens import decompose
+from conceptlens import decompose, persistence
 from conceptlens import importance as importance_mod
-from conceptlens.attribution.implicit import implicit_maps, upsample_maps
-from conceptlens.decompose import craft as _craft  # noqa: F401 - registers method="craft"
+from conceptlens.attribution.implicit import implicit_maps
+from conceptlens.attribution.maps import upsample_maps
+from conceptlens.edit import ConceptEditHead, EditResult, edit_head, removed_fractions
 from conceptlens.errors import (
     ActivationError,
-    ConceptLensError,
     ImageError,
     NotFittedError,
     ParameterError,
-    SavedFileError,
     TargetError,
     nearest,
 )
@@ -47,9 +41,10 @@ from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
-           "upsample_maps", "SCHEMA"]
+           "upsample_maps", "SCHEMA", "read_saved"]
 
-SCHEMA = "conceptlens.explainer/1"
+SCHEMA = persistence.SCHEMA
+read_saved = persistence.read_saved  # the old home of the manifest reader
 
 
 @dataclass(frozen=True)
@@ -87,90 +82,6 @@ class LocalExplanation:
     target: int
 
 
-@dataclass(frozen=True)
-class EditResult:
-    """The model's logits before and after a concept edit (a counterfactual: "without concept i, …").
-
-    Attributes
-    ----------
-    logits : torch.Tensor
-        ``[N, n_classes]`` logits ``h(A')`` of the edited activations.
-    original : torch.Tensor
-        ``[N, n_classes]`` logits ``h(A)`` of the unedited activations.
-    delta_target : torch.Tensor
-        ``[N]`` change of the target logit, ``logits[:, target] − original[:, target]`` (negative: the
-        edit lowers the class's score).
-    target : int
-        The explainer's target class.
-    removed : dict[int, float]
-        Concept → the fraction of its component taken away (``1`` removed, ``0.5`` halved, ``−1``
-        doubled); concepts left as they are do not appear.
-    """
-
-    logits: torch.Tensor
-    original: torch.Tensor
-    delta_target: torch.Tensor
-    target: int
-    removed: dict[int, float]
-
-    @property
-    def delta(self) -> torch.Tensor:
-        """``[N, n_classes]`` change of every logit."""
-        return self.logits - self.original
-
-    @property
-    def flipped(self) -> torch.Tensor:
-        """``[N]`` bool, True where the edit changes the model's top-1 class."""
-        return self.logits.argmax(1) != self.original.argmax(1)
-
-
-class ConceptEditHead(torch.nn.Module):
-    """A head that sees activations with concepts' parts taken out: ``h'(A) = h(A − Σ_i f_i U_i ⊗ D_i)``.
-
-    The counterpart of EDDP's edit for reconstruction methods (NMF, PCA, k-means, CRAFT, FACE): concept
-    ``i``'s share of the reconstruction, its code ``U[..., i] = encode(A)[..., i]`` times its direction
-    ``D_i`` (the row of the bank that ``decode`` adds per unit of code), is subtracted from the
-    activations, scaled by ``f_i``; the residual ``A − decode(U)`` is kept. Removing every concept of an
-    NMF therefore leaves exactly the residual. Nothing is clamped at 0: a clamp would break that
-    invariant, and the head of a post-ReLU layer is defined (if out of distribution) on negative inputs.
-    Rows where a concept's code is 0 are not changed by its removal.
-
-    Parameters
-    ----------
-    head : callable
-        ``h``: activations ``[B, ..., C]`` → logits ``[B, K]`` (e.g. ``split.h``).
-    decomposition : Decomposition
-        A fitted decomposition with an affine ``decode`` (kept by reference: its ``encode`` gives ``U``).
-    removed : dict[int, float]
-        Concept index → fraction ``f_i`` of its part to subtract (``1`` removes it, ``−1`` doubles it).
-    """
-
-    def __init__(self, head: Any, decomposition: Any, removed: dict[int, float]) -> None:
-        super().__init__()
-        if not callable(head):
-            raise ParameterError(f"head must be callable (activations → logits), got {type(head).__name__}")
-        self.head = head
-        self.decomposition = decomposition
-        D, _ = concept_directions(decomposition)
-        ids = sorted(removed)
-        self.register_buffer("index", torch.tensor(ids, dtype=torch.long, device=D.device))
-        self.register_buffer("directions", D[self.index].detach().clone())  # [r, C]
-        self.register_buffer("factors", torch.tensor([removed[i] for i in ids], dtype=D.dtype,
-                                                     device=D.device))  # [r]
-
-    def edit(self, A: torch.Tensor) -> torch.Tensor:
-        """The edited activations ``A' [..., C]`` of ``A [..., C]`` (same shape, dtype and device)."""
-        if self.index.numel() == 0:
-            return A
-        U = self.decomposition.encode(A)[..., self.index.to(A.device)]  # [..., r]
-        part = (U * self.factors.to(U.device, U.dtype)) @ self.directions.to(U.device, U.dtype)
-        return A - part.to(A.dtype)
-
-    def forward(self, A: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K]`` of the edited activations."""
-        return self.head(self.edit(A))
-
-
 def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int:
     """Class index from an index or a class name (case-insensitive); TargetError otherwise."""
     if isinstance(target, bool):
@@ -194,33 +105,27 @@ def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int
     raise TargetError(f"target must be a class index or name, got {type(target).__name__}")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; saved files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def check_images(x: Any) -> None:
+    """Raise ImageError unless ``x`` is a tensor ``[N,3,H,W]`` with ``N ≥ 1``."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
+        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ImageError(
+            f"expected images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
+            "load them with cl.data.load_images(path, preset=model.preset)"
+        )
 
 
-def _digest(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> str:
-    """SHA-256 over the tensors and the manifest (all of it but the digest itself)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
-    for k in sorted(tensors):
-        t = tensors[k].detach().cpu().contiguous()
-        h.update(k.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+def layer_activations(split: ModelSplit, x: torch.Tensor, *, progress: bool | None = None) -> torch.Tensor:
+    """``g(x)``: activations ``[N,h,w,C]`` of images ``x [N,3,H,W]`` at the split's layer, checked for
+    NaN/Inf (an ImageError / ActivationError that says what to do otherwise)."""
+    check_images(x)
+    A = split.g(x, progress=progress)
+    if not torch.isfinite(A).all():
+        raise ActivationError(
+            f"activations at layer {split.layer!r} contain NaN/Inf; check the images' "
+            "normalisation (cl.data.load_images with the model's preset)"
+        )
+    return A
 
 
 class ConceptExplainer:
@@ -345,23 +250,11 @@ class ConceptExplainer:
 
     # ------------------------------------------------------------------ fit
     def _check_images(self, x: torch.Tensor) -> None:
-        if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
-            shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ImageError(
-                f"expected images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
-                "load them with cl.data.load_images(path, preset=model.preset)"
-            )
+        check_images(x)
 
     def activations(self, x: torch.Tensor) -> torch.Tensor:
         """``g(x)``: activations ``[N,h,w,C]`` at the split's layer, checked for NaN/Inf."""
-        self._check_images(x)
-        A = self.split.g(x, progress=self.progress)
-        if not torch.isfinite(A).all():
-            raise ActivationError(
-                f"activations at layer {self.split.layer!r} contain NaN/Inf; check the images' "
-                "normalisation (cl.data.load_images with the model's preset)"
-            )
-        return A
+        return layer_activations(self.split, x, progress=self.progress)
 
     def fit(
         self,
@@ -375,7 +268,7 @@ class ConceptExplainer:
     ) -> ConceptExplainer:
         """Fit the concept bank on the images of a class and weigh the concepts for ``target``.
 
-        Methods with ``fit_on = "crops"`` (``"craft"``) fit the bank on crops of ``x`` (one spatially
+        Methods that declare ``fit_on = "crops"`` (CRAFT) fit the bank on crops of ``x`` (one spatially
         averaged row per crop; ``crops_`` keeps them); every method then encodes ``x`` per position.
 
         Parameters
@@ -415,20 +308,21 @@ class ConceptExplainer:
             target = int(torch.bincount(logits.argmax(1), minlength=n_out).argmax())
         self.target_ = resolve_target(target, self.classes, n_out)
         cls = decompose.get(self.method)
-        if getattr(cls, "nonnegative", False) and float(A.min()) < 0:
+        if cls.nonnegative and float(A.min()) < 0:
             raise ActivationError(
                 f"method {self.method!r} needs non-negative activations, but layer {self.split.layer!r} has "
                 f"values down to {float(A.min()):.4g}. Choose a layer after a ReLU-like activation "
                 f"(layer='auto' picks the last one) or use method='pca' (allows negative values)"
             )
         d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
-        if hasattr(d, "set_head"):  # methods that use the classifier (FACE's KL term, EDDP's alignment)
+        if cls.uses_head:  # methods that use the classifier (FACE's KL term, EDDP's alignment)
             d.set_head(self.split.h)
         self.crops_ = None
         self.tree_ = None
-        if getattr(cls, "fit_on", None) == "crops":
+        if cls.fit_on == "crops":
+            patch_size, stride = d.crop_params()
             rows, image_index, boxes, predicted = crop_activations(
-                self.split, x, getattr(d, "patch_size", 64), getattr(d, "stride", None),
+                self.split, x, patch_size, stride,
                 progress=self.progress)
             d.fit(rows)
         else:
@@ -443,7 +337,7 @@ class ConceptExplainer:
         self.importance_result_ = imp
         self.importance_ = imp.values
         self.weights_ = imp.weights
-        if getattr(cls, "fit_on", None) == "crops":
+        if cls.fit_on == "crops":
             self.crops_ = CropSet(image_index=image_index, boxes=boxes, scores=d.encode(rows),
                                   predicted=predicted)
         elif recursive:  # the recursion works on crops: here, each fit image is one crop
@@ -461,7 +355,7 @@ class ConceptExplainer:
         name = self.importance
         linear = self.split.linear_head() is not None
         if name == "auto":
-            name = getattr(decompose.get(self.method), "default_importance", None) or (
+            name = decompose.get(self.method).default_importance or (
                 "linear" if linear else "gradient")
         ctx = Context(U=U, decomposition=self.decomposition_, split=self.split, target=self.target_,
                       seed=self.seed, progress=self.progress, options=self.importance_params)
@@ -534,59 +428,6 @@ class ConceptExplainer:
                                 logits=logits, maps=m, target=self.target_)
 
     # ------------------------------------------------------------------ edits
-    def _removed(
-        self, remove: int | Sequence[int] | None, scale: Mapping[int, float] | None
-    ) -> dict[int, float]:
-        """Validated ``{concept: fraction removed}`` of ``remove`` and ``scale`` (untouched ones left out)."""
-        k = int(self.concepts_.shape[0])
-
-        def index(i: Any) -> int:
-            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= int(i) < k:
-                raise ParameterError(
-                    f"concept index {i!r} is out of range: the explainer has {k} concepts, valid indices are "
-                    f"0–{k - 1} (ex.importance_.argsort(descending=True) lists them by importance)"
-                )
-            return int(i)
-
-        if remove is None:
-            remove = []
-        elif isinstance(remove, (torch.Tensor, np.ndarray)):
-            remove = remove.reshape(-1).tolist()
-        elif isinstance(remove, (int, np.integer)) and not isinstance(remove, bool):
-            remove = [int(remove)]
-        elif isinstance(remove, (str, bytes)) or not isinstance(remove, Sequence):
-            raise ParameterError(
-                f"remove must be a concept index or a list of them, got {type(remove).__name__}")
-        if scale is None:
-            scale = {}
-        elif not isinstance(scale, Mapping):
-            raise ParameterError(
-                f"scale must be a dict {{concept index: factor}}, got {type(scale).__name__}")
-        out: dict[int, float] = {}
-        for i in remove:
-            out[index(i)] = 1.0
-        for i, s in scale.items():
-            j = index(i)
-            if j in out:
-                raise ParameterError(f"concept {j} is both in remove and in scale; give it in one of them "
-                                     "(scale={j: 0} removes it)")
-            if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) \
-                    or not np.isfinite(float(s)):
-                raise ParameterError(f"scale for concept {j} must be a finite number (0 removes the concept, "
-                                     f"1 keeps it, 2 doubles it), got {s!r}")
-            out[j] = 1.0 - float(s)
-        # a factor of exactly 1 keeps the concept: leaving it out makes the no-op edit exactly the identity
-        return {i: f for i, f in sorted(out.items()) if f != 0.0}
-
-    def _edit_head(self, removed: dict[int, float]) -> torch.nn.Module:
-        from conceptlens.decompose.eddp import EDDP, UnlearnedHead
-
-        d = self.decomposition_
-        if isinstance(d, EDDP):
-            # EDDP's own edit: its encoding directions weighted by the detectors (see remove_concepts)
-            return UnlearnedHead(self.split.h, d, [], removed)
-        return ConceptEditHead(self.split.h, d, removed)
-
     def edit_activations(
         self,
         A: torch.Tensor,
@@ -608,11 +449,11 @@ class ConceptExplainer:
             ``[N, h, w, C]`` edited activations ``A'``.
         """
         self._fitted("edit_activations")
-        removed = self._removed(remove, scale)
+        removed = removed_fractions(int(self.concepts_.shape[0]), remove, scale)
         if not removed:
             return A
         with torch.no_grad():
-            return self._edit_head(removed).edit(A)  # type: ignore[operator]
+            return edit_head(self.split.h, self.decomposition_, removed).edit(A)  # type: ignore[operator]
 
     def edit(
         self,
@@ -657,14 +498,14 @@ class ConceptExplainer:
             A concept index outside ``0 … k−1``, a non-finite scale, a concept both removed and scaled.
         """
         self._fitted("edit")
-        removed = self._removed(remove, scale)
+        removed = removed_fractions(int(self.concepts_.shape[0]), remove, scale)
         if A is None:
             if x is None:
                 raise ImageError("edit needs images x [N,3,H,W] or their activations A=g(x)")
             A = self.activations(x)
         with torch.no_grad():
             original = self.split.h(A)
-            logits = self._edit_head(removed)(A) if removed else original.clone()
+            logits = edit_head(self.split.h, self.decomposition_, removed)(A) if removed else original.clone()
         t = self.target_
         return EditResult(logits=logits, original=original, delta_target=logits[:, t] - original[:, t],
                           target=t, removed=removed)
@@ -691,56 +532,19 @@ class ConceptExplainer:
             :class:`ConceptEditHead` otherwise.) Use it as ``h'(split.g(x))``.
         """
         self._fitted("unlearn")
-        return self._edit_head(self._removed(concepts, None))
+        return edit_head(self.split.h, self.decomposition_,
+                         removed_fractions(int(self.concepts_.shape[0]), concepts, None))
+
+    # ------------------------------------------------------------------ save / load
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the fitted explainer to one safetensors file (atomic; no pickle). Returns the path."""
+        """Write the fitted explainer to one safetensors file (atomic; no pickle). Returns the path.
+
+        See :mod:`conceptlens.persistence` for what the file holds.
+        """
         self._fitted("save")
-        from safetensors.torch import save as st_save
-
-        tensors = {f"decomposition.{k}": v.detach().cpu().contiguous()
-                   for k, v in self.decomposition_.state_tensors().items()}
-        imp = self.importance_result_
-        tensors.update({"importance": imp.values.detach().cpu().contiguous(),
-                        "weights": imp.weights.detach().cpu().contiguous(),
-                        "fit_scores": self.fit_scores_.detach().cpu().contiguous(),
-                        "fit_logits": self.fit_logits_.detach().cpu().contiguous()})
-        if imp.ci_low is not None and imp.ci_high is not None:
-            tensors["importance_ci_low"] = imp.ci_low.detach().cpu().contiguous()
-            tensors["importance_ci_high"] = imp.ci_high.detach().cpu().contiguous()
-        crops = getattr(self, "crops_", None)
-        if crops is not None:
-            for name in ("image_index", "boxes", "scores", "predicted"):
-                tensors[f"crops.{name}"] = getattr(crops, name).detach().cpu().contiguous()
-        tree_structure = None
-        if getattr(self, "tree_", None) is not None:
-            from conceptlens.recursive import tree_state
-
-            tree_structure, tree_tensors = tree_state(self.tree_)
-            tensors.update(tree_tensors)
-        import safetensors
-
-        from conceptlens._version import __version__
-
-        manifest = {
-            "schema": SCHEMA,
-            "versions": {"conceptlens": __version__, "torch": torch.__version__,
-                         "safetensors": getattr(safetensors, "__version__", "?")},
-            "model": getattr(self.split.model, "cl_name", type(self.split.model).__name__),
-            "layer": self.split.layer,
-            "params": self.get_params(),
-            "decomposition_params": _jsonable(self.decomposition_.get_params()),
-            "target": self.target_,
-            "importance_method": imp.method,
-        }
-        if tree_structure is not None:
-            manifest["tree"] = tree_structure
-        manifest["sha256"] = _digest(tensors, manifest)
-        data = st_save(tensors, metadata={"conceptlens": json.dumps(manifest)})
-        p = Path(path)
-        _atomic_write(p, data)
-        return p
+        return persistence.save(self, path)
 
     @classmethod
     def load(
@@ -758,97 +562,4 @@ class ConceptExplainer:
         split
             Use this split instead of cutting ``model`` at the saved layer.
         """
-        manifest, tensors = read_saved(path)
-        if split is None:
-            from conceptlens.io import models as models
-
-            if model is None or isinstance(model, str):
-                model = models.load(model or manifest["model"])
-            split = ModelSplit(model, manifest["layer"])
-        elif split.layer != manifest["layer"]:
-            raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, "
-                                 f"the split is at {split.layer!r}")
-        p = manifest["params"]
-        ex = cls(split, method=p["method"], n_concepts=p["n_concepts"], importance=p["importance"],
-                 seed=p["seed"],
-                 method_params=p.get("method_params"), importance_params=p.get("importance_params"))
-        dcls = decompose.get(p["method"])
-        d = dcls(**manifest.get("decomposition_params", {}))
-        if hasattr(d, "set_head"):
-            d.set_head(split.h)
-        d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
-                              if k.startswith("decomposition.")})
-        if d.components_.shape[1] != split.activation_shape[-1]:
-            raise SavedFileError(
-                f"the saved bank has {d.components_.shape[1]} channels but layer {split.layer!r} has "
-                f"{split.activation_shape[-1]}: load it with the model it was fitted on"
-            )
-        ex.decomposition_ = d
-        ex.target_ = int(manifest["target"])
-        ex.fit_scores_ = tensors["fit_scores"]
-        ex.fit_logits_ = tensors["fit_logits"]
-        ex.importance_result_ = Importance(values=tensors["importance"], weights=tensors["weights"],
-                                           method=manifest["importance_method"],
-                                           ci_low=tensors.get("importance_ci_low"),
-                                           ci_high=tensors.get("importance_ci_high"))
-        ex.importance_ = ex.importance_result_.values
-        ex.weights_ = ex.importance_result_.weights
-        if "crops.image_index" in tensors:
-            try:
-                ex.crops_ = CropSet(**{n: tensors[f"crops.{n}"]
-                                       for n in ("image_index", "boxes", "scores", "predicted")})
-            except KeyError as exc:
-                raise SavedFileError(f"{str(path)!r}: the saved crops are incomplete ({exc})") from exc
-        if "tree" in manifest:
-            from conceptlens.recursive import tree_from_state
-
-            try:
-                ex.tree_ = tree_from_state(manifest["tree"], tensors)
-            except ConceptLensError as exc:
-                raise SavedFileError(f"{str(path)!r}: {exc}") from exc
-        return ex
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, (int, float, str, bool)) or v is None:
-            out[k] = v
-        elif isinstance(v, (list, tuple)) and all(isinstance(i, (int, float, str, bool)) for i in v):
-            out[k] = list(v)
-    return out
-
-
-def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse a saved explainer: ``(manifest, tensors)``; SavedFileError on any corruption or tampering."""
-    p = Path(path)
-    if not p.is_file():
-        raise SavedFileError(f"no saved explainer at {str(p)!r}")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-            # fresh, aligned storage: BLAS kernels may sum in another order on oddly aligned buffers
-            tensors = {k: f.get_tensor(k).clone() for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
-    except Exception as exc:
-        raise SavedFileError(
-            f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); "
-            "fit and save it again"
-        ) from exc
-    try:
-        manifest = json.loads(meta["conceptlens"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; "
-                             "was it written by ConceptExplainer.save?") from exc
-    if manifest.get("schema") != SCHEMA:
-        raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; "
-                             f"this version reads {SCHEMA!r}")
-    if manifest.get("sha256") != _digest(tensors, manifest):
-        raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); "
-                             "refusing to load it")
-    for key in ("model", "layer", "params", "target", "importance_method"):
-        if key not in manifest:
-            raise SavedFileError(f"{str(p)!r}: the manifest lacks {key!r}")
-    return manifest, tensors
-
+        return persistence.load(cls, path, model, split=split)

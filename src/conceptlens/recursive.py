@@ -17,9 +17,11 @@ classes") made measurable with the model itself. A concept is split when its amb
 (default 0.5), at most ``max_split`` of them per level (the most important first; default: all), while
 there is an earlier layer left.
 
-Splitting: the concept's top crops are run through ``g'`` (the model up to the child layer), an NMF with
+Splitting: the concept's top crops are run through ``g'`` (the model up to the child layer), the explainer's
+own method (``ex.method`` with its ``method_params``: NMF for ICE, CRAFT's NMF for CRAFT) with
 ``k'`` concepts is fitted on the per-position rows of those activations (``[n_top·h'·w', C']``; an earlier
-layer has more positions per crop, and its concepts are parts of the parent), and the parent's top crops
+layer has more positions per crop, and its concepts are parts of the parent; a method that uses the head
+gets ``h'``), and the parent's top crops
 are shared out among the sub-concepts: each crop goes to the sub-concept with its highest score (spatial
 mean of the codes), and a sub-concept's top crops are those, best first. A sub-concept is judged on its
 own crops (fewer than 2: never split). The sub-concepts' importance is
@@ -49,7 +51,6 @@ __all__ = [
     "build_tree",
     "tree_state",
     "tree_from_state",
-    "tree_section",
 ]
 
 _DEFAULTS: dict[str, Any] = {
@@ -286,15 +287,15 @@ def build_tree(
     params
         Options: ``n_top`` (16), ``n_children`` (3), ``threshold`` (0.5), ``max_split`` (None),
         ``importance`` ("gradient"), ``n_prototypes`` (5), ``thumbnail`` (64 px), ``method_params``
-        (keyword arguments of the sub-level NMF).
+        (keyword arguments of the sub-level decomposition, on top of the explainer's ``method_params``).
 
     Returns
     -------
     ConceptNode
         The root.
     """
+    from conceptlens import decompose
     from conceptlens import importance as importance_mod
-    from conceptlens.decompose.nmf import NMF
     from conceptlens.importance.base import Context
     from conceptlens.split.model_split import ModelSplit
 
@@ -309,6 +310,10 @@ def build_tree(
         )
     order = _layer_order(ex.split, list(layers))
     importance_mod.get(opts["importance"])
+    cls = decompose.get(ex.method)
+    # the explainer's own method and parameters (a crop-fitted method's crop sizes only tell the explainer
+    # how to cut its fit images: fit() takes the rows it is given), then the recursion's own
+    sub_params = {**dict(getattr(ex, "method_params", None) or {}), **(opts["method_params"] or {})}
     crops = ex.crops_
     preset = getattr(ex.split, "preset", None)
     size = (int(x.shape[-2]), int(x.shape[-1]))
@@ -336,8 +341,12 @@ def build_tree(
         imgs = crop_images(x, crops.image_index[ids], crops.boxes[ids], size)
         A = sp.g(imgs, progress=False)
         k2 = min(opts["n_children"], int(A.shape[-1]))
-        d = NMF(n_concepts=k2, seed=ex.seed, **(opts["method_params"] or {}))
-        d.fit(A, layer_name=sp.layer)
+        d = cls(n_concepts=k2, seed=ex.seed, **sub_params)
+        if cls.uses_head:
+            d.set_head(sp.h)
+        # per-position rows, whatever the method fits on at the top level (a crop-fitted method would
+        # otherwise average each crop to one row)
+        d.fit(A.reshape(-1, A.shape[-1]) if cls.fit_on == "crops" else A, layer_name=sp.layer)
         U = d.encode(A)  # [n, h', w', k']
         ctx = Context(U=U, decomposition=d, split=sp, target=ex.target_, seed=ex.seed, progress=False,
                       options=dict(ex.importance_params) if opts["importance"] == ex.importance else {})
@@ -413,49 +422,3 @@ def tree_from_state(structure: dict[str, Any], tensors: dict[str, torch.Tensor])
         return dec(structure)
     except (KeyError, TypeError, ValueError) as exc:
         raise ParameterError(f"the saved concept tree is malformed ({exc!r})") from exc
-
-
-# ------------------------------------------------------------------------------------------------ report
-def tree_section(root: ConceptNode, *, title: str = "Concept tree") -> Any:
-    """A report :class:`~conceptlens.report.Section`: the tree as a nested list with prototype strips.
-
-    Every node shows its layer, importance, ambiguity and its top crops (the pictures stored in the tree).
-    """
-    import numpy as np
-    from markupsafe import escape
-
-    from conceptlens.report import Section, figures
-
-    images: dict[str, Any] = {}
-
-    def strip(path: tuple[int, ...], n: ConceptNode) -> str:
-        if n.prototypes.numel() == 0:
-            return ""
-        pics = n.prototypes.numpy().astype(np.float32) / 255.0
-        caps = [f"crop {int(c)}" for c in n.crop_ids[: pics.shape[0]]]
-        pic = figures.prototype_strip(pics, np.ones(pics.shape[:3], dtype=np.float32), caps, contour=False,
-                                      tile=96, gap=4)
-        name = "tree_" + "_".join(map(str, path)) + ".png"
-        images[name] = pic
-        alt = f"top crops of concept {'.'.join(map(str, path))}"
-        return f'<div><img src="img/{name}" alt="{escape(alt)}" style="max-width:100%;height:auto"></div>'
-
-    def item(path: tuple[int, ...], n: ConceptNode) -> str:
-        label = "concept " + ".".join(map(str, path))
-        head = (f"<b>{escape(label)}</b> · layer <code>{escape(n.layer)}</code> · importance "
-                f"{n.importance:.3g} · ambiguity {n.ambiguity:.2f}")
-        if n.children:
-            head += (f" · <i>split into {len(n.children)} sub-concepts at "
-                     f"<code>{escape(str(n.child_layer))}</code> "
-                     f"(importance: {escape(n.importance_method)})</i>")
-        kids = "".join(item(path + (i,), c) for i, c in enumerate(n.children))
-        return f"<li>{head}{strip(path, n)}" + (f"<ul>{kids}</ul>" if kids else "") + "</li>"
-
-    order = sorted(range(len(root.children)), key=lambda i: -root.children[i].importance)
-    body = "".join(item((i,), root.children[i]) for i in order)
-    split_count = sum(1 for p, n in root.walk() if p and n.children)
-    intro = (f"<p>Concepts at <code>{escape(root.layer)}</code>, most important first. A concept is split "
-             "into sub-concepts at an earlier layer when the model's classes on its top crops are mixed "
-             f"(normalised entropy ≥ the threshold); {split_count} concept(s) were split. Each row shows the "
-             "node's top crops.</p>")
-    return Section(title=title, html=intro + f"<ul>{body}</ul>", images=images)

@@ -11,11 +11,11 @@ from torch import nn
 import conceptlens as cl
 from conceptlens.attribution.implicit import (
     NNLSCodes,
+    implicit_codes,
     implicit_maps,
-    nnls_codes,
     nnls_jacobian,
-    upsample_maps,
 )
+from conceptlens.attribution.maps import upsample_maps
 from conceptlens.decompose import NMF
 from conceptlens.errors import ParameterError
 
@@ -71,14 +71,15 @@ def test_autograd_through_nnls_codes_is_the_implicit_jacobian_and_matches_our_ow
     W = torch.rand(4, 7, generator=g, dtype=torch.float64)
     A = _stable_rows(W, 5, seed=3)
     d = _bank(W)
-    U = nnls_codes(A, d)
+    U = implicit_codes(A, d)
     oracle = torch.stack([_exact_nnls(W, a) for a in A])
     assert torch.allclose(U, oracle, atol=1e-10)  # polished: the exact solution, not the HALS iterate
-    J_auto = torch.autograd.functional.jacobian(lambda a: nnls_codes(a[None], d)[0], A[0])  # [k, C]
+    J_auto = torch.autograd.functional.jacobian(lambda a: implicit_codes(a[None], d)[0], A[0])  # [k, C]
     J_exp = nnls_jacobian(A[:1], W, U[:1].detach())[0]
     assert torch.allclose(J_auto, J_exp, atol=1e-12)
     eps = 1e-6
-    fd = torch.stack([(nnls_codes((A[0] + eps * e)[None], d)[0] - nnls_codes((A[0] - eps * e)[None], d)[0])
+    fd = torch.stack([(implicit_codes((A[0] + eps * e)[None], d)[0]
+                       - implicit_codes((A[0] - eps * e)[None], d)[0])
                       / (2 * eps) for e in torch.eye(7, dtype=torch.float64)], 1)
     assert float((J_auto - fd).norm() / fd.norm()) < 1e-3
 
@@ -96,7 +97,7 @@ def test_backward_is_batched_over_rows_and_only_reaches_the_support():
     g = torch.Generator().manual_seed(6)
     W = torch.rand(4, 8, generator=g, dtype=torch.float64)
     A = _stable_rows(W, 10, seed=7).requires_grad_(True)
-    U = nnls_codes(A, _bank(W))
+    U = implicit_codes(A, _bank(W))
     w = torch.rand(4, dtype=torch.float64, generator=g)
     (grad,) = torch.autograd.grad((U * w).sum(), A)
     J = nnls_jacobian(A.detach(), W, U.detach())
@@ -149,7 +150,7 @@ def test_input_maps_are_complete_for_a_homogeneous_network(biasfree):
     split, x, d = biasfree
     m = implicit_maps(split, d, x, level="input", rectify=False)
     assert m.shape == (4, 3, 12, 12)
-    scores = nnls_codes(split.g(x), d).mean((1, 2))
+    scores = implicit_codes(split.g(x), d).mean((1, 2))
     assert torch.allclose(m.sum((2, 3)), scores, rtol=1e-6, atol=1e-9)
     assert (implicit_maps(split, d, x, level="input") >= 0).all()
 
@@ -159,7 +160,7 @@ def test_layer_maps_are_grad_cam_with_the_explicit_jacobian(biasfree):
     A = split.g(x)  # [4, 6, 6, 8]
     m = implicit_maps(split, d, x, A=A)
     rows = A.reshape(-1, 8)
-    J = nnls_jacobian(rows, d.components_, nnls_codes(rows, d).detach()).reshape(4, 36, 3, 8)
+    J = nnls_jacobian(rows, d.components_, implicit_codes(rows, d).detach()).reshape(4, 36, 3, 8)
     alpha = J.mean(1) / 36  # mean over positions of ∂(mean_hw u_i)/∂a_p
     cam = torch.relu(torch.einsum("nhwc,nkc->nkhw", A, alpha))
     expected = upsample_maps(cam.permute(0, 2, 3, 1), (12, 12))

@@ -1,4 +1,4 @@
-"""Minimal masks by activation matching, the occlusion / Grad-CAM baselines and the pixel metrics."""
+"""Minimal masks by activation matching: the explainer, its generator and its optimisation."""
 
 from __future__ import annotations
 
@@ -10,56 +10,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import conceptlens as cl
-from conceptlens.attribution.baselines import grad_cam, occlusion
-from conceptlens.attribution.masks.explainer import (
-    MaskExplainer,
-    activation_sites,
-    background_robustness,
-    binarize_at,
-    compare_at_equal_area,
-    default_layers,
-    kept_fraction,
-    pixel_deletion_auc,
-    pixel_insertion_auc,
-    top1_kept,
-)
+from conceptlens.attribution.masks import MaskExplainer
 from conceptlens.errors import ConceptLensError, LayerError, NotFittedError, ParameterError, TargetError
+from conceptlens.metrics.pixels import background_robustness, top1_kept
+from conceptlens.workflows.masks import compare_at_equal_area
 from helpers import TinyNet
 
 FAST = dict(steps=30, size=8)
 
 
 # ----------------------------------------------------------------------------------------- sanity models
-class RegionFraction(nn.Module):
-    """Two classes; p(class 0) = fraction of non-zero pixels inside a fixed box (the whole image if None)."""
-
-    def __init__(self, box: tuple[int, int, int, int] | None = None) -> None:
-        super().__init__()
-        self.box = box
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        nz = (x.abs().sum(1) > 0).float()
-        if self.box is not None:
-            r0, r1, c0, c1 = self.box
-            nz = nz[:, r0:r1, c0:c1]
-        f = nz.mean((1, 2)).clamp(1e-6, 1 - 1e-6)
-        return torch.stack([f.log(), (1 - f).log()], 1) + 0 * self.dummy
-
-
-class QuadrantNet(nn.Module):
-    """Looks only at the top-left quadrant: logit 0 = mean of that quadrant, logit 1 = 0."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2] // 2, x.shape[-1] // 2
-        q = x[:, :, :h, :w].mean((1, 2, 3)) * 4
-        return torch.stack([q, torch.zeros_like(q)], 1) + 0 * self.dummy
-
-
 class ObjectVsNoise(nn.Module):
     """Class 0 = a bright object in the top-left quadrant; class 1 = "high-frequency noise".
 
@@ -96,11 +56,6 @@ def _one_thread(request: pytest.FixtureRequest):
         torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture()
-def positive_images() -> torch.Tensor:
-    return torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) + 0.5
 
 
 # ----------------------------------------------------------------------------------------- the explainer
@@ -145,7 +100,11 @@ def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     rob_without = background_robustness(model, x, without.masks, draws=8, seed=3)
     for kind in ("gaussian", "uniform"):
         assert float(rob_with[kind].mean()) >= 0.9
-        assert float(rob_with[kind].mean()) > float(rob_without[kind].mean()) + 0.1
+        assert float(rob_with[kind].mean()) >= float(rob_without[kind].mean())
+    # Gaussian noise is the hard background: there the term makes the difference. Uniform noise U[0, 1) is
+    # mild enough that the masks without the term survive it on AVX2 / AVX-512 kernels (1.0 vs 1.0 with
+    # this seed) and not on scalar ones (0.75): a margin there measured the CPU, not the method.
+    assert float(rob_with["gaussian"].mean()) > float(rob_without["gaussian"].mean()) + 0.1
     assert with_abd.kept_fraction.mean() > without.kept_fraction.mean()
 
 
@@ -278,27 +237,6 @@ def test_explicit_target_and_errors(tiny: TinyNet, tiny_images: torch.Tensor) ->
         MaskExplainer(tiny, steps=2).explain(x, amortised=True)
 
 
-def test_automatic_layers_are_the_last_activation_of_each_resolution(tiny: TinyNet) -> None:
-    sites = activation_sites(tiny, torch.zeros(1, 3, 16, 16))
-    layers = default_layers(sites)
-    assert list(layers) == ["features.1", "features.3"]
-    assert layers["features.3"] > layers["features.1"] and sum(layers.values()) == pytest.approx(1.0)
-
-
-def test_automatic_layers_on_resnet18_are_the_stage_outputs() -> None:
-    tv = pytest.importorskip("torchvision")
-    model = tv.models.resnet18(num_classes=10).eval()  # random weights: only the structure matters
-    layers = default_layers(activation_sites(model, torch.zeros(1, 3, 64, 64)))
-    stages = ["relu", "layer1.1.relu@1", "layer2.1.relu@1", "layer3.1.relu@1", "layer4.1.relu@1"]
-    assert list(layers) == stages
-    # the authors' weights 1, 2, 2, 4, 8 (normalised)
-    assert [round(v * 17, 6) for v in layers.values()] == [1, 2, 2, 4, 8]
-    # a multi-call module needs its call index
-    ex = MaskExplainer(model, layers=["layer1.1.relu"], steps=1, size=4)
-    with pytest.raises(LayerError, match="runs 2 times"):
-        ex.explain(torch.zeros(1, 3, 64, 64))
-
-
 def test_amortised_mode_gives_one_pass_binary_masks(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
     ex = MaskExplainer(tiny, **FAST).fit_amortised(tiny_images[:8], steps=20, batch_size=4)
     r = ex.explain(tiny_images[8:], amortised=True)
@@ -311,219 +249,9 @@ def test_amortised_mode_gives_one_pass_binary_masks(tiny: TinyNet, tiny_images: 
         ex.explain(tiny_images[8:], target=wrong, amortised=True)
 
 
-# ----------------------------------------------------------------------------------------- baselines
-def test_occlusion_highlights_the_only_quadrant_the_model_sees(positive_images: torch.Tensor) -> None:
-    sal = occlusion(QuadrantNet(), positive_images, target=0, patch=4, stride=4)
-    assert sal.shape == (3, 1, 16, 16)
-    assert bool((sal[:, :, :8, :8] > 0).all())
-    assert bool((sal[:, :, 8:, :] == 0).all()) and bool((sal[:, :, :, 8:] == 0).all())
-    # overlapping squares: outside pixels covered only by squares that miss the quadrant stay exactly 0
-    sal2 = occlusion(QuadrantNet(), positive_images, target=0, patch=4, stride=2, batch_size=7)
-    assert bool((sal2[:, :, 10:, :] == 0).all()) and bool((sal2[:, :, :6, :6] > 0).all())
-
-
-def test_grad_cam_of_a_gap_linear_model_is_the_cam(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
-    x = tiny_images[:5]
-    target = torch.tensor([0, 1, 2, 3, 1])
-    got = grad_cam(tiny, x, target, layer="features", batch_size=2)
-    with torch.no_grad():
-        A = tiny.features(x)  # [N,C,h,w]
-        w = tiny.fc.weight[target]  # [N,C]
-        cam = F.relu(torch.einsum("nchw,nc->nhw", A, w))[:, None]
-        cam = F.interpolate(cam, size=(16, 16), mode="bilinear", align_corners=False)
-        peak = cam.amax((1, 2, 3), keepdim=True)
-        cam = torch.where(peak > 0, cam / peak, cam)
-    torch.testing.assert_close(got, cam, atol=1e-5, rtol=1e-4)
-    assert all(p.grad is None for p in tiny.parameters())
-
-
-# ----------------------------------------------------------------------------------------- metrics
-def test_deletion_and_insertion_on_a_model_that_counts_salient_pixels(positive_images: torch.Tensor) -> None:
-    model = RegionFraction(box=(4, 6, 10, 12))  # 4 of 256 pixels decide
-    good = torch.zeros(3, 1, 16, 16)
-    good[:, :, 4:6, 10:12] = 1
-    dele = pixel_deletion_auc(model, positive_images, good, 0, steps=32)
-    ins = pixel_insertion_auc(model, positive_images, good, 0, steps=32)
-    assert bool((dele < 0.02).all()) and bool((ins > 0.98).all())
-    # the reverse order is the worst possible
-    assert bool((pixel_deletion_auc(model, positive_images, -good, 0, steps=32) > 0.98).all())
-    assert bool((pixel_insertion_auc(model, positive_images, -good, 0, steps=32) < 0.02).all())
-
-
-def test_deletion_and_insertion_of_a_linear_model_are_one_half(positive_images: torch.Tensor) -> None:
-    # p = fraction of non-zero pixels: the curves are straight lines whatever the order, AUC = 1/2 exactly
-    sal = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
-    model = RegionFraction()
-    dele, curve = pixel_deletion_auc(model, positive_images, sal, 0, steps=32, return_curve=True)
-    torch.testing.assert_close(curve[0], torch.linspace(1, 0, 33), atol=1e-5, rtol=0)
-    torch.testing.assert_close(dele, torch.full((3,), 0.5), atol=1e-5, rtol=0)
-    ins = pixel_insertion_auc(model, positive_images, sal, 0, steps=32)
-    torch.testing.assert_close(ins, torch.full((3,), 0.5), atol=1e-5, rtol=0)
-
-
-def test_binarize_at_keeps_exactly_the_requested_pixels() -> None:
-    sal = torch.rand(4, 1, 10, 10, generator=torch.Generator().manual_seed(0))
-    b = binarize_at(sal, torch.tensor([0.0, 0.1, 0.25, 1.0]))
-    assert b.sum((1, 2, 3)).tolist() == [0, 10, 25, 100]
-    thr = sal.reshape(4, -1).sort(1, descending=True).values[1, 9]
-    assert torch.equal(b[1, 0] > 0, sal[1, 0] >= thr)
-    with pytest.raises(ParameterError):
-        binarize_at(sal, 1.5)
-
-
-def test_compare_at_equal_area_uses_one_area_everywhere(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
-    x = tiny_images[:4]
-    masks = torch.zeros(4, 1, 16, 16)
-    masks[:, :, 2:10, 3:9] = 1
-    occ = occlusion(tiny, x, patch=4, stride=2)
-    rows = compare_at_equal_area(tiny, x, None, masks, {"occlusion": occ}, steps=8)
-    assert [r["method"] for r in rows] == ["mask", "occlusion", "random"]
-    for r in rows:
-        assert r["kept_fraction"] == pytest.approx(48 / 256)
-        assert 0 <= r["top1_kept"] <= 1 and 0 <= r["deletion_auc"] <= 1 and 0 <= r["insertion_auc"] <= 1
-    # occlusion's own top pixels are the most damaging ones to delete: no worse than random
-    by = {r["method"]: r for r in rows}
-    assert by["occlusion"]["deletion_auc"] <= by["random"]["deletion_auc"] + 1e-6
-    assert kept_fraction(masks).tolist() == [48 / 256] * 4
-
-
-# ----------------------------------------------------------------------------------------- the real model
-@pytest.mark.slow
-def test_real_model_masks_are_small_and_keep_the_class(lite0: nn.Module) -> None:
-    x = cl.data.sample_images(lite0.preset)[1:2]  # espresso, a confident prediction
-    ex = MaskExplainer(lite0, steps=60)
-    r = ex.explain(x)
-    assert list(ex.layers_ or {}) == ["_blocks.1._swish@0", "_blocks.3._swish@0", "_blocks.5._swish@0",
-                                      "_blocks.11._swish@0", "_swish@1"]
-    assert set(torch.unique(r.masks).tolist()) <= {0.0, 1.0}
-    assert bool(r.same_top1.all())
-    assert float(r.kept_fraction.max()) <= 0.10  # measured 6.5 % (12.5 % at 40 steps; 100 by default: 3.8 %)
-    # the mask keeps more confidence than random pixels cut at the same area
-    rows = compare_at_equal_area(lite0, x, r.target, r.masks, {}, steps=4)
-    by = {row["method"]: row for row in rows}
-    assert by["mask"]["confidence"] > by["random"]["confidence"]
-
-
-# ----------------------------------------------------------------------------------------- comparison, report
-def test_compare_with_baselines_rows_times_and_per_image(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
-    from conceptlens.attribution.masks.explainer import compare_with_baselines
-
-    x = tiny_images[:3]
-    res = compare_with_baselines(tiny, x, explainer=MaskExplainer(tiny, **FAST), auc_steps=4,
-                                 occlusion_params={"patch": 4, "stride": 4})
-    assert [r["method"] for r in res.rows] == ["mask", "occlusion", "grad_cam", "random"]
-    assert set(res.seconds) == {"mask", "mask_training", "occlusion", "grad_cam"}
-    assert all(v >= 0 for v in res.seconds.values()) and res.seconds["mask_training"] == 0
-    # every baseline is cut at the mask's own area, image by image
-    kept = res.explanation.kept_fraction.tolist()
-    for r in res.rows:
-        assert r["kept_fraction_per_image"] == pytest.approx(kept, abs=1 / 256)
-    rows = res.per_image(["a", "b", "c"], tiny.preset.classes)
-    assert [r["name"] for r in rows] == ["a", "b", "c"]
-    assert rows[1]["target_name"] == f"class {rows[1]['target']}"
-    assert rows[0]["top1_kept"] == int(res.explanation.same_top1[0])
-    assert rows[2]["occlusion_confidence"] == pytest.approx(res.rows[1]["confidence_per_image"][2])
-    with pytest.raises(ParameterError, match="unknown baseline"):
-        compare_with_baselines(tiny, x, baselines=("lime",))
-    with pytest.raises(ParameterError, match="names"):
-        res.per_image(["only one"])
-    am = compare_with_baselines(tiny, x, explainer=MaskExplainer(tiny, **FAST), amortised=True,
-                                amortised_steps=3, baselines=(), auc_steps=2)
-    assert am.amortised and am.seconds["mask_training"] > 0 and [r["method"] for r in am.rows] == ["mask",
-                                                                                                   "random"]
-
-
-def test_key_concept_scores_known_values() -> None:
-    from conceptlens.attribution.masks.explainer import key_concept_scores
-
-    m = torch.zeros(3, 1, 4, 4)
-    t = torch.zeros(3, 4, 4, dtype=torch.bool)
-    m[0, 0, :2, :2] = 1  # 4 kept, truth = the same 4 pixels
-    t[0, :2, :2] = True
-    m[1, 0, :2, :] = 1  # 8 kept, 4 of them on a 4-pixel truth
-    t[1, :2, :2] = True
-    t[2, 0, 0] = True  # empty mask
-    s = key_concept_scores(m, t)
-    torch.testing.assert_close(s["iou"], torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
-    torch.testing.assert_close(s["precision"], torch.tensor([1.0, 0.5, 0.0], dtype=torch.float64))
-    with pytest.raises(ParameterError, match="shape"):
-        key_concept_scores(m, t[:, :2])
-
-
-def test_mask_overlay_keeps_the_kept_pixels_and_dims_the_rest() -> None:
-    from conceptlens.report.sections.masks import mask_overlay
-
-    pic = torch.rand(12, 12, 3, generator=torch.Generator().manual_seed(0)).numpy()
-    m = torch.zeros(12, 12)
-    m[3:9, 3:9] = 1
-    out = mask_overlay(pic, m, dim=0.25)
-    assert out.shape == (12, 12, 3) and out.dtype.name == "float32"
-    # inside (away from the outline) untouched, far outside dimmed, the outline yellow
-    assert (out[5:7, 5:7] == pic[5:7, 5:7]).all()
-    assert abs(out[0:1, 0:1] - 0.25 * pic[0:1, 0:1]).max() < 1e-6
-    assert tuple((out[3, 5] * 255).round()) == (255.0, 212.0, 0.0)
-    assert tuple((out[2, 5] * 255).round()) == (255.0, 212.0, 0.0)
-    with pytest.raises(ParameterError):
-        mask_overlay(pic, m[:5])
-
-
-def test_mask_section_renders(tiny: TinyNet, tiny_images: torch.Tensor, tmp_path) -> None:
-    from conceptlens.attribution.masks.explainer import compare_with_baselines
-    from conceptlens.report import Section
-    from conceptlens.report.sections.masks import mask_section, write_page
-
-    x = tiny_images[:3]
-    res = compare_with_baselines(tiny, x, explainer=MaskExplainer(tiny, **FAST), auc_steps=4,
-                                 occlusion_params={"patch": 4, "stride": 4})
-    names = ["<cat>", "dog", "bird"]
-    s = mask_section(res.explanation, x, names=names, baselines=res.saliencies, model=tiny,
-                     comparison=res.rows, max_images=2)
-    assert isinstance(s, Section) and s.title == "Minimal masks"
-    assert sorted(s.images) == ["masks_000.png", "masks_001.png"]
-    strip = s.images["masks_000.png"]
-    assert strip.shape == (16, 4 * 16 + 3 * 6, 3)  # photo, mask, occlusion, Grad-CAM
-    assert "&lt;cat&gt;" in s.html and "<cat>" not in s.html  # user text escaped
-    assert s.html.count("<figure") == 2 and "1 more images not shown" in s.html
-    conf = f"{res.rows[1]['confidence_per_image'][0]:.3f}"
-    assert conf in s.html  # occlusion's number for the first image
-    # without comparison rows: the top-1 / confidence of the binarised baselines are computed with the model
-    s2 = mask_section(res.explanation, x, baselines={"occlusion": res.saliencies["occlusion"]}, model=tiny)
-    assert s2.html.count("<tr><th>occlusion</th>") == 3
-    # the report's writer takes it, and so does the small page
-    page = write_page([s], tmp_path / "page")
-    html = page.read_text()
-    assert "Minimal masks" in html and "img/masks_000.png" in html and "<script" not in html
-    assert (tmp_path / "page" / "img" / "masks_001.png").is_file()
-    with pytest.raises(ParameterError, match="MaskExplanation"):
-        mask_section(object(), x)
-    with pytest.raises(ParameterError, match="names"):
-        mask_section(res.explanation, x, names=["a"])
-
-
-@pytest.mark.slow
-def test_bench_masks_quick_writes_valid_json(tmp_path) -> None:
-    import json
-
-    from conceptlens import bench
-
-    bench.run("masks", quick=True, out=tmp_path)
-    payload = json.loads((tmp_path / "masks.json").read_text())
-    assert payload["benchmark"] == "masks" and payload["config"]["quick"] is True
-    methods = [r["method"] for r in payload["rows"]]
-    assert methods == ["mask (per image)", "occlusion @ equal area", "grad_cam @ equal area",
-                       "random @ equal area"]
-    for r in payload["rows"] + payload["amortised_rows"]:
-        for k in ("kept_fraction", "top1_kept", "confidence", "deletion_auc", "insertion_auc"):
-            assert 0 <= r[k] <= 1
-    assert payload["rows"][0]["ratio_to_occlusion"] > 0
-    assert len(payload["per_image"]) == 2 and set(payload["targets"]) >= {"per_image_seconds_le_30"}
-    w = payload["world"]
-    assert [r["method"] for r in w["rows"]][0] == "mask" and all(0 <= r["iou_key"] <= 1 for r in w["rows"])
-    assert (tmp_path / "masks.md").read_text().startswith("### Minimal masks")
-
-
+# ----------------------------------------------------------------------------------------- the generator
 def test_detail_map_upsamples_the_unet_logits_and_adds_a_per_image_map() -> None:
-    from conceptlens.attribution.masks.explainer import _GroupedUNet
+    from conceptlens.attribution.masks.generator import GroupedUNet as _GroupedUNet
 
     x = torch.randn(3, 3, 32, 32)
     plain = _GroupedUNet(4, 4, 3, 1.0, 0)
@@ -554,10 +282,18 @@ def test_detail_zero_is_the_unet_alone_and_default_detail_is_half_the_side(tiny:
     assert MaskExplainer(tiny, detail=0).get_params()["detail"] == 0
 
 
-def test_model_outputs_are_read_as_logits_or_rejected_with_a_parameter_error() -> None:
-    from conceptlens.attribution.masks.explainer import _logits
-
-    t = torch.zeros(2, 3)
-    assert _logits(t) is t and _logits((t, None)) is t and _logits({"logits": t}) is t
-    with pytest.raises(ParameterError, match="logits tensor"):
-        _logits("not logits")
+# ----------------------------------------------------------------------------------------- the real model
+@pytest.mark.slow
+def test_real_model_masks_are_small_and_keep_the_class(lite0: nn.Module) -> None:
+    x = cl.data.sample_images(lite0.preset)[1:2]  # espresso, a confident prediction
+    ex = MaskExplainer(lite0)  # the default 100 steps (at 60 the schedule is still at its frontier, where
+    r = ex.explain(x)          # the kept area depends on the CPU's kernels: 11.2 % AVX-512, 12.8 % scalar)
+    assert list(ex.layers_ or {}) == ["_blocks.1._swish@0", "_blocks.3._swish@0", "_blocks.5._swish@0",
+                                      "_blocks.11._swish@0", "_swish@1"]
+    assert set(torch.unique(r.masks).tolist()) <= {0.0, 1.0}
+    assert bool(r.same_top1.all())
+    assert float(r.kept_fraction.max()) <= 0.10  # measured 3.0 % here (3.8 % elsewhere)
+    # the mask keeps more confidence than random pixels cut at the same area
+    rows = compare_at_equal_area(lite0, x, r.target, r.masks, {}, steps=4)
+    by = {row["method"]: row for row in rows}
+    assert by["mask"]["confidence"] > by["random"]["confidence"]

@@ -17,10 +17,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from conceptlens.decompose import base
+from conceptlens.decompose._eddp_losses import SignalStats
 from conceptlens.decompose.eddp import (
     EDDP,
     UnlearnedHead,
-    _SignalStats,
     detector_losses,
     orthogonality_loss,
     remove_concepts,
@@ -228,8 +228,8 @@ def test_pattern_estimator_matches_covariance_formula() -> None:
     x = torch.randn(500, 6, generator=g, dtype=torch.float64)
     a = torch.randn(500, 2, generator=g, dtype=torch.float64) + x[:, :2]
     om = (torch.rand(500, 2, generator=g) > 0.3).double()
-    st = _SignalStats()
-    st.set(_SignalStats.batch(x, a, om), 500)
+    st = SignalStats()
+    st.set(SignalStats.batch(x, a, om), 500)
     P = torch.eye(6, dtype=torch.float64)
     got = st.pattern(P)
     for i in range(2):

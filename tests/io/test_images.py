@@ -16,7 +16,8 @@ from PIL import Image
 import conceptlens.io as data
 from conceptlens.errors import ConceptLensError, ImageError, ParameterError
 from conceptlens.io.crops import crops
-from conceptlens.io.images import Preset, load_images, load_pil, to_tensor01
+from conceptlens.io.images import load_images, load_pil, to_tensor01
+from conceptlens.io.presets import Preset
 
 RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
 RAW = Preset(size=8, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # no normalisation: values stay in [0, 1]

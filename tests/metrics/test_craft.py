@@ -168,21 +168,6 @@ def test_prevalence_and_reliability(fitted, tiny_images):
     assert bool((torch.isnan(rel) == (prev == 0)).all())
 
 
-def test_pixel_auc_reuses_the_masks_module_per_map(fitted, tiny, tiny_images):
-    from conceptlens.attribution.masks import explainer as masks
-
-    x = tiny_images[:3]
-    maps = fitted.explain(x).maps  # [3, 4, 16, 16]
-    dele = mh.pixel_auc(tiny, x, maps, 1, steps=8)
-    ins = mh.pixel_auc(tiny, x, maps, 1, kind="insertion", steps=8)
-    assert dele.shape == ins.shape == (3, 4)
-    ref = masks.pixel_deletion_auc(tiny, x, maps[:, 2:3], 1, steps=8)
-    assert torch.allclose(dele[:, 2], torch.as_tensor(ref))
-    assert bool(((dele >= 0) & (dele <= 1)).all())
-    with pytest.raises(ParameterError):
-        mh.pixel_auc(tiny, x, maps, 1, kind="both")
-
-
 def test_closed_form_for_a_linear_head_equals_running_the_head(lite0_split) -> None:
     """The GAP + linear shortcut of the masked scores gives what running h on the masked maps gives."""
     from conceptlens.metrics.craft import _linear_of, _masked_scores

@@ -30,15 +30,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptlens.attribution.masks.explainer import (
-    _check_images,
-    _check_target_length,
-    _forward_chunks,
-    _resolve_targets,
-    _slice_target,
-)
+from conceptlens._check import check_int
 from conceptlens.errors import LayerError, ParameterError
 from conceptlens.split.model_split import ModelSplit
+from conceptlens.split.sites import (
+    check_images,
+    check_target_length,
+    forward_chunks,
+    resolve_targets,
+    slice_target,
+)
 
 __all__ = ["occlusion", "grad_cam"]
 
@@ -85,14 +86,13 @@ def occlusion(
     torch.Tensor
         ``[N,1,H,W]`` saliency (probability drop; may be negative where occlusion helps the target).
     """
-    x = _check_images(x)
-    _check_target_length(target, x.shape[0])
+    x = check_images(x)
+    check_target_length(target, x.shape[0])
     n, c, H, W = x.shape
     patch = max(1, round(min(H, W) / 7)) if patch is None else patch
     stride = max(1, patch // 2) if stride is None else stride
-    for name, v in (("patch", patch), ("stride", stride), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ParameterError(f"{name} must be a positive integer, got {v!r}")
+    patch, stride = check_int("patch", patch, 1), check_int("stride", stride, 1)
+    batch_size = check_int("batch_size", batch_size, 1)
     if patch > min(H, W):
         raise ParameterError(
             f"patch ({patch}) is larger than the images ({H}×{W}); choose patch ≤ {min(H, W)}"
@@ -104,8 +104,8 @@ def occlusion(
         raise ParameterError(
             f"baseline of shape {list(base.shape)} does not broadcast to {list(x.shape)}"
         ) from exc
-    logits0 = _forward_chunks(model, x, batch_size)
-    y = _resolve_targets(model, target, logits0)
+    logits0 = forward_chunks(model, x, batch_size)
+    y = resolve_targets(model, target, logits0)
     p0 = F.softmax(logits0, 1).gather(1, y[:, None])[:, 0]
     ys, xs = _positions(H, patch, stride), _positions(W, patch, stride)
     squares = torch.zeros(len(ys) * len(xs), 1, H, W, dtype=x.dtype, device=x.device)
@@ -120,7 +120,7 @@ def occlusion(
             ii, pp = img[s: s + batch_size], pos[s: s + batch_size]
             sq = squares[pp]
             occluded = x[ii] * (1 - sq) + base[ii] * sq
-            prob = F.softmax(_forward_chunks(model, occluded, batch_size), 1)
+            prob = F.softmax(forward_chunks(model, occluded, batch_size), 1)
             drops[s: s + batch_size] = p0[ii] - prob.gather(1, y[ii][:, None])[:, 0]
     flat = squares.reshape(P, H * W)
     sal = drops.reshape(n, P) @ flat / flat.sum(0).clamp_min(1)
@@ -156,8 +156,8 @@ def grad_cam(
     torch.Tensor
         ``[N,1,H,W]`` in [0, 1] (each map divided by its maximum).
     """
-    x = _check_images(x)
-    _check_target_length(target, x.shape[0])
+    x = check_images(x)
+    check_target_length(target, x.shape[0])
     if isinstance(model, ModelSplit):
         split = model if layer in ("auto", model.layer) else ModelSplit(model.model, layer)
     else:
@@ -173,7 +173,7 @@ def grad_cam(
         A = split.g(xb, progress=False).detach().requires_grad_(True)
         with torch.enable_grad():
             logits = split.h(A)
-            yb = _resolve_targets(split.model, _slice_target(target, s, xb.shape[0]), logits.detach())
+            yb = resolve_targets(split.model, slice_target(target, s, xb.shape[0]), logits.detach())
             score = logits.gather(1, yb[:, None]).sum()
             # autograd.grad (not backward): no gradient lands in the model's parameters
             (grad,) = torch.autograd.grad(score, A)

@@ -1,36 +1,37 @@
-"""Where each concept is in an image: concept attribution maps, two ways.
+"""Where each concept is in an image, by implicit differentiation of the NNLS codes (CRAFT).
 
 Notation: ``x [N,3,H,W]`` images, ``A = g(x) [N,h,w,C]`` activations (channels last), ``W [k,C]`` the concept
 bank, ``U [N,h,w,k]`` the codes; for one position, ``a [C]`` is a row of ``A`` and ``u [k]`` its code,
 ``S = {i : u_i > 0}`` the support of ``u``, ``W_S [|S|, C]`` the rows of ``W`` in ``S``; ``score_i`` is the
 spatial mean of ``U_i`` on an image.
 
-1. **Upsampled codes** (what the peers ship): :func:`upsample_maps` resizes ``U_i`` to ``H×W``.
+The direct alternative, the upsampled codes the peers ship, is
+:func:`conceptlens.attribution.maps.upsample_maps` (``U_i`` resized to ``H×W``).
 
-2. **Implicit differentiation** (CRAFT, Fel et al. 2023). An NMF code is the solution of the non-negative
-   least-squares problem ``u*(a) = argmin_{u ≥ 0} ½‖a − u W‖²``. Its optimality (KKT) conditions read, on
-   the support, ``(W_S W_Sᵀ) u_S = W_S a`` and ``u_i = 0`` off it. Where the support does not change under a
-   small perturbation of ``a`` (strict complementarity: every ``i ∉ S`` has ``W_i · (a − u W) < 0``),
-   ``u*`` is differentiable and the implicit function theorem gives the exact Jacobian
+**Implicit differentiation** (CRAFT, Fel et al. 2023). An NMF code is the solution of the non-negative
+least-squares problem ``u*(a) = argmin_{u ≥ 0} ½‖a − u W‖²``. Its optimality (KKT) conditions read, on
+the support, ``(W_S W_Sᵀ) u_S = W_S a`` and ``u_i = 0`` off it. Where the support does not change under a
+small perturbation of ``a`` (strict complementarity: every ``i ∉ S`` has ``W_i · (a − u W) < 0``),
+``u*`` is differentiable and the implicit function theorem gives the exact Jacobian
 
-       ``∂u_S/∂a = (W_S W_Sᵀ)⁻¹ W_S``,    ``∂u_i/∂a = 0`` for ``i ∉ S``.
+    ``∂u_S/∂a = (W_S W_Sᵀ)⁻¹ W_S``,    ``∂u_i/∂a = 0`` for ``i ∉ S``.
 
-   :class:`NNLSCodes` is a ``torch.autograd.Function`` whose backward applies this Jacobian to all rows at
-   once (one batched ``[n, k, k]`` product with masked inverse Gram matrices), so the codes can sit inside
-   any autograd graph: after ``g`` (``split.g(x, grad=True)``) to reach the pixels, or on a leaf ``A``.
+:class:`NNLSCodes` is a ``torch.autograd.Function`` whose backward applies this Jacobian to all rows at
+once (one batched ``[n, k, k]`` product with masked inverse Gram matrices), so the codes can sit inside
+any autograd graph: after ``g`` (``split.g(x, grad=True)``) to reach the pixels, or on a leaf ``A``.
 
-   :func:`implicit_maps` turns it into a map per concept:
+:func:`implicit_maps` turns it into a map per concept:
 
-   * ``level="layer"`` (default; the formula of METHODS.md): a Grad-CAM of the concept score at the layer,
-     ``map_i = relu(Σ_c A_c · α_ic)`` with ``α_i = mean_hw ∂score_i/∂A`` obtained by backpropagating through
-     the NNLS solution, then bilinearly upsampled to ``H×W``. Unlike ``U_i`` itself (which is zero wherever
-     NNLS explained the position with other concepts), the map shows every position whose activation
-     points along concept ``i``'s sensitivity direction ``α_i``.
-   * ``level="input"``: Gradient × Input at the pixels, ``relu(Σ_rgb x ⊙ ∂score_i/∂x)``, the chain rule
-     running through the implicit Jacobian and then autograd through ``g`` (baseline 0 = the dataset mean
-     colour in normalised space, the same baseline as the pixel deletion metrics).
+* ``level="layer"`` (default; the formula of METHODS.md): a Grad-CAM of the concept score at the layer,
+  ``map_i = relu(Σ_c A_c · α_ic)`` with ``α_i = mean_hw ∂score_i/∂A`` obtained by backpropagating through
+  the NNLS solution, then bilinearly upsampled to ``H×W``. Unlike ``U_i`` itself (which is zero wherever
+  NNLS explained the position with other concepts), the map shows every position whose activation
+  points along concept ``i``'s sensitivity direction ``α_i``.
+* ``level="input"``: Gradient × Input at the pixels, ``relu(Σ_rgb x ⊙ ∂score_i/∂x)``, the chain rule
+  running through the implicit Jacobian and then autograd through ``g`` (baseline 0 = the dataset mean
+  colour in normalised space, the same baseline as the pixel deletion metrics).
 
-Both need an NMF-like bank (``decode(U) = U @ W``, codes by NNLS with ``W`` frozen).
+It needs an NMF-like bank (``decode(U) = U @ W``, codes by NNLS with ``W`` frozen).
 """
 
 from __future__ import annotations
@@ -40,21 +41,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from conceptlens.attribution.maps import spatial_mean
 from conceptlens.errors import ActivationError, ImageError, NotFittedError, ParameterError
 
-__all__ = ["upsample_maps", "NNLSCodes", "nnls_codes", "nnls_jacobian", "implicit_maps"]
-
-
-def _spatial_mean(U: torch.Tensor) -> torch.Tensor:
-    return U.reshape(U.shape[0], -1, U.shape[-1]).mean(1) if U.ndim > 2 else U
-
-
-def upsample_maps(U: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Coefficient maps ``U [N,h,w,k]`` → ``[N,k,H,W]`` (bilinear); flat ``[N,k]`` become constant maps."""
-    if U.ndim == 4:
-        return F.interpolate(U.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
-    s = _spatial_mean(U)
-    return s[:, :, None, None].expand(*s.shape, *size)
+__all__ = ["NNLSCodes", "implicit_codes", "nnls_jacobian", "implicit_maps"]
 
 
 # ------------------------------------------------------------------------------------------------ NNLS
@@ -124,7 +114,7 @@ def _bank(decomposition: Any) -> torch.Tensor:
     return W
 
 
-def nnls_codes(A: torch.Tensor, decomposition: Any, *, polish: bool = True) -> torch.Tensor:
+def implicit_codes(A: torch.Tensor, decomposition: Any, *, polish: bool = True) -> torch.Tensor:
     """Codes ``U [..., k]`` of ``A [..., C]`` that backpropagate through the NNLS solution (implicitly).
 
     Parameters
@@ -242,8 +232,8 @@ def implicit_maps(
             Ab = split.g(xb) if A is None else A[b : b + bs]
             Ab = Ab.detach().to(W.dtype).requires_grad_(True)
             with torch.enable_grad():
-                U = nnls_codes(Ab, decomposition)
-                grads = _concept_grads(_spatial_mean(U), Ab)  # [k, n, ..., C]
+                U = implicit_codes(Ab, decomposition)
+                grads = _concept_grads(spatial_mean(U), Ab)  # [k, n, ..., C]
             if Ab.ndim == 2:  # a flat layer has no map: the score is the whole image's value
                 m = act((grads * Ab.detach()).sum(-1)).T[:, :, None, None].expand(-1, -1, *size)
             else:
@@ -255,70 +245,8 @@ def implicit_maps(
             xb = xb.detach().clone().requires_grad_(True)
             with torch.enable_grad():
                 Ab = split.g(xb, grad=True)
-                U = nnls_codes(Ab.to(W.dtype), decomposition)
-                grads = _concept_grads(_spatial_mean(U), xb)  # [k, n, 3, H, W]
+                U = implicit_codes(Ab.to(W.dtype), decomposition)
+                grads = _concept_grads(spatial_mean(U), xb)  # [k, n, 3, H, W]
             m = act((grads * xb.detach()).sum(2)).transpose(0, 1)
         out.append(m.detach().contiguous())
     return torch.cat(out)
-
-
-# ------------------------------------------------------------------------------------------------ report
-def maps_section(
-    ex: Any,
-    x: torch.Tensor,
-    *,
-    n_images: int = 3,
-    n_concepts: int = 3,
-    A: torch.Tensor | None = None,
-    names: list[str] | None = None,
-    title: str = "Concept maps: upsampled codes and implicit differentiation",
-) -> Any:
-    """A report :class:`~conceptlens.report.Section` with both kinds of maps side by side.
-
-    For the first ``n_images`` images and the ``n_concepts`` most important concepts, one strip per image:
-    for each concept, its upsampled code map next to its implicit-differentiation map (ICE heatmaps: the
-    region above half the map's maximum bright, the rest dimmed).
-
-    Parameters
-    ----------
-    ex
-        A fitted explainer with an NMF-like bank.
-    x
-        ``[N,3,H,W]`` normalised images.
-    n_images, n_concepts
-        How many images and concepts to show.
-    A
-        Precomputed ``g(x)``.
-    names
-        Image names for the captions.
-    """
-    from markupsafe import escape
-
-    from conceptlens.report import Section, figures
-
-    n = min(int(n_images), x.shape[0])
-    k = ex.concepts_.shape[0]
-    top = [int(j) for j in torch.argsort(-ex.importance_.detach().cpu(), stable=True)[: min(n_concepts, k)]]
-    xs = x[:n]
-    As = ex.activations(xs) if A is None else A[:n]
-    up = ex.explain(xs, A=As, maps="upsample").maps.detach().cpu()
-    imp = implicit_maps(ex.split, ex.decomposition_, xs, A=As).cpu()
-    pics = figures.to_pictures(xs, getattr(ex.split, "preset", None))
-    names = names or [f"image {i}" for i in range(n)]
-    images: dict[str, Any] = {}
-    parts = [
-        "<p>For each image, every concept is shown twice: its <b>upsampled</b> code map (the peers' concept "
-        "map) and its <b>implicit</b> map, a Grad-CAM of the concept score at the layer through the exact "
-        "derivative of the non-negative least-squares codes (CRAFT's concept attribution map). Regions above "
-        "half the map's maximum are bright.</p>"
-    ]
-    for i in range(n):
-        maps_i = torch.stack([m for j in top for m in (up[i, j], imp[i, j])]).numpy()
-        caps = [f"c{j} {kind}" for j in top for kind in ("upsampled", "implicit")]
-        strip = figures.prototype_strip(pics[[i] * len(caps)], maps_i, caps, tile=160, gap=4)
-        fname = f"maps_{i:03d}.png"
-        images[fname] = strip
-        parts.append(f"<h3>{escape(names[i])}</h3><img src=\"img/{fname}\" alt=\"upsampled and implicit maps "
-                     f"of concepts {', '.join(map(str, top))} on {escape(names[i])}\" "
-                     "style=\"max-width:100%;height:auto\">")
-    return Section(title=title, html="".join(parts), images=images)

@@ -57,7 +57,9 @@ _ENCODE_ROWS = 100_000
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
-# Seconds of pause before each timed call (see _settle).
+# Seconds of pause before each timed call (see _settle). Measured with two threads each: ours at k = 25 took
+# 222 ms right after scikit-learn, 169 ms after a 0.3 s pause and 151 ms warm; with one thread each the
+# pause made no difference (217 vs 226 ms).
 _SETTLE_S = 0.3
 # Interleaved rounds for the headline measurements (k = 25 on the real matrix, the encode, and both with two
 # threads): this machine's timings are noisy.
@@ -69,7 +71,7 @@ _CROPS = ((112, 56), (160, 32))
 
 
 def _cache_dir() -> Path:
-    from conceptlens.world.concepts import default_cache_dir
+    from conceptlens.world.cnn import default_cache_dir
 
     return default_cache_dir() / "bench_nmf"
 
@@ -141,9 +143,8 @@ def _settle() -> None:
 
     After a BLAS call, numpy's OpenBLAS keeps its worker threads busy-waiting for ~0.1 s (and torch's
     OpenMP threads spin briefly too): with two threads each, a call that starts right after the other
-    library's measured ~50–100 ms slower (ours at k = 25: 222 ms right after scikit-learn, 169 ms after a
-    0.3 s pause, 151 ms warm). A program that uses one library alone never pays that, so neither should
-    the ratio. One thread each is unaffected (217 vs 226 ms).
+    library's is slower (see ``_SETTLE_S``). A program that uses one library alone never pays that, so
+    neither should the ratio.
     """
     time.sleep(_SETTLE_S)
 
@@ -169,11 +170,11 @@ def _ours(
 
     if stop_below is not None:  # run on until the error reaches stop_below
         m = NMF(k, tol=0.0, max_iter=1000)
-        m._stop_below = stop_below
+        m.stop_below = stop_below
     else:
         m = NMF(k) if tol is None else NMF(k, tol=tol)
     if sparse is not None:
-        m._sparse = sparse
+        m.sparse_products = sparse
     _settle()
     t, c = time.perf_counter(), time.process_time()
     m.fit(A)
@@ -200,35 +201,35 @@ def _timeit(f: Any, reps: int = 3) -> float:
 
 def _product_times(A: torch.Tensor, k: int) -> dict[str, float]:
     """Seconds for the two ``[n,C]×[C,k]`` products per outer iteration, dense and CSR."""
-    from conceptlens.decompose.nmf import _Data
+    from conceptlens.decompose.nmf import DataProducts
 
     n, C = A.shape
     g = torch.Generator().manual_seed(0)
     W, Ut = torch.rand(k, C, generator=g), torch.rand(k, n, generator=g)
     dense = _timeit(lambda: (W @ A.T, Ut @ A))
-    d = _Data(A, sparse=True)
+    d = DataProducts(A, sparse=True)
     sparse = _timeit(lambda: (d.mm(W.T), d.rmm(Ut.T)))
     return {"dense_pair_s": dense, "sparse_pair_s": sparse, "matmul_gflops": 4 * n * C * k / dense / 1e9}
 
 
 def _overhead_times(A: torch.Tensor, k: int) -> dict[str, float]:
     """Seconds of the fixed costs of a default fit: the CSR copies and the NNDSVD initialisation."""
-    from conceptlens.decompose.nmf import _POWER_ITERS, _Data, nndsvd_init
+    from conceptlens.decompose.nmf import POWER_ITERS, DataProducts, nndsvd_init
 
-    d = _Data(A)
-    return {"csr_s": _timeit(lambda: _Data(A)) if d.sparse else 0.0,
+    d = DataProducts(A)
+    return {"csr_s": _timeit(lambda: DataProducts(A)) if d.sparse else 0.0,
             "init_s": _timeit(lambda: nndsvd_init(A, k, "nndsvda", 0, sparse=d.sparse,
-                                                  power_iters=_POWER_ITERS, data=d))}
+                                                  power_iters=POWER_ITERS, data=d))}
 
 
 def _gram_init_times(A: torch.Tensor, k: int) -> dict[str, float]:
-    """The initialisation we use (randomised SVD on the CSR copies, ``_POWER_ITERS`` power iterations)
+    """The initialisation we use (randomised SVD on the CSR copies, ``POWER_ITERS`` power iterations)
     against the top-``k`` eigenvectors of the ``[C, C]`` Gram ``AᵀA`` (sparse product + ``eigh``)."""
     from scipy import sparse as sp
 
-    from conceptlens.decompose.nmf import _POWER_ITERS, _Data, _top_svd
+    from conceptlens.decompose.nmf import POWER_ITERS, DataProducts, top_svd
 
-    d = _Data(A)
+    d = DataProducts(A)
     g = torch.Generator().manual_seed(0)
     csr = sp.csr_matrix(A.numpy())
 
@@ -236,7 +237,7 @@ def _gram_init_times(A: torch.Tensor, k: int) -> dict[str, float]:
         G = torch.from_numpy((csr.T @ csr).toarray())
         return torch.linalg.eigh(G)
 
-    return {"k": k, "randomized_svd_s": _timeit(lambda: _top_svd(A, k, g, d, _POWER_ITERS)),
+    return {"k": k, "randomized_svd_s": _timeit(lambda: top_svd(A, k, g, d, POWER_ITERS)),
             "gram_eigh_s": _timeit(gram, reps=1)}
 
 
@@ -258,7 +259,7 @@ def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, A
     oh = _overhead_times(A, k)
     med = statistics.median
     last = rounds[-1]
-    sparse_used = bool(last["ours"]["model"].__dict__.get("_sparse_used", _is_sparse(A)))
+    sparse_used = bool(getattr(last["ours"]["model"], "sparse_used_", _is_sparse(A)))
     flops_it = 4 * n * C * k + 2 * (n + C) * k * k
     t_ours = med(r["ours"]["time_s"] for r in rounds)
     it_ours = last["ours"]["iters"]
@@ -310,9 +311,9 @@ def _bench_one(A: torch.Tensor, k: int, reps: int, with_mu: bool) -> dict[str, A
 
 
 def _is_sparse(A: torch.Tensor) -> bool:
-    from conceptlens.decompose.nmf import _SPARSE_DENSITY
+    from conceptlens.decompose.nmf import SPARSE_DENSITY
 
-    return float(torch.count_nonzero(A)) / max(A.numel(), 1) <= _SPARSE_DENSITY
+    return float(torch.count_nonzero(A)) / max(A.numel(), 1) <= SPARSE_DENSITY
 
 
 def _status_kb(key: str) -> int:

@@ -26,9 +26,9 @@ Notation (rows; any ``[..., C]`` input is flattened to rows, see :mod:`conceptle
 
 Why a whitened space: every unit direction of ``z`` has (about) unit variance, so the max-margin loss
 compares gaps *relative to the spread* along each direction, and the directional clustering is not
-dominated by high-variance distractors. On the paper's synthetic data, spherical k-means on merely
-standardised rows splits along the distractors (purity 0.64–0.73 on 3 of 4 seeds); after whitening it
-recovers the planted clusters (purity 1.0). The paper learns its filters "in a standardised space".
+dominated by high-variance distractors: on the paper's synthetic data, spherical k-means on merely
+standardised rows splits along the distractors on most seeds, and after whitening it recovers the
+planted clusters. The paper learns its filters "in a standardised space".
 
 Losses on the detectors (entropies in bits, averages over the rows of a mini-batch, ``I = k``):
 
@@ -79,19 +79,34 @@ concept accounts for, and removing it takes a typical positive to the level of a
 offset (like PCA's mean) goes into the bias of the local explanations. The pure functions
 :func:`remove_concepts` and :func:`unlearn` implement
 the paper's edit ``x' = ReLU(x − σ(w_iᵀx − b_i) · k · s_i)``.
+
+The building blocks (whitening, clustering, losses, signal statistics) live in
+:mod:`~conceptlens.decompose._eddp_losses`, the edits in :mod:`~conceptlens.decompose._eddp_edit`; their
+public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptlens.decompose.base import Decomposition, as_rows, check_finite, register
+from conceptlens._check import check_float, check_int
+from conceptlens.decompose._eddp_edit import UnlearnedHead, remove_concepts, unlearn
+from conceptlens.decompose._eddp_losses import (
+    CHUNK,
+    EPS,
+    SignalStats,
+    detector_losses,
+    entropy_bits,
+    orthogonality_loss,
+    spherical_kmeans,
+    whitening,
+)
+from conceptlens.decompose.base import Decomposition, as_rows, register
 from conceptlens.errors import ActivationError, HeadError, NotFittedError, ParameterError
 from conceptlens.progress import progress_bar
 
@@ -105,205 +120,7 @@ __all__ = [
     "UnlearnedHead",
 ]
 
-_LN2 = math.log(2.0)
-_EPS = 1e-12
-_CHUNK = 16384  # rows per chunk in full passes (bounds temporary memory for wide layers)
 _SIGNALS = ("positives", "weighted")
-
-
-# ------------------------------------------------------------------------------------------------
-# pure building blocks
-# ------------------------------------------------------------------------------------------------
-def spherical_kmeans(
-    Z: torch.Tensor, k: int, gen: torch.Generator, n_iter: int = 30
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spherical k-means (cosine similarity) with greedy k-means++-style seeding.
-
-    Parameters
-    ----------
-    Z : Tensor ``[n, C]``
-        Rows with unit ℓ2 norm (zero rows are allowed and never chosen as seeds).
-    k : int
-        Number of clusters, ``k ≤ n``.
-    gen : torch.Generator
-        Source of the seeding draws.
-    n_iter : int
-        Maximum assignment/update iterations (stops early once at most 0.1 % of the labels change).
-
-    Returns
-    -------
-    centroids : Tensor ``[k, C]``
-        Unit-norm mean directions.
-    labels : Tensor ``[n]``
-        Cluster of each row.
-    """
-    n = Z.shape[0]
-    # Seeding: distance 1 − cos to the nearest chosen centre, drawn ∝ distance² (k-means++).
-    valid = (Z.square().sum(1) > 0.5).to(torch.float64)
-    first = int(torch.multinomial(valid + _EPS, 1, generator=gen))
-    idx = [first]
-    closest = (1.0 - Z @ Z[first]).clamp_min(0.0).to(torch.float64) * valid
-    for _ in range(1, k):
-        p = closest.square()
-        if float(p.sum()) <= 0:
-            nxt = int(torch.randint(n, (1,), generator=gen))
-        else:
-            nxt = int(torch.multinomial(p, 1, generator=gen))
-        idx.append(nxt)
-        closest = torch.minimum(closest, (1.0 - Z @ Z[nxt]).clamp_min(0.0).to(torch.float64) * valid)
-    centres = Z[torch.tensor(idx, device=Z.device)].clone()
-    labels = torch.full((n,), -1, dtype=torch.long, device=Z.device)
-    for _ in range(n_iter):
-        sim = Z @ centres.T
-        new_labels = sim.argmax(1)
-        changed = int((new_labels != labels).sum())
-        labels = new_labels
-        # only an initialisation: stop once fewer than 0.1 % of the rows switch cluster
-        if changed <= n // 1000:
-            break
-        onehot = F.one_hot(labels, k).to(Z.dtype)
-        sums = onehot.T @ Z
-        norms = sums.norm(dim=1, keepdim=True)
-        empty = (norms[:, 0] <= _EPS).nonzero().flatten()
-        centres = sums / norms.clamp_min(_EPS)
-        if empty.numel():
-            # Re-seed an empty cluster with the rows least similar to their own centre.
-            worst = torch.topk(-sim.max(1).values, empty.numel()).indices
-            centres[empty] = Z[worst]
-    else:
-        labels = (Z @ centres.T).argmax(1)
-    return centres, labels
-
-
-def detector_losses(
-    logits: torch.Tensor, margins: torch.Tensor, *, gamma: float, tau: float
-) -> dict[str, torch.Tensor]:
-    """The four directional-clustering losses of a mini-batch of detector logits.
-
-    Parameters
-    ----------
-    logits : Tensor ``[B, k]``
-        Detector logits ``a = w_iᵀx − b_i`` of ``B`` rows.
-    margins : Tensor ``[k]``
-        Margins ``M_i > 0`` (in the standardised space).
-    gamma : float
-        Exponent ``γ`` of the inactive-classifier loss.
-    tau : float
-        ``τ``; the inactive threshold is ``ν = τ / k``.
-
-    Returns
-    -------
-    dict
-        Scalars ``sparsity`` (``E[H(q)]``, bits), ``max_activation`` (``−E[qᵀ log₂ y]``),
-        ``max_margin`` (``mean 1/M``) and ``inactive`` (``E_i[(1/ν) ReLU(ν − E[y_i^γ])]``).
-    """
-    k = logits.shape[1]
-    y = torch.sigmoid(logits)
-    q = y / y.sum(1, keepdim=True).clamp_min(_EPS)
-    log2_y = F.logsigmoid(logits) / _LN2
-    sparsity = -(q * torch.log2(q.clamp_min(_EPS))).sum(1).mean()
-    max_act = -(q * log2_y).sum(1).mean()
-    nu = tau / k
-    # y^γ through exp(γ log y): finite gradients even where y underflows to 0
-    mean_act = torch.exp(gamma * F.logsigmoid(logits)).mean(0)
-    inactive = (F.relu(nu - mean_act) / nu).mean()
-    return {"sparsity": sparsity, "max_activation": max_act, "max_margin": (1.0 / margins).mean(),
-            "inactive": inactive}
-
-
-def orthogonality_loss(filters: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
-    """Filter–signal orthogonality ``√(E_{i≠j}[(w̄ᵢᵀ s̄ⱼ)²])`` (bars: unit vectors).
-
-    Parameters
-    ----------
-    filters, signals : Tensor ``[k, C]``
-
-    Returns
-    -------
-    Tensor
-        Scalar; 0 for ``k = 1``.
-    """
-    k = filters.shape[0]
-    if k < 2:
-        return filters.sum() * 0.0
-    G = F.normalize(filters, dim=1) @ F.normalize(signals, dim=1).T
-    off = ~torch.eye(k, dtype=torch.bool, device=G.device)
-    return torch.sqrt(G[off].square().mean() + _EPS)
-
-
-def _entropy_bits(logits: torch.Tensor) -> torch.Tensor:
-    """Mean entropy (bits) of ``softmax(logits [B, K])``."""
-    logp = F.log_softmax(logits, dim=1)
-    return -(logp.exp() * logp).sum(1).mean() / _LN2
-
-
-class _SignalStats:
-    """Weighted sufficient statistics of ``(x − μ, a_i)`` per concept, for the pattern estimator.
-
-    Per concept ``i`` (row weights ``ω_ri``): ``Σω``, ``Σω x``, ``Σω a``, ``Σω a x``, ``Σω a²`` — all
-    that ``cov[x, a_i]`` and ``var(a_i)`` need. Stored as means over rows, so that full-pass values and
-    exponential moving averages of mini-batch values share one scale.
-    """
-
-    def __init__(self) -> None:
-        self.sums: tuple[torch.Tensor, ...] = ()
-
-    @staticmethod
-    def batch(xc: torch.Tensor, a: torch.Tensor, om: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Sums over the rows of ``xc [B, C]``, logits ``a [B, k]`` and weights ``om [B, k]``."""
-        oa = om * a
-        k = a.shape[1]
-        both = torch.cat([om, oa], dim=1).T @ xc  # one product for Σω x and Σω a x
-        return (om.sum(0), both[:k], oa.sum(0), both[k:], (oa * a).sum(0))
-
-    def set(self, sums: Sequence[torch.Tensor], n: int) -> None:
-        self.sums = tuple(s / n for s in sums)
-
-    def update(self, sums: Sequence[torch.Tensor], n: int, decay: float) -> None:
-        self.sums = tuple(decay * c + (1 - decay) * s / n for c, s in zip(self.sums, sums, strict=True))
-
-    def pattern(self, P: torch.Tensor) -> torch.Tensor:
-        """Signals ``cov[z, a_i] / var(a_i)`` ``[k, r]`` in the whitened space ``z = (x − μ) P``."""
-        w, wx, wa, wax, waa = self.sums
-        W = w.clamp_min(_EPS)
-        mx, ma = wx / W[:, None], wa / W
-        cov = wax / W[:, None] - ma[:, None] * mx
-        var_a = (waa / W - ma.square()).clamp_min(_EPS)
-        return (cov @ P) / var_a[:, None]
-
-
-def _whitening(
-    rows: torch.Tensor, sample: torch.Tensor, eps: float, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The shrunk whitening ``z = (x − μ) P`` and its inverse on the data's span, ``x − μ = z Q``.
-
-    Channels are standardised (``σ``), then rotated onto the eigenvectors ``V`` of their correlation
-    matrix (estimated on ``sample``) and scaled by ``(λ + eps)^{-1/2}``; directions with
-    ``λ ≤ 1e-6 λ_max`` carry no variance and are dropped. ``eps = 0`` is full whitening; a large
-    ``eps`` approaches plain standardisation.
-
-    Returns
-    -------
-    mu : Tensor ``[C]``
-    P : Tensor ``[C, r]``
-    Q : Tensor ``[r, C]``
-    """
-    mu, sd = _moments(rows, dtype)
-    if float(sd.max()) <= 0:
-        raise ActivationError("the activations are constant: every row is the same, nothing to find")
-    # channels that never vary carry no concept; a unit scale keeps them at z ≡ 0
-    sd = torch.where(sd > 1e-6 * sd.max(), sd, torch.ones_like(sd))
-    Zs = (sample.to(dtype) - mu) / sd
-    # float32 products are accurate enough here: eigenvalues far below the shrinkage ε do not matter
-    cov = (Zs.T @ Zs / Zs.shape[0]).to(torch.float64)
-    cov = (cov + cov.T) / 2
-    lam, V = torch.linalg.eigh(cov)
-    keep = lam > 1e-6 * lam.max()
-    lam, V = lam[keep], V[:, keep]
-    d = (lam + eps).rsqrt()
-    P = (V * d) / sd.to(torch.float64)[:, None]
-    Q = (V / d).T * sd.to(torch.float64)
-    return mu, P.to(dtype), Q.to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -447,29 +264,20 @@ class EDDP(Decomposition):
     # ------------------------------------------------------------------ validation
     def _check_params(self) -> None:
         for name in ("max_iter", "batch_size", "ura_batch_size", "init_rows", "n_init"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ParameterError(f"{name} must be a positive integer, got {v!r}")
+            check_int(name, getattr(self, name), 1)
         if self.max_iter < 2:
             raise ParameterError(f"max_iter must be ≥ 2 (two phases), got {self.max_iter}")
-        for name, lo in (("gamma", 0.0), ("tau", 0.0), ("lr", 0.0)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
-                raise ParameterError(f"{name} must be a finite number > {lo}, got {v!r}")
+        for name in ("gamma", "tau", "lr"):
+            check_float(name, getattr(self, name), 0.0, strict_min=True)
         for name in ("margin_weight", "ura_weight", "signal_weight", "orth_weight", "whiten"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ParameterError(f"{name} must be a finite number ≥ 0, got {v!r}")
-        pi = self.polish_iter
-        if isinstance(pi, bool) or not isinstance(pi, int) or pi < 0:
-            raise ParameterError(f"polish_iter must be an integer ≥ 0, got {pi!r}")
+            check_float(name, getattr(self, name), 0.0)
+        check_int("polish_iter", self.polish_iter, 0)
         d = self.stats_decay
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ParameterError(f"stats_decay must be in [0, 1), got {d!r}")
         if self.signal not in _SIGNALS:
             raise ParameterError(f"signal must be one of {_SIGNALS}, got {self.signal!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ParameterError(f"seed must be an integer, got {self.seed!r}")
+        check_int("seed", self.seed)
         if self.head is not None and not callable(self.head):
             raise ParameterError(
                 f"head must be callable (activations → logits), got {type(self.head).__name__}"
@@ -510,7 +318,7 @@ class EDDP(Decomposition):
         # (0) the standardised, whitened space and the directional clustering initialisation
         m = min(n, self.init_rows)
         sub = torch.randperm(n, generator=gen, device=dev)[:m] if m < n else torch.arange(n, device=dev)
-        mu, P, Q = _whitening(rows, rows[sub], self.whiten, dtype)
+        mu, P, Q = whitening(rows, rows[sub], self.whiten, dtype)
         r = P.shape[1]
         if r < k:
             raise ActivationError(
@@ -543,7 +351,7 @@ class EDDP(Decomposition):
         half = self.max_iter // 2
         history: list[dict[str, float]] = []
         S: torch.Tensor | None = None
-        stats: _SignalStats | None = None
+        stats: SignalStats | None = None
         for step in progress_bar(range(self.max_iter), desc=f"EDDP k={k}", enable=bool(self.progress)):
             u = F.normalize(v, dim=1)
             M = logM.exp()
@@ -565,10 +373,10 @@ class EDDP(Decomposition):
             if S is not None and stats is not None:
                 with torch.no_grad():
                     ad = a.detach()
-                    sums = _SignalStats.batch(xb - mu, ad, self._weights(ad))
+                    sums = SignalStats.batch(xb - mu, ad, self._weights(ad))
                     stats.update(sums, xb.shape[0], self.stats_decay)
                     target = stats.pattern(P)
-                reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(_EPS)).mean()
+                reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(EPS)).mean()
                 orth = orthogonality_loss(u, S)
                 loss = loss + self.signal_weight * reg + self.orth_weight * orth
                 terms.update(signal_regression=float(reg.detach()), orthogonality=float(orth.detach()))
@@ -598,7 +406,7 @@ class EDDP(Decomposition):
         S = S.detach().clone().requires_grad_(True)
         opt_s = torch.optim.Adam([S], lr=self.lr)
         for _ in range(self.polish_iter):
-            reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(_EPS)).mean()
+            reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(EPS)).mean()
             loss = self.signal_weight * reg + self.orth_weight * orthogonality_loss(u, S)
             (g,) = torch.autograd.grad(loss, [S])
             S.grad = g
@@ -612,7 +420,7 @@ class EDDP(Decomposition):
             # exactly w_iᵀ s_i = m_i, so that removing y_i s_i lowers the logit by y_i m_i (the raw
             # signals only approximately satisfy w_iᵀ s_i = 1 once the orthogonality term has acted)
             own = (Wx * S_x).sum(1)
-            S_x = S_x * torch.where(own > _EPS, gap_final / own.clamp_min(_EPS), gap_final)[:, None]
+            S_x = S_x * torch.where(own > EPS, gap_final / own.clamp_min(EPS), gap_final)[:, None]
             self.decoding_directions_ = W.contiguous()
             self.biases_ = b.contiguous()
             self.margins_ = (1.0 / W.norm(dim=1)).contiguous()
@@ -622,8 +430,8 @@ class EDDP(Decomposition):
             # decode = the signal model x ≈ μ + Σ_i (y_i − ȳ_i) s_i: the mean carries what no concept
             # explains, so that h(decode(encode(A))) is comparable with the other methods' reconstructions
             ybar = torch.zeros(W.shape[0], dtype=torch.float64, device=rows.device)
-            for i in range(0, rows.shape[0], _CHUNK):
-                ybar += self._encode_rows(rows[i : i + _CHUNK]).sum(0, dtype=torch.float64)
+            for i in range(0, rows.shape[0], CHUNK):
+                ybar += self._encode_rows(rows[i : i + CHUNK]).sum(0, dtype=torch.float64)
             ybar = (ybar / rows.shape[0]).to(rows.dtype)
             self.decode_offset_ = (mu.to(rows.dtype) - ybar @ self.encoding_directions_).contiguous()
         self.loss_history_ = history
@@ -636,15 +444,15 @@ class EDDP(Decomposition):
 
     def _full_stats(
         self, rows: torch.Tensor, Wx: torch.Tensor, bx: torch.Tensor, mu: torch.Tensor, dtype: torch.dtype
-    ) -> _SignalStats:
+    ) -> SignalStats:
         """Signal statistics over every row (chunked); a concept with no positive falls back to ``y``."""
         acc: list[torch.Tensor] = []
         acc_y: list[torch.Tensor] = []
-        for i in range(0, rows.shape[0], _CHUNK):
-            xc = rows[i : i + _CHUNK].to(dtype) - mu
+        for i in range(0, rows.shape[0], CHUNK):
+            xc = rows[i : i + CHUNK].to(dtype) - mu
             a = xc @ Wx.T - (bx - Wx @ mu)
-            s = _SignalStats.batch(xc, a, self._weights(a))
-            sy = _SignalStats.batch(xc, a, torch.sigmoid(a))
+            s = SignalStats.batch(xc, a, self._weights(a))
+            sy = SignalStats.batch(xc, a, torch.sigmoid(a))
             acc = list(s) if not acc else [x + y for x, y in zip(acc, s, strict=True)]
             acc_y = list(sy) if not acc_y else [x + y for x, y in zip(acc_y, sy, strict=True)]
         # a detector without positives (a rare concept) gets the weighted estimate
@@ -652,7 +460,7 @@ class EDDP(Decomposition):
         if bool(empty.any()):
             for j, (x, y) in enumerate(zip(acc, acc_y, strict=True)):
                 acc[j] = torch.where(empty if x.ndim == 1 else empty[:, None], y, x)
-        st = _SignalStats()
+        st = SignalStats()
         st.set(acc, rows.shape[0])
         return st
 
@@ -660,16 +468,16 @@ class EDDP(Decomposition):
         """``m_i = E_pos[a_i] − E_neg[a_i]`` over all rows (weights per ``signal``), ``[k]``."""
         dt = torch.float64
         sums = torch.zeros(8, W.shape[0], dtype=dt, device=rows.device)
-        for i in range(0, rows.shape[0], _CHUNK):
-            a = (rows[i : i + _CHUNK] @ W.T - b).to(dt)
+        for i in range(0, rows.shape[0], CHUNK):
+            a = (rows[i : i + CHUNK] @ W.T - b).to(dt)
             om, y = self._weights(a), torch.sigmoid(a)
             sums += torch.stack([(om * a).sum(0), ((1 - om) * a).sum(0), om.sum(0), (1 - om).sum(0),
                                  (y * a).sum(0), ((1 - y) * a).sum(0), y.sum(0), (1 - y).sum(0)])
         sp, sn, cp, cn, spy, sny, cpy, cny = sums
         ok = (cp > 0.5) & (cn > 0.5)
-        gap = torch.where(ok, sp / cp.clamp_min(_EPS) - sn / cn.clamp_min(_EPS),
-                          spy / cpy.clamp_min(_EPS) - sny / cny.clamp_min(_EPS))
-        return gap.clamp_min(_EPS).to(W.dtype)
+        gap = torch.where(ok, sp / cp.clamp_min(EPS) - sn / cn.clamp_min(EPS),
+                          spy / cpy.clamp_min(EPS) - sny / cny.clamp_min(EPS))
+        return gap.clamp_min(EPS).to(W.dtype)
 
     def _ura_entropy(
         self,
@@ -713,7 +521,7 @@ class EDDP(Decomposition):
                 + (f"shape {list(logits.shape)}, requires_grad={logits.requires_grad}"
                    if isinstance(logits, torch.Tensor) else type(logits).__name__)
             )
-        return _entropy_bits(logits.to(dtype))
+        return entropy_bits(logits.to(dtype))
 
     # ------------------------------------------------------------------ encode / decode
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
@@ -762,189 +570,3 @@ class EDDP(Decomposition):
             raise NotFittedError(f"EDDP state lacks {sorted(missing)}; it was not saved from a fitted EDDP")
         super().load_state_tensors(tensors)
         self.components_ = self.encoding_directions_
-
-
-def _moments(rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) standard deviation ``[C]``, chunked, accumulated in float64."""
-    n = rows.shape[0]
-    s = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
-    for i in range(0, n, _CHUNK):
-        s += rows[i : i + _CHUNK].sum(0, dtype=torch.float64)
-    mu = s / n
-    mu_lo = mu.to(rows.dtype)
-    ss = torch.zeros_like(s)
-    for i in range(0, n, _CHUNK):
-        # deviations from the mean are small numbers: float32 squares, float64 sums are accurate enough
-        ss += (rows[i : i + _CHUNK] - mu_lo).square().sum(0, dtype=torch.float64)
-    return mu.to(dtype), (ss / n).sqrt().to(dtype)
-
-
-# ------------------------------------------------------------------------------------------------
-# edits
-# ------------------------------------------------------------------------------------------------
-def _edit_tensors(
-    d: EDDP, remove: Sequence[int], scale: Mapping[int, float] | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Validated ``(W [r, C], b [r], S [r, C], factors [r])`` of the concepts to edit out."""
-    if not isinstance(d, EDDP):
-        raise ParameterError(f"edits need a fitted EDDP decomposition, got {type(d).__name__}")
-    if getattr(d, "components_", None) is None:
-        raise NotFittedError("the EDDP decomposition is not fitted: call .fit(A) first")
-    k = d.decoding_directions_.shape[0]
-    remove = list(remove)
-    scale = dict(scale or {})
-    for i in [*remove, *scale]:
-        if isinstance(i, bool) or not isinstance(i, int) or not -k <= i < k:
-            raise ParameterError(
-                f"concept index {i!r} is out of range: the decomposition has {k} concepts (0–{k - 1})"
-            )
-    ids = sorted({i % k for i in remove} | {i % k for i in scale})
-    for i, f in scale.items():
-        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f):
-            raise ParameterError(f"scale for concept {i} must be a finite number, got {f!r}")
-    fac = [float(scale.get(i, scale.get(i - k, 1.0))) for i in ids]
-    idx = torch.tensor(ids, dtype=torch.long, device=d.decoding_directions_.device)
-    W = d.decoding_directions_[idx]
-    return W, d.biases_[idx], d.encoding_directions_[idx], torch.tensor(fac, dtype=W.dtype)
-
-
-def remove_concepts(
-    A: torch.Tensor,
-    d: EDDP,
-    remove: Sequence[int],
-    scale: Mapping[int, float] | None = None,
-    *,
-    relu: bool | None = None,
-) -> torch.Tensor:
-    """Edit concepts out of activations: ``x' = ReLU(x − Σ_i σ(w_iᵀx − b_i) · k_i · s_i)`` per position.
-
-    The detector responses are all computed on the *original* ``x`` (one simultaneous edit, not a
-    sequence), then the scaled signal vectors are subtracted.
-
-    Parameters
-    ----------
-    A : Tensor ``[..., C]``
-        Activations (e.g. ``[N, h, w, C]``); differentiable.
-    d : EDDP
-        A fitted decomposition.
-    remove : sequence of int
-        Concepts to remove with factor ``k_i = 1``.
-    scale : dict[int, float], optional
-        Concepts with their own factor ``k_i`` (``k_i > 1`` removes more, ``k_i < 0`` adds the concept);
-        a concept listed in both uses its ``scale`` factor.
-    relu : bool, optional
-        Clamp the result at 0 (the paper's edit, for post-ReLU layers). None: clamp iff the activations
-        the decomposition was fitted on were all ≥ 0.
-
-    Returns
-    -------
-    Tensor ``[..., C]``
-        The edited activations (same shape, dtype and device as ``A``).
-    """
-    rows, lead = as_rows(A)
-    W, b, S, fac = _edit_tensors(d, remove, scale)
-    if rows.shape[1] != W.shape[1]:
-        raise ActivationError(
-            f"activations have {rows.shape[1]} channels but the decomposition was fitted on {W.shape[1]}; "
-            "use the same layer as at fit time"
-        )
-    check_finite(rows)
-    if relu is None:
-        relu = bool(getattr(d, "input_min_", torch.tensor(0.0)) >= 0)
-    W, b, S, fac = (x.to(rows.device, rows.dtype) for x in (W, b, S, fac))
-    y = torch.sigmoid(rows @ W.T - b)  # [n, r]
-    out = rows - (y * fac) @ S
-    if relu:
-        out = F.relu(out)
-    return out.reshape(*lead, out.shape[-1])
-
-
-class UnlearnedHead(nn.Module):
-    """A head that sees activations with concepts edited out: ``h'(A) = h(remove_concepts(A, d, …))``.
-
-    Parameters
-    ----------
-    head : callable
-        The original head ``h`` (e.g. ``split.h``): activations ``[B, ..., C]`` → logits ``[B, K]``.
-    d : EDDP
-        A fitted decomposition (its tensors are copied into buffers; later refits do not change it).
-    remove, scale, relu
-        As in :func:`remove_concepts`.
-    """
-
-    def __init__(
-        self,
-        head: Callable[[torch.Tensor], torch.Tensor],
-        d: EDDP,
-        remove: Sequence[int],
-        scale: Mapping[int, float] | None = None,
-        relu: bool | None = None,
-    ) -> None:
-        super().__init__()
-        if not callable(head):
-            raise ParameterError(f"head must be callable (activations → logits), got {type(head).__name__}")
-        W, b, S, fac = _edit_tensors(d, remove, scale)
-        self.head = head
-        self.register_buffer("filters", W.detach().clone())
-        self.register_buffer("biases", b.detach().clone())
-        self.register_buffer("signals", S.detach().clone())
-        self.register_buffer("factors", fac.detach().clone())
-        if relu is None:
-            relu = bool(getattr(d, "input_min_", torch.tensor(0.0)) >= 0)
-        self.relu = relu
-
-    def edit(self, A: torch.Tensor) -> torch.Tensor:
-        """The edited activations ``[..., C]``."""
-        rows, lead = as_rows(A)
-        if rows.shape[1] != self.filters.shape[1]:
-            raise ActivationError(
-                f"activations have {rows.shape[1]} channels but the decomposition was fitted on "
-                f"{self.filters.shape[1]}; use the same layer as at fit time"
-            )
-        W, b, S, fac = (x.to(rows.device, rows.dtype) for x in (self.filters, self.biases, self.signals,
-                                                                   self.factors))
-        out = rows - (torch.sigmoid(rows @ W.T - b) * fac) @ S
-        if self.relu:
-            out = F.relu(out)
-        return out.reshape(*lead, out.shape[-1])
-
-    def forward(self, A: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B, K]`` of the edited activations."""
-        return self.head(self.edit(A))
-
-
-def unlearn(
-    split_h: Callable[[torch.Tensor], torch.Tensor],
-    d: EDDP,
-    i: int | Sequence[int],
-    *,
-    scale: float = 1.0,
-    relu: bool | None = None,
-) -> UnlearnedHead:
-    """A head that ignores concept ``i``: ``h'(A) = h(ReLU(A − σ(w_iᵀA − b_i) · scale · s_i))``.
-
-    No retraining: concept ``i``'s encoding direction is subtracted, at every position, in proportion
-    to its detector's response, before the original head runs (the paper's correction by editing).
-    Where the detector is silent (``y_i ≈ 0``) the activations, and so the logits, are unchanged
-    (up to ``y_i · ‖s_i‖``).
-
-    Parameters
-    ----------
-    split_h : callable
-        The head ``h`` (e.g. ``ModelSplit.h``): activations ``[B, ..., C]`` → logits ``[B, K]``.
-    d : EDDP
-        A fitted decomposition.
-    i : int or sequence of int
-        Concept(s) to unlearn.
-    scale : float
-        Factor ``k`` of the edit for every unlearned concept.
-    relu : bool, optional
-        As in :func:`remove_concepts`.
-
-    Returns
-    -------
-    UnlearnedHead
-        An ``nn.Module``: ``h'(A) -> logits``; ``h'.edit(A)`` gives the edited activations.
-    """
-    ids = [i] if isinstance(i, int) else list(i)
-    return UnlearnedHead(split_h, d, [], {j: scale for j in ids}, relu=relu)

@@ -41,6 +41,9 @@ jointly (lr 5e-4), both clamped at 0 after each step.
 Encoding new activations solves the NMF non-negative least squares with ``W`` frozen and then, when a
 head is attached and ``kl_weight > 0``, a few of the same ``U`` steps of the fit (the fit solver with the
 bank frozen; ``U`` stays ≥ 0; never a pseudo-inverse projection).
+
+The KL term and the forward–backward step live in :mod:`~conceptlens.decompose._face_kl` (re-exported
+here: :class:`KLTerm`, :func:`face_objective`, :func:`check_head`).
 """
 
 from __future__ import annotations
@@ -48,253 +51,29 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
 import torch
 
+from conceptlens._check import check_float, check_int
+from conceptlens.decompose._face_kl import Head, KLTerm, _Point, _prox_step, check_head, face_objective
 from conceptlens.decompose.base import Decomposition, as_rows, register
-from conceptlens.decompose.nmf import NMF, hals, nndsvd_init, nnls_codes
+from conceptlens.decompose.nmf import (
+    DELTA,
+    FLOOR,
+    NMF,
+    hals,
+    nndsvd_init,
+    nnls_codes,
+    normalise_rows,
+    sweep_budget,
+)
 from conceptlens.errors import ActivationError, HeadError, ParameterError
 
 __all__ = ["FACE", "KLTerm", "face_objective", "check_head"]
 
-Head = Callable[[torch.Tensor], torch.Tensor]
-
 _SOLVERS = ("hals", "adam")
-_FLOOR = 1e-10  # as in nmf.py: keeps Gram diagonals positive while fitting
-_MAX_BACKTRACK = 40
-_DELTA = 0.1  # inner HALS sweeps stop once a sweep changes X by < 10 % of the first sweep's change
-# Float noise allowance when testing the majorisation: the KL is evaluated in float32 by most heads.
-_SLACK = 1e-7
-
-
-# ------------------------------------------------------------------------------------------------
-# the head and the KL term
-# ------------------------------------------------------------------------------------------------
-def check_head(head: Head | None, sample: torch.Tensor) -> None:
-    """Raise :class:`HeadError` unless ``head`` is a callable that autograd can differentiate.
-
-    Parameters
-    ----------
-    head : callable or None
-        ``[B, *S, C] → [B, K]`` logits (e.g. ``ModelSplit.h``).
-    sample : Tensor ``[B, *S, C]``
-        A few images' activations to probe the head with.
-    """
-    if head is None:
-        raise HeadError(
-            "FACE needs the classifier head h (activations → logits) for its KL term: pass "
-            "FACE(..., head=split.h) or call .set_head(split.h), where split is the ModelSplit the "
-            "activations came from (ConceptExplainer does this for you). For NMF without the head use "
-            'method="nmf".'
-        )
-    if not callable(head):
-        raise HeadError(
-            f"head must be a callable [B, *S, C] → [B, K] (e.g. split.h), got {type(head).__name__}"
-        )
-    a = sample.detach().clone().requires_grad_(True)
-    shape = list(a.shape)
-    try:
-        with torch.enable_grad():
-            out = head(a)
-    except Exception as e:  # any failure of user code is reported with the shape we passed
-        raise HeadError(
-            f"calling the head on activations of shape {shape} ({a.dtype}) failed: {type(e).__name__}: {e}. "
-            "FACE calls h on whole images [B, *S, C] (channels last, as ModelSplit.g returns them): fit on "
-            "A with its image structure, e.g. [N, h, w, C], and pass head=split.h of the same ModelSplit"
-        ) from e
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != a.shape[0]:
-        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise HeadError(f"the head must return logits [B, K] for B={a.shape[0]} images, got {got}")
-    if not torch.isfinite(out).all():
-        raise HeadError("the head returned NaN/Inf logits on the activations; check the layer and the head")
-    if not out.requires_grad or out.grad_fn is None:
-        raise HeadError(
-            "the head is not differentiable: its logits carry no autograd graph back to the activations "
-            "(a .detach(), torch.no_grad(), argmax or a numpy round trip inside h?). FACE differentiates "
-            "KL(softmax h(A) ‖ softmax h(UW)) through h; pass a differentiable head such as ModelSplit.h"
-        )
-    # A fixed, non-uniform cotangent: a uniform one is blind to heads whose logits sum to a constant.
-    v = torch.linspace(1.0, 2.0, out.shape[1], dtype=out.dtype, device=out.device).expand_as(out)
-    try:
-        (g,) = torch.autograd.grad((out * v).sum(), a, allow_unused=True)
-    except Exception as e:
-        raise HeadError(
-            f"autograd cannot differentiate the head ({type(e).__name__}: {e}); FACE needs ∂h/∂A. Pass a "
-            "differentiable head such as ModelSplit.h"
-        ) from e
-    if g is None or not bool(g.ne(0).any()):
-        raise HeadError(
-            "the head's logits do not depend differentiably on the activations (zero gradient everywhere: "
-            "detached or piecewise-constant head). FACE needs a differentiable head such as ModelSplit.h"
-        )
-
-
-class KLTerm:
-    """``Σ_i KL(softmax h(A_i) ‖ softmax h(Â_i))`` and its gradient in ``Â``, mini-batched over images.
-
-    Parameters
-    ----------
-    head : callable
-        ``[B, *S, C] → [B, K]`` logits, differentiable.
-    A : Tensor ``[N, *S, C]``
-        Reference activations; ``p_i = softmax h(A_i)`` is computed once here.
-    batch_images : int
-        Images per call of ``head`` (bounds memory; the sums are exact).
-
-    Notes
-    -----
-    The KL is computed in float64 from the head's logits (``log_softmax`` in float64), so that the
-    backtracking tests of the solver are not dominated by float32 rounding of the softmax.
-    """
-
-    def __init__(self, head: Head, A: torch.Tensor, batch_images: int = 64) -> None:
-        self.head = head
-        self.shape = tuple(A.shape)
-        self.batch = max(int(batch_images), 1)
-        N = A.shape[0]
-        logp = []
-        with torch.no_grad():
-            for i in range(0, N, self.batch):
-                logp.append(torch.log_softmax(head(A[i : i + self.batch]).to(torch.float64), dim=1))
-        self.logp = torch.cat(logp)  # [N, K]
-        self.p = self.logp.exp()
-        # Σ_j p_j log p_j with 0·log 0 = 0 (p_j can underflow to exactly 0).
-        self.neg_entropy = torch.where(self.p > 0, self.p * self.logp, torch.zeros_like(self.p)).sum(1)
-
-    def _kl(self, logits: torch.Tensor, sl: slice) -> torch.Tensor:
-        logq = torch.log_softmax(logits.to(torch.float64), dim=1)
-        return self.neg_entropy[sl] - (self.p[sl] * logq).sum(1)
-
-    def value(self, A_hat: torch.Tensor) -> torch.Tensor:
-        """Per-image ``KL(p_i ‖ q_i)`` ``[N]`` (float64) for ``A_hat [N, *S, C]`` or its rows ``[n, C]``."""
-        Ah = A_hat.reshape(self.shape)
-        out = []
-        with torch.no_grad():
-            for i in range(0, self.shape[0], self.batch):
-                sl = slice(i, i + self.batch)
-                out.append(self._kl(self.head(Ah[sl]), sl))
-        return torch.cat(out)
-
-    def value_and_grad(self, A_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-image KL ``[N]`` (float64) and ``∂ Σ_i KL_i / ∂Â`` with the shape and dtype of ``A_hat``."""
-        Ah = A_hat.detach().reshape(self.shape)
-        grads, out = [], []
-        with torch.enable_grad():
-            for i in range(0, self.shape[0], self.batch):
-                sl = slice(i, i + self.batch)
-                a = Ah[sl].requires_grad_(True)  # a leaf view: no copy of the activations
-                kl = self._kl(self.head(a), sl)
-                # Gradient w.r.t. the activations only: the model's parameters are not accumulated into.
-                (g,) = torch.autograd.grad(kl.sum(), a)
-                grads.append(g)
-                out.append(kl.detach())
-        grad = grads[0] if len(grads) == 1 else torch.cat(grads)
-        return torch.cat(out), grad.reshape(A_hat.shape)
-
-
-def face_objective(
-    A: torch.Tensor,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    head: Head,
-    kl_weight: float,
-    *,
-    batch_images: int = 256,
-) -> dict[str, float]:
-    """FACE's objective ``MSE + λ·KL̄`` of a factorisation (the scale of the module docstring).
-
-    Parameters
-    ----------
-    A : Tensor ``[N, *S, C]``
-        Activations.
-    U : Tensor ``[N, *S, k]``
-        Coefficients.
-    W : Tensor ``[k, C]``
-        Concept bank.
-    head : callable
-        ``[B, *S, C] → [B, K]``.
-    kl_weight : float
-        ``λ``.
-    batch_images : int
-        Images per head call.
-
-    Returns
-    -------
-    dict
-        ``mse`` (mean over entries of ``(A − UW)²``), ``kl`` (mean over images), ``total``.
-    """
-    A_hat = U @ W
-    mse = float((A - A_hat).to(torch.float64).square().mean())
-    kl = float(KLTerm(head, A, batch_images).value(A_hat).mean())
-    return {"mse": mse, "kl": kl, "total": mse + float(kl_weight) * kl}
-
-
-def _normalise(Ut: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit-norm rows of ``W``, scale moved into ``Uᵀ`` (``UW`` and the objective unchanged)."""
-    norms = torch.linalg.vector_norm(W, dim=1)
-    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-    return Ut * norms[:, None], W / norms[:, None]
-
-
-# ------------------------------------------------------------------------------------------------
-# the forward–backward step shared by fit and encode
-# ------------------------------------------------------------------------------------------------
-class _Point:
-    """The KL state at the current iterate: per-image KL ``[N]``, ``∂ΣKL/∂Â`` ``[n, C]`` and ``Â`` itself."""
-
-    __slots__ = ("kl", "grad", "A_hat")
-
-    def __init__(self, kl: torch.Tensor, grad: torch.Tensor, A_hat: torch.Tensor) -> None:
-        self.kl = kl
-        self.grad = grad
-        self.A_hat = A_hat
-
-
-def _prox_step(
-    X: torch.Tensor,
-    Ut: torch.Tensor,
-    W: torch.Tensor,
-    block: str,
-    term: KLTerm,
-    mu: float,
-    pt: _Point,
-    L: float,
-    sweeps: int,
-    floor: float,
-) -> tuple[torch.Tensor, _Point, float, bool]:
-    """One monotone forward–backward step on ``Uᵀ`` (``block="u"``) or ``W`` (``block="w"``).
-
-    Returns the new block, the KL state there, the accepted ``L`` and whether the step was accepted
-    (when no ``L`` works within the backtracking budget the block is returned unchanged).
-    """
-    # The KL gradient enters only through [k, ·] products, so μ scales those, not the [n, C] arrays.
-    if block == "u":
-        Q0, gX, X0 = W @ W.T, mu * (W @ pt.grad.T), Ut  # X0 = Uᵀ [k, n]
-        P0 = W @ X.T - gX
-    else:
-        Q0, gX, X0 = Ut @ Ut.T, mu * (Ut @ pt.grad), W  # X0 = W [k, C]
-        P0 = Ut @ X - gX
-    eye = torch.eye(Q0.shape[0], dtype=Q0.dtype, device=Q0.device)
-    f0 = mu * float(pt.kl.sum())
-    g64 = gX.to(torch.float64)
-    for _ in range(_MAX_BACKTRACK):
-        Xn = hals(P0 + L * X0, Q0 + L * eye, X0, sweeps, floor=floor, delta=_DELTA)
-        D = (Xn - X0).to(torch.float64)
-        d2 = float(D.square().sum())
-        if d2 == 0.0:
-            return X0, pt, L, False
-        A_new = Xn.T @ W if block == "u" else Ut.T @ Xn
-        kl_new, g_new = term.value_and_grad(A_new)
-        f_new = mu * float(kl_new.sum())
-        lin = float((g64 * D).sum())
-        excess = f_new - f0 - lin  # ≤ (L/2)‖D‖² is the majorisation we need
-        if excess <= 0.5 * L * d2 + _SLACK * (abs(f0) + abs(lin) + 1e-30):
-            return Xn, _Point(kl_new, g_new, A_new), L, True
-        # The secant curvature along D, doubled: the next trial usually passes at once.
-        L = max(2.0 * L, 4.0 * excess / d2)
-    return X0, pt, L, False
 
 
 # ------------------------------------------------------------------------------------------------
@@ -314,8 +93,8 @@ class FACE(Decomposition):
         Number of concepts ``k``.
     kl_weight : float
         ``λ ≥ 0``. The paper: ``1e-5`` already helps on ImageNet; ``≥ 1e3`` hurts. What matters is
-        ``λ·KL̄`` against ``MSE``: on EfficientNet-Lite0's last layer (MSE ≈ 0.38, KL̄ ≈ 1 at the NMF
-        solution, k = 10) ``λ ≤ 1e-3`` changed almost nothing and ``λ ≈ 0.1–1`` paid off (measured).
+        ``λ·KL̄`` against ``MSE``, which depends on the layer: sweep it (``conceptlens sweep --method
+        face``; measured curves in ``bench/results/face.json`` and the README).
     head : callable or None
         The classifier head ``h`` (``ModelSplit.h``): ``[B, *S, C] → [B, K]`` logits, differentiable.
         May be attached later with :meth:`set_head` (``ConceptExplainer`` does). Required by ``fit``.
@@ -408,28 +187,18 @@ class FACE(Decomposition):
         return p
 
     def _check_params(self) -> None:
-        def number(name: str, v: Any, lo: float, strict: bool = False) -> None:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok or v < lo or (strict and v == lo):
-                rel = ">" if strict else "≥"
-                raise ParameterError(f"{name} must be a finite number {rel} {lo}, got {v!r}")
-
-        def integer(name: str, v: Any, lo: int) -> None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ParameterError(f"{name} must be an integer ≥ {lo}, got {v!r}")
-
-        number("kl_weight", self.kl_weight, 0.0)
-        number("tol", self.tol, 0.0)
-        number("lr", self.lr, 0.0, strict=True)
+        check_float("kl_weight", self.kl_weight, 0.0, hint="0 is plain NMF")
+        check_float("tol", self.tol, 0.0)
+        check_float("lr", self.lr, 0.0, strict_min=True)
         if self.solver not in _SOLVERS:
             raise ParameterError(f"solver must be one of {', '.join(_SOLVERS)}; got {self.solver!r}")
         if self.max_iter is not None:
-            integer("max_iter", self.max_iter, 1)
+            check_int("max_iter", self.max_iter, 1, hint="or None for the solver's default")
         if self.max_time is not None:
-            number("max_time", self.max_time, 0.0, strict=True)
-        integer("batch_images", self.batch_images, 1)
-        integer("encode_kl_steps", self.encode_kl_steps, 0)
-        integer("seed", self.seed, -(2**63))
+            check_float("max_time", self.max_time, 0.0, strict_min=True, hint="seconds, or None for no limit")
+        check_int("batch_images", self.batch_images, 1)
+        check_int("encode_kl_steps", self.encode_kl_steps, 0)
+        check_int("seed", self.seed)
 
     # -- fitting ------------------------------------------------------------------------------
     def fit(self, A: torch.Tensor, layer_name: str | None = None) -> FACE:
@@ -494,7 +263,7 @@ class FACE(Decomposition):
         else:
             Ut, W = self._solve_hals(X, term, t0, deadline)
 
-        Ut, W = _normalise(Ut, W)
+        Ut, W = normalise_rows(Ut, W)
         self.components_ = W
         A_hat = Ut.T @ W
         f64 = torch.float64
@@ -531,9 +300,9 @@ class FACE(Decomposition):
         nmf = NMF(n_concepts=k, seed=self.seed)
         Ut = nmf.fit_encode(X).T.contiguous()
         W = nmf.components_
-        sweeps_u, sweeps_w = nmf._sweep_budget(n, C, k)
-        floor_u, floor_w = _FLOOR * float(X.max()), _FLOOR
-        Ut, W = _normalise(Ut.clamp_min(floor_u), W.clamp_min(floor_w))
+        sweeps_u, sweeps_w = sweep_budget(n, C, k)
+        floor_u, floor_w = FLOOR * float(X.max()), FLOOR
+        Ut, W = normalise_rows(Ut.clamp_min(floor_u), W.clamp_min(floor_w))
 
         A_hat = Ut.T @ W
         if mu > 0:
@@ -553,11 +322,11 @@ class FACE(Decomposition):
                     # Let L shrink again: the curvature far from the start is usually smaller.
                     Lu, Lw = 0.5 * Lu, 0.5 * Lw
                 else:
-                    Ut = hals(W @ X.T, W @ W.T, Ut, sweeps_u, floor=floor_u, delta=_DELTA)
-                    W = hals(Ut @ X, Ut @ Ut.T, W, sweeps_w, floor=floor_w, delta=_DELTA)
+                    Ut = hals(W @ X.T, W @ W.T, Ut, sweeps_u, floor=floor_u, delta=DELTA)
+                    W = hals(Ut @ X, Ut @ Ut.T, W, sweeps_w, floor=floor_w, delta=DELTA)
                     A_hat = Ut.T @ W
                     pt = _Point(term.value(A_hat), pt.grad, A_hat)
-                Ut, W = _normalise(Ut, W)
+                Ut, W = normalise_rows(Ut, W)
                 total = self._record(it, X, pt.A_hat, pt.kl, t0)
                 bar.update(1)
                 bar.set_postfix(objective=f"{total:.6g}", refresh=False)
@@ -664,7 +433,7 @@ class FACE(Decomposition):
         Ut = U.reshape(-1, U.shape[-1]).T.contiguous()
         A_hat = Ut.T @ W
         pt, L = _Point(*term.value_and_grad(A_hat), A_hat), 0.0
-        sweeps = max(NMF(n_concepts=W.shape[0])._sweep_budget(n, C, W.shape[0])[0], 1)
+        sweeps = max(sweep_budget(n, C, W.shape[0])[0], 1)
         for _ in range(self.encode_kl_steps):
             Ut, pt, L, ok = _prox_step(X, Ut, W, "u", term, mu, pt, L, sweeps, 0.0)
             if not ok:

@@ -6,6 +6,9 @@ here that calls :func:`register`.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from conceptlens.importance import gradient, linear
 from conceptlens.importance.base import Context, Importance, available, get, register
 
@@ -15,3 +18,7 @@ except ImportError:  # pragma: no cover - scipy is a hard dependency
     sobol = None  # type: ignore[assignment]
 
 __all__ = ["Context", "Importance", "available", "get", "register", "linear", "gradient", "sobol"]
+
+for _info in pkgutil.iter_modules(__path__):  # each estimator file registers itself when imported
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

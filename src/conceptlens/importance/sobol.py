@@ -33,23 +33,31 @@ pool followed by a linear layer, ``f`` is linear in ``M``, ``f(M) = Σ_i M_i c_i
 ``ST_i = c_i² Var(M_i) / Σ_j c_j² Var(M_j)`` (no interactions, so the indices sum to 1):
 :func:`concept_total_indices_linear`, the fast path and the test oracle.
 
-All indices are returned as float64 on the CPU (the estimator's sums are formed in float64).
+All indices are returned as float64 on the CPU (the estimator's sums are formed in float64). The design,
+the lazy evaluation of its blocks, the Jansen sums and the bootstrap live in
+:mod:`~conceptlens.importance._sobol_designs` (:func:`sobol_design` is re-exported here).
 """
-
 from __future__ import annotations
 
 import math
 import operator
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
-import numpy as np
 import torch
-from scipy.stats import qmc
 
+from conceptlens._check import check_int
 from conceptlens.errors import ActivationError, ParameterError, TargetError
+from conceptlens.importance._sobol_designs import (
+    bootstrap_interval,
+    check_batch,
+    check_outputs,
+    evaluate_blocks,
+    jansen,
+    machine_eps,
+    sobol_design,
+)
 from conceptlens.importance.base import Context, Importance, concept_directions, register
 from conceptlens.progress import enabled as progress_enabled
 
@@ -63,7 +71,7 @@ __all__ = [
     "concept_total_indices_linear",
 ]
 
-_MAX_SOBOL_DIM = 21201  # scipy's direction numbers (Joe & Kuo) cover this many dimensions
+MAX_SOBOL_DIM = 21201  # scipy's direction numbers (Joe & Kuo) cover this many dimensions
 _UNIFORM_VAR = 1.0 / 12.0
 _CPU_CHUNK_BYTES = 2**24  # working set of one h call on the CPU: about half a typical last-level cache
 _DEVICE_CHUNK_BYTES = 2**30
@@ -93,148 +101,6 @@ class SobolResult:
     ci_high: torch.Tensor
     n_evaluations: int
 
-
-# ---------------------------------------------------------------------------------------------- checks
-def _check_int(value: Any, name: str, minimum: int, hint: str) -> int:
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise ParameterError(f"{name} must be an integer, got {type(value).__name__}; {hint}") from None
-    if v < minimum:
-        raise ParameterError(f"{name} must be at least {minimum}, got {v}; {hint}")
-    return v
-
-
-def _check_batch(batch_size: int | None) -> int | None:
-    if batch_size is None:
-        return None
-    return _check_int(batch_size, "batch_size", 1, "pass a positive number of points per call, or None")
-
-
-# ---------------------------------------------------------------------------------------------- designs
-def sobol_design(dim: int, n_designs: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two design matrices ``A, B`` from one scrambled Sobol sequence in ``2·dim`` dimensions.
-
-    Parameters
-    ----------
-    dim
-        Number of inputs ``d`` (≥ 1).
-    n_designs
-        Rows ``n`` per matrix (≥ 2). Powers of two keep the Sobol balance properties
-        (``random_base2``); other values take the first ``n`` points (``random``).
-    seed
-        Seed of the scrambling; same seed, same design.
-
-    Returns
-    -------
-    A, B : torch.Tensor
-        ``[n, d]`` float64 on the CPU, points of ``[0, 1)^d``.
-    """
-    dim = _check_int(dim, "dim", 1, "the function needs at least one input")
-    n = _check_int(n_designs, "n_designs", 2, "the estimator needs a variance, use e.g. 32 or 2**10")
-    if 2 * dim > _MAX_SOBOL_DIM:
-        raise ParameterError(
-            f"dim={dim} is too large for a Sobol design in 2·dim dimensions (at most {_MAX_SOBOL_DIM // 2}); "
-            "reduce the number of inputs (concepts)"
-        )
-    seed = operator.index(seed)
-    rng = np.random.default_rng(seed)
-    # scipy >= 1.15 names the generator `rng`; older versions call it `seed` and treat a Generator alike,
-    # so passing a Generator gives the same points on both.
-    try:
-        sampler = qmc.Sobol(d=2 * dim, scramble=True, rng=rng)
-    except TypeError:  # pragma: no cover - scipy < 1.15
-        sampler = qmc.Sobol(d=2 * dim, scramble=True, seed=rng)
-    if n & (n - 1) == 0:
-        pts = sampler.random_base2(int(math.log2(n)))
-    else:
-        with warnings.catch_warnings():  # documented above: balance is lost, the estimator stays valid
-            warnings.filterwarnings("ignore", message=".*balance properties.*")
-            pts = sampler.random(n)
-    X = torch.from_numpy(np.ascontiguousarray(pts))
-    return X[:, :dim].contiguous(), X[:, dim:].contiguous()
-
-
-# ---------------------------------------------------------------------------------------------- estimator
-def _jansen(fA: torch.Tensor, fC: torch.Tensor, eps: float) -> torch.Tensor:
-    """Jansen total indices from ``fA [..., n]`` and ``fC [..., d, n]`` (float64) → ``[..., d]``.
-
-    Outputs whose variance is at the level of rounding noise (``eps`` is the machine epsilon of the
-    dtype ``f`` returned) give indices 0: no input changes them.
-    """
-    var = fA.var(dim=-1, correction=1)
-    num = (fA.unsqueeze(-2) - fC).square().mean(-1) / 2
-    scale = fA.abs().amax(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
-    flat = var <= (64 * eps * scale).square()
-    st = num / torch.where(flat, torch.ones_like(var), var).unsqueeze(-1)
-    return torch.where(flat.unsqueeze(-1), torch.zeros_like(st), st)
-
-
-def _check_outputs(y: torch.Tensor, name: str) -> None:
-    if not bool(torch.isfinite(y).all()):
-        bad = int((~torch.isfinite(y)).sum())
-        raise ParameterError(
-            f"{name} returned NaN/Inf for {bad} of {y.numel()} design points, so the indices are "
-            f"undefined; check {name} on inputs inside its domain"
-        )
-
-
-def _eps(dtype: torch.dtype) -> float:
-    return float(torch.finfo(dtype).eps) if dtype.is_floating_point else float(torch.finfo(torch.float64).eps)
-
-
-def _evaluate_blocks(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    A: torch.Tensor,
-    B: torch.Tensor,
-    with_b: bool,
-    batch_size: int | None,
-    device: torch.device | str | None,
-) -> tuple[torch.Tensor, float]:
-    """``f`` on the stacked ``[A; (B;) C_1; …; C_d]``, built lazily per batch → ``[blocks, n]`` float64.
-
-    Row ``r`` of the stack is block ``r // n``, design ``r % n``; only the points of one batch exist at a
-    time, so memory is bounded by ``batch_size`` whatever ``d`` and ``n`` are.
-    """
-    n, d = A.shape
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    dtype = torch.float32
-    A_ = A.to(dev, dtype)
-    B_ = B.to(dev, dtype)
-    first = 2 if with_b else 1  # index of block C_1
-    n_blocks = first + d
-    total = n * n_blocks
-    step = total if batch_size is None else batch_size
-    out: torch.Tensor | None = None
-    out_dtype = torch.float32
-    with torch.no_grad():
-        for start in range(0, total, step):
-            rows = torch.arange(start, min(start + step, total), device=dev)
-            block, j = rows // n, rows % n
-            pts = A_[j]
-            if with_b:
-                is_b = block == 1
-                pts = torch.where(is_b.unsqueeze(1), B_[j], pts)
-            col = block - first
-            is_c = col >= 0
-            if bool(is_c.any()):
-                r, cc = rows[is_c] - start, col[is_c]
-                pts[r, cc] = B_[j[is_c], cc]
-            y = f(pts)
-            if not isinstance(y, torch.Tensor):
-                raise ParameterError(f"f must return a torch.Tensor, got {type(y).__name__}")
-            if y.numel() != rows.numel():
-                raise ParameterError(
-                    f"f must map points [m, {d}] to outputs [m]; for m={rows.numel()} it returned shape "
-                    f"{list(y.shape)}"
-                )
-            if out is None:
-                out_dtype = y.dtype
-                out = torch.empty(total, dtype=y.dtype, device=y.device)
-            out[start : start + rows.numel()] = y.reshape(-1)
-    res = cast(torch.Tensor, out).to("cpu", torch.float64).reshape(n_blocks, n)
-    _check_outputs(res, "f")
-    return res, _eps(out_dtype)
 
 
 def total_indices(
@@ -276,8 +142,8 @@ def total_indices(
     >>> st = total_indices(lambda u: u[:, 0] + 2 * u[:, 1], dim=2, n_designs=2**12)  # ≈ [0.2, 0.8]
     """
     A, B = sobol_design(dim, n_designs, seed)
-    y, eps = _evaluate_blocks(f, A, B, False, _check_batch(batch_size), device)
-    return _jansen(y[0], y[1:], eps)
+    y, eps = evaluate_blocks(f, A, B, False, check_batch(batch_size), device)
+    return jansen(y[0], y[1:], eps)
 
 
 def first_order_indices(
@@ -301,7 +167,7 @@ def first_order_indices(
         ``[dim]`` float64 on the CPU (sampling noise can make small indices slightly negative).
     """
     A, B = sobol_design(dim, n_designs, seed)
-    y, eps = _evaluate_blocks(f, A, B, True, _check_batch(batch_size), device)
+    y, eps = evaluate_blocks(f, A, B, True, check_batch(batch_size), device)
     fA, fB, fC = y[0], y[1], y[2:]
     both = torch.cat([fA, fB])
     var = both.var(correction=1)
@@ -364,33 +230,6 @@ def _check_concepts(U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, tor
     if not bool(torch.isfinite(U).all()) or not bool(torch.isfinite(W).all()):
         raise ActivationError("U or W contain NaN/Inf values; check the decomposition's fit and encode")
     return U, W
-
-
-def _bootstrap(
-    per_image: torch.Tensor, n_boot: int, seed: int, level: float = 0.95
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile-bootstrap interval of the mean over images of ``per_image [N, k]`` → ``[k], [k]``.
-
-    A resample is a vector of counts (how often each image is drawn), so a batch of resampled means is one
-    matrix product ``counts [b, N] @ per_image [N, k] / N``; batches keep ``counts`` under ~32 MB.
-    """
-    N, k = per_image.shape
-    if n_boot == 0:
-        nan = torch.full((k,), float("nan"), dtype=torch.float64)
-        return nan, nan.clone()
-    gen = torch.Generator().manual_seed(seed)
-    means = torch.empty(n_boot, k, dtype=torch.float64)
-    step = max(1, (1 << 22) // N)
-    for s in range(0, n_boot, step):
-        b = min(step, n_boot - s)
-        draw = torch.randint(N, (b, N), generator=gen)
-        counts = torch.zeros(b, N, dtype=torch.float64).scatter_add_(
-            1, draw, torch.ones(b, N, dtype=torch.float64)
-        )
-        means[s : s + b] = counts @ per_image / N
-    alpha = (1 - level) / 2
-    q = torch.quantile(means, torch.tensor([alpha, 1 - alpha], dtype=torch.float64), dim=0)
-    return q[0], q[1]
 
 
 def concept_total_indices(
@@ -462,15 +301,15 @@ def concept_total_indices(
         raise TargetError(f"target must be a class index (int), got {type(target).__name__}") from None
     if target < 0:
         raise TargetError(f"target must be a class index >= 0, got {target}")
-    batch_size = _check_int(batch_size, "batch_size", 1, "pass a positive number of rows per call of h")
-    n_boot = _check_int(n_boot, "n_boot", 0, "pass e.g. 1000 resamples, or 0 for no interval")
+    batch_size = check_int("batch_size", batch_size, 1, hint="pass a positive number of rows per call of h")
+    n_boot = check_int("n_boot", n_boot, 0, hint="pass e.g. 1000 resamples, or 0 for no interval")
     budget: int | None = None
     if isinstance(chunk_bytes, str):
         if chunk_bytes != "auto":
             raise ParameterError(f"chunk_bytes must be 'auto', None or a byte count, got {chunk_bytes!r}")
         budget = _CPU_CHUNK_BYTES if U.device.type == "cpu" else _DEVICE_CHUNK_BYTES
     elif chunk_bytes is not None:
-        budget = _check_int(chunk_bytes, "chunk_bytes", 1, "pass a byte budget, 'auto' or None")
+        budget = check_int("chunk_bytes", chunk_bytes, 1, hint="pass a byte budget, 'auto' or None")
     N, k, C = U.shape[0], U.shape[-1], W.shape[1]
     spatial = tuple(U.shape[1:-1])
     S = math.prod(spatial)
@@ -555,9 +394,9 @@ def concept_total_indices(
         if bar is not None:
             bar.close()
     yd = cast(torch.Tensor, y).to("cpu", torch.float64)
-    _check_outputs(yd, "h")
-    per_image = _jansen(yd[0], yd[1:].permute(1, 0, 2), _eps(out_dtype))  # [N, k]
-    lo, hi = _bootstrap(per_image, n_boot, seed)
+    check_outputs(yd, "h")
+    per_image = jansen(yd[0], yd[1:].permute(1, 0, 2), machine_eps(out_dtype))  # [N, k]
+    lo, hi = bootstrap_interval(per_image, n_boot, seed)
     return SobolResult(
         indices=per_image.mean(0),
         per_image=per_image,
@@ -600,7 +439,7 @@ def concept_total_indices_linear(
         Same fields as :func:`concept_total_indices`, ``n_evaluations = 0``.
     """
     U, W = _check_concepts(U, W)
-    n_boot = _check_int(n_boot, "n_boot", 0, "pass e.g. 1000 resamples, or 0 for no interval")
+    n_boot = check_int("n_boot", n_boot, 0, hint="pass e.g. 1000 resamples, or 0 for no interval")
     if not isinstance(weight, torch.Tensor) or weight.numel() != W.shape[1]:
         raise ParameterError(
             f"weight must be the class's row of the linear head, shape [C] = [{W.shape[1]}]; got "
@@ -609,7 +448,7 @@ def concept_total_indices_linear(
     w = weight.detach().reshape(-1).to(W.device, torch.float64)
     score = U.reshape(U.shape[0], -1, U.shape[-1]).to(torch.float64).mean(1)  # [N, k]
     per_image = linear_total_indices(score * (W.to(torch.float64) @ w)).cpu()
-    lo, hi = _bootstrap(per_image, n_boot, seed)
+    lo, hi = bootstrap_interval(per_image, n_boot, seed)
     return SobolResult(
         indices=per_image.mean(0), per_image=per_image, ci_low=lo, ci_high=hi, n_evaluations=0
     )

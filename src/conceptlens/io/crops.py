@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from conceptlens.errors import ActivationError, ImageError, ParameterError
-from conceptlens.io.images import Preset, sample_images
+from conceptlens.io.presets import Preset
+from conceptlens.io.samples import sample_images
 from conceptlens.progress import progress_bar
 
 __all__ = ["crops", "demo_set", "CropSet", "crop_rows", "crop_images", "crop_activations"]

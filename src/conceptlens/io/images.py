@@ -23,12 +23,9 @@ from __future__ import annotations
 
 import functools
 import glob as _glob
-import importlib.util
-import math
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -37,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from conceptlens.errors import ImageError, ParameterError, nearest
+from conceptlens.errors import ImageError, ParameterError
+from conceptlens.io.presets import DEFAULT_PRESET, Preset
 
 __all__ = [
     "Preset",
@@ -47,143 +45,11 @@ __all__ = [
     "load_pil",
     "to_tensor01",
     "resize_center_crop",
-    "sample_images",
-    "sample_image_names",
     "batched",
 ]
 
 #: File extensions (lower case) that a folder or a glob is searched for.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-# --------------------------------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class Preset:
-    """How a model wants its input: square size, per-channel mean and std, class names.
-
-    Parameters
-    ----------
-    size
-        Side ``S`` of the square input in pixels.
-    mean, std
-        Per-channel (R, G, B) mean and standard deviation of the normalisation
-        ``x = (x01 − mean) / std`` applied to images in [0, 1].
-    classes
-        Class names, index ``i`` = output logit ``i`` (may be empty when unknown).
-    """
-
-    size: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    classes: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if isinstance(self.size, bool) or not isinstance(self.size, (int, np.integer)) or self.size < 1:
-            raise ParameterError(f"Preset.size must be a positive integer, got {self.size!r}.")
-        mean = _three_floats("mean", self.mean)
-        std = _three_floats("std", self.std)
-        if any(s <= 0 for s in std):
-            raise ParameterError(f"Preset.std must be > 0 for every channel, got {std}.")
-        classes = self.classes
-        if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
-            raise ParameterError(
-                f"Preset.classes must be a list of class names, got {type(classes).__name__}."
-            )
-        # Frozen dataclass: normalise field types once so that equality and JSON round trips are exact.
-        object.__setattr__(self, "size", int(self.size))
-        object.__setattr__(self, "mean", mean)
-        object.__setattr__(self, "std", std)
-        object.__setattr__(self, "classes", [str(c) for c in classes])
-
-    def __hash__(self) -> int:  # the generated hash would fail on the ``classes`` list
-        return hash((self.size, self.mean, self.std, tuple(self.classes)))
-
-    def _stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if x.ndim < 3 or x.shape[-3] != 3:
-            raise ParameterError(
-                f"expected images [N,3,H,W] or [3,H,W] with 3 colour channels, got shape {tuple(x.shape)}."
-            )
-        dtype = x.dtype if x.is_floating_point() else torch.float32
-        mean = torch.tensor(self.mean, dtype=dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=dtype, device=x.device).view(3, 1, 1)
-        return mean, std
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise images in [0, 1]: ``(x − mean) / std``.
-
-        Parameters
-        ----------
-        x
-            ``[N, 3, H, W]`` or ``[3, H, W]``, values in [0, 1].
-
-        Returns
-        -------
-        torch.Tensor
-            Same shape, device and (floating) dtype as ``x``.
-        """
-        mean, std = self._stats(x)
-        return (x - mean) / std
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Undo :meth:`normalize`: ``x · std + mean``, clamped to [0, 1] for display.
-
-        Parameters
-        ----------
-        x
-            ``[N, 3, H, W]`` or ``[3, H, W]`` normalised images.
-
-        Returns
-        -------
-        torch.Tensor
-            Same shape, values in [0, 1].
-        """
-        mean, std = self._stats(x)
-        return (x * std + mean).clamp(0.0, 1.0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (``size``, ``mean``, ``std``, ``classes``)."""
-        return {
-            "size": self.size,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "classes": list(self.classes),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preset:
-        """Inverse of :meth:`to_dict`; raises :class:`ParameterError` on missing or unknown keys."""
-        if not isinstance(d, dict):
-            raise ParameterError(f"a preset must be a dict, got {type(d).__name__}.")
-        required = {"size", "mean", "std"}
-        allowed = required | {"classes"}
-        missing = sorted(required - d.keys())
-        unknown = sorted(set(d) - allowed)
-        if missing or unknown:
-            raise ParameterError(
-                f"invalid preset dict: missing keys {missing}, unknown keys {unknown}; "
-                f"expected {sorted(allowed)}."
-            )
-        return cls(
-            size=d["size"], mean=tuple(d["mean"]), std=tuple(d["std"]), classes=list(d.get("classes", []))
-        )
-
-
-def _three_floats(name: str, v: Any) -> tuple[float, float, float]:
-    try:
-        t = tuple(float(a) for a in v)
-    except (TypeError, ValueError):
-        raise ParameterError(f"Preset.{name} must be 3 numbers (R, G, B), got {v!r}.") from None
-    if len(t) != 3 or not all(math.isfinite(a) for a in t):
-        raise ParameterError(f"Preset.{name} must be 3 finite numbers (R, G, B), got {v!r}.")
-    return t  # type: ignore[return-value]
-
-
-#: Used when no preset is given: ImageNet statistics at 224 × 224.
-DEFAULT_PRESET = Preset(size=224, mean=_IMAGENET_MEAN, std=_IMAGENET_STD)
-
 
 # --------------------------------------------------------------------------------------------- decoding
 def _composite_on_white(img: Image.Image) -> Image.Image:
@@ -557,7 +423,7 @@ def load_images(
     preset = DEFAULT_PRESET if preset is None else preset
     if not isinstance(preset, Preset):
         raise ParameterError(
-            f"preset must be a conceptlens.io.images.Preset or None, got {type(preset).__name__}."
+            f"preset must be a conceptlens.data.Preset or None, got {type(preset).__name__}."
         )
     S = preset.size if size is None else size
     if isinstance(S, bool) or not isinstance(S, (int, np.integer)) or S < 1:
@@ -611,155 +477,6 @@ def load_images(
     dtype = functools.reduce(torch.promote_types, (p.dtype for p in parts))
     x = preset.normalize(torch.cat([p.to(dtype) for p in parts], dim=0))
     return (x, names) if return_paths else x
-
-
-# --------------------------------------------------------------------------------------------- samples
-# Photos shipped *inside* the installed packages (read from disk, never fetched): name → (package, file).
-_SAMPLES: dict[str, tuple[str, str]] = {
-    "chelsea": ("skimage", "data/chelsea.png"),
-    "coffee": ("skimage", "data/coffee.png"),
-    "astronaut": ("skimage", "data/astronaut.png"),
-    "rocket": ("skimage", "data/rocket.jpg"),
-    "motorcycle": ("skimage", "data/motorcycle_left.png"),
-    "camera": ("skimage", "data/camera.png"),
-    "coins": ("skimage", "data/coins.png"),
-    "moon": ("skimage", "data/moon.png"),
-    "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
-    "immunohistochemistry": ("skimage", "data/ihc.png"),
-    "retina": ("skimage", "data/retina.jpg"),
-    "china": ("sklearn", "datasets/images/china.jpg"),
-    "flower": ("sklearn", "datasets/images/flower.jpg"),
-    # Available by name but not in the default list (textures, documents, microscopy).
-    "clock": ("skimage", "data/clock_motion.png"),
-    "page": ("skimage", "data/page.png"),
-    "text": ("skimage", "data/text.png"),
-    "brick": ("skimage", "data/brick.png"),
-    "grass": ("skimage", "data/grass.png"),
-    "gravel": ("skimage", "data/gravel.png"),
-    "cell": ("skimage", "data/cell.png"),
-    "microaneurysms": ("skimage", "data/microaneurysms.png"),
-}
-_DEFAULT_SAMPLES = (
-    "chelsea", "coffee", "astronaut", "rocket", "motorcycle", "camera", "coins", "moon",
-    "hubble_deep_field", "immunohistochemistry", "retina", "china", "flower",
-)  # fmt: skip
-_ALIASES = {"cat": "chelsea", "motorcycle_left": "motorcycle", "ihc": "immunohistochemistry"}
-
-
-def _sample_path(name: str) -> Path | None:
-    pkg, rel = _SAMPLES[name]
-    # find_spec locates the package without importing it (no network, no import cost).
-    spec = importlib.util.find_spec(pkg)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        p = Path(root) / rel
-        if p.is_file():
-            return p
-    return None
-
-
-def sample_image_names() -> list[str]:
-    """Names of the default sample photos available offline, ``"chelsea"`` first.
-
-    Photos come from ``skimage.data`` (always installed) and, if scikit-learn is installed, its two
-    sample images (``"china"``, ``"flower"``). Only files shipped inside the packages are used.
-
-    Returns
-    -------
-    list[str]
-        The names :func:`sample_images` loads by default.
-    """
-    return [n for n in _DEFAULT_SAMPLES if _sample_path(n) is not None]
-
-
-@overload
-def sample_images(
-    preset: Preset | None = ...,
-    *,
-    names: Sequence[str] | None = ...,
-    size: int | None = ...,
-    return_names: Literal[False] = ...,
-) -> torch.Tensor: ...
-
-
-@overload
-def sample_images(
-    preset: Preset | None = ...,
-    *,
-    names: Sequence[str] | None = ...,
-    size: int | None = ...,
-    return_names: Literal[True],
-) -> tuple[torch.Tensor, list[str]]: ...
-
-
-def sample_images(
-    preset: Preset | None = None,
-    *,
-    names: Sequence[str] | None = None,
-    size: int | None = None,
-    return_names: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
-    """Real photos shipped with scikit-image (and scikit-learn), loaded like :func:`load_images`.
-
-    Parameters
-    ----------
-    preset
-        As in :func:`load_images` (ImageNet statistics at 224 if ``None``).
-    names
-        Which photos (see :func:`sample_image_names`; also ``"clock"``, ``"page"``, ``"text"``,
-        ``"brick"``, ``"grass"``, ``"gravel"``, ``"cell"``, ``"microaneurysms"``; ``"cat"`` is
-        ``"chelsea"``). Default: :func:`sample_image_names`.
-    size
-        Overrides ``preset.size``.
-    return_names
-        Also return the names.
-
-    Returns
-    -------
-    torch.Tensor
-        ``[N, 3, S, S]`` float32 normalised images, in the order of ``names``.
-    list[str]
-        Only with ``return_names=True``.
-
-    Raises
-    ------
-    ParameterError
-        An unknown name (the message lists the closest ones).
-    ImageError
-        A requested photo that is not installed (e.g. ``"china"`` without scikit-learn).
-    """
-    if names is None:
-        chosen = sample_image_names()
-        if not chosen:
-            raise ImageError("no sample photo found: is scikit-image installed? (pip install scikit-image)")
-    else:
-        if isinstance(names, str):
-            names = [names]
-        chosen = []
-        for n in names:
-            key = _ALIASES.get(n, n)
-            if key not in _SAMPLES:
-                known = sorted(set(_SAMPLES) | set(_ALIASES))
-                raise ParameterError(
-                    f"unknown sample image {n!r}; did you mean {nearest(n, known)}? Known: {known}."
-                )
-            chosen.append(key)
-        if not chosen:
-            raise ParameterError("names is empty; pass None for the default sample photos.")
-    paths = []
-    for n in chosen:
-        p = _sample_path(n)
-        if p is None:
-            pkg = _SAMPLES[n][0]
-            raise ImageError(
-                f"sample image {n!r} is not available offline: its package {pkg!r} is missing or does not "
-                f"ship it; install {'scikit-learn' if pkg == 'sklearn' else 'scikit-image'} or pick another "
-                f"from {sample_image_names()}."
-            )
-        paths.append(p)
-    x = load_images(paths, preset, size=size, progress=False)
-    return (x, list(chosen)) if return_names else x
 
 
 def batched(x: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:

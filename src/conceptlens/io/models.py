@@ -15,8 +15,8 @@
 ``load("package.module:factory", **kwargs)``
     Any importable factory returning an ``nn.Module``; optional ``weights`` as above.
 
-Every returned model is in eval mode and carries ``model.preset`` (:class:`~conceptlens.io.images.Preset`) and
-``model.cl_name`` (the name it was loaded by, saved in explainer manifests).
+Every returned model is in eval mode and carries ``model.preset`` (:class:`~conceptlens.io.presets.Preset`)
+and ``model.cl_name`` (the name it was loaded by, saved in explainer manifests).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from conceptlens.errors import ModelError, nearest
-from conceptlens.io.images import Preset
+from conceptlens.io.presets import Preset
 
 __all__ = ["load", "available", "imagenet_classes", "IMAGENET_PRESET", "EFFICIENTNET_LITE_PRESET"]
 

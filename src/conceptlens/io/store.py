@@ -23,37 +23,21 @@ Typical use::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from conceptlens._io import atomic_write
 from conceptlens.errors import ActivationError, ParameterError
 
 __all__ = ["ActivationStore"]
 
 _FORMAT = 1
 _INDEX = "index.json"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class ActivationStore:
@@ -197,14 +181,14 @@ class ActivationStore:
             return
         name = f"shard-{len(self._meta['shards']):06d}.safetensors"
         # 1) the shard, atomically; 2) the index that makes it visible, atomically.
-        _atomic_write(self.path / name, save({"A": rows}))
+        atomic_write(self.path / name, save({"A": rows}))
         meta = {
             **self._meta,
             "n_channels": int(rows.shape[1]),
             "dtype": str(rows.dtype),
             "shards": [*self._meta["shards"], {"file": name, "rows": int(rows.shape[0])}],
         }
-        _atomic_write(self.path / _INDEX, (json.dumps(meta, indent=1) + "\n").encode())
+        atomic_write(self.path / _INDEX, (json.dumps(meta, indent=1) + "\n").encode())
         self._meta = meta
 
     @classmethod

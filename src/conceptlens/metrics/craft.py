@@ -23,7 +23,7 @@ so ``m = 1`` is the image seen through the concepts and ``m_i = 0`` removes conc
 
 Their theory: for a linear ``f`` (a GAP + linear head), Gradient × Input, ``φ_i = u_i ∂f/∂u_i``
 (:func:`gradient_input`), is optimal for all three. Pixel insertion/deletion AUCs of any map are in
-:func:`pixel_auc` (they reuse :mod:`conceptlens.attribution.masks.explainer`).
+:func:`conceptlens.metrics.pixels.pixel_auc`.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ __all__ = [
     "c_mu_fidelity_raw",
     "gradient_input",
     "prevalence_reliability",
-    "pixel_auc",
     "spearman",
 ]
 
@@ -430,52 +429,3 @@ def prevalence_reliability(ex: Any, x: torch.Tensor | None = None,
     prevalence = count / dom.numel()
     reliability = torch.where(count > 0, hits / count.clamp_min(1), torch.full_like(count, float("nan")))
     return prevalence, reliability
-
-
-# ------------------------------------------------------------------------------------------------ pixels
-def pixel_auc(
-    model: torch.nn.Module,
-    x: torch.Tensor,
-    maps: torch.Tensor,
-    target: Any = None,
-    *,
-    kind: str = "deletion",
-    steps: int = 20,
-    baseline: float = 0.0,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> torch.Tensor:
-    """Pixel deletion / insertion AUC of maps ``[N, m, H, W]`` (``m = 1`` or one per concept) → ``[N, m]``.
-
-    Each map is scored separately with :func:`~conceptlens.attribution.masks.pixel_deletion_auc` /
-    :func:`~conceptlens.attribution.masks.pixel_insertion_auc` (pixels removed or inserted in decreasing map
-    value; the curve is the target's softmax probability; deletion: lower is better, insertion: higher is
-    better).
-
-    Parameters
-    ----------
-    model
-        The classifier (``model(x)`` → logits).
-    x
-        ``[N,3,H,W]`` normalised images.
-    maps
-        ``[N, m, H, W]`` or ``[N, H, W]``.
-    target
-        Class index, ``[N]`` classes, or None (top-1 on ``x``).
-    kind
-        ``"deletion"`` or ``"insertion"``.
-    steps, baseline, batch_size, seed
-        As in :func:`~conceptlens.attribution.masks.pixel_deletion_auc`.
-    """
-    from conceptlens.attribution.masks import explainer as masks_mod
-
-    if kind not in ("deletion", "insertion"):
-        raise ParameterError(f"kind must be 'deletion' or 'insertion', got {kind!r}")
-    if maps.ndim == 3:
-        maps = maps[:, None]
-    if maps.ndim != 4 or maps.shape[0] != x.shape[0]:
-        raise ParameterError(f"maps must be [N, m, H, W] with N = {x.shape[0]}, got {list(maps.shape)}")
-    fn = masks_mod.pixel_deletion_auc if kind == "deletion" else masks_mod.pixel_insertion_auc
-    cols = [fn(model, x, maps[:, j : j + 1], target, steps=steps, baseline=baseline, batch_size=batch_size,
-               seed=seed) for j in range(maps.shape[1])]  # one map per concept at a time bounds the memory
-    return torch.stack([torch.as_tensor(c) for c in cols], 1)

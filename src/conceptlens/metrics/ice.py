@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from conceptlens.errors import ParameterError
+
 __all__ = ["fidelity", "fid_r", "fid_c", "reconstruction_error", "sparsity", "evaluate"]
 
 _EPS = 1e-12
@@ -39,9 +41,31 @@ def reconstruction_error(A: torch.Tensor, A_hat: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def sparsity(U: torch.Tensor, tol: float = 1e-8) -> float:
-    """Fraction of non-zero coefficients (|u| > tol) in ``U [..., k]``; lower is sparser."""
-    return float((U.abs() > tol).float().mean())
+def sparsity(U: torch.Tensor, tol: float = 1e-8, *, dtype: torch.dtype = torch.float32) -> float:
+    """Fraction of non-zero coefficients (``|u| > tol``) in ``U [..., k]``; lower is sparser.
+
+    Parameters
+    ----------
+    U : Tensor ``[..., k]``
+        Concept coefficients.
+    tol : float
+        Magnitude at or below which a coefficient counts as zero. FACE's definition is ``tol=0`` (exact
+        non-zeros); every row has ``k`` entries, so the overall fraction is also the mean over rows.
+    dtype : torch.dtype
+        Precision of the mean: ICE's numbers use float32, FACE's tables float64 (exact for any size).
+
+    Returns
+    -------
+    float in [0, 1]
+
+    Raises
+    ------
+    ParameterError
+        ``U`` is empty.
+    """
+    if U.numel() == 0:
+        raise ParameterError("U is empty: sparsity needs at least one coefficient")
+    return float((U.abs() > tol).to(dtype).mean())
 
 
 def evaluate(

@@ -13,11 +13,9 @@ does not call ``matplotlib.use("Agg")``: a library that switches the global back
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from conceptlens._io import atomic_write_with
 from conceptlens.errors import ImageError, ParameterError
 
 __all__ = [
@@ -137,8 +136,8 @@ def to_pictures(x: Any, preset: Any = None) -> np.ndarray:
     x
         ``[N, 3, H, W]`` images as the model sees them (torch or numpy).
     preset
-        A :class:`~conceptlens.io.images.Preset` whose ``denormalize`` undoes the normalisation; None rescales
-        each image to [0, 1] by its own minimum and maximum (a constant image becomes mid-grey).
+        A :class:`~conceptlens.io.presets.Preset` whose ``denormalize`` undoes the normalisation; None
+        rescales each image to [0, 1] by its own minimum and maximum (a constant image becomes mid-grey).
     """
     if preset is not None and hasattr(x, "detach"):
         x = preset.denormalize(x.detach())
@@ -159,29 +158,6 @@ def to_pictures(x: Any, preset: Any = None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ saving
-@functools.lru_cache(maxsize=1)
-def _umask() -> int:
-    mask = os.umask(0o022)  # the only way to read the umask is to set it; put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _atomic(path: Path, write: Any) -> Path:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a report is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = _DPI) -> Path:
     """Render ``fig`` to a PNG at ``path`` (atomically: temp file + rename) and release it.
 
@@ -203,7 +179,8 @@ def save_png(fig: Figure, path: str | os.PathLike[str], *, dpi: int = _DPI) -> P
     if fig.canvas is None or not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)  # attaches itself to fig: PNG rendering without any pyplot backend
     try:
-        _atomic(p, lambda f: fig.savefig(f, format="png", dpi=dpi, pil_kwargs={"compress_level": _ZLIB}))
+        atomic_write_with(p, lambda f: fig.savefig(f, format="png", dpi=dpi,
+                                                   pil_kwargs={"compress_level": _ZLIB}))
     finally:
         if "matplotlib.pyplot" in sys.modules:  # only pyplot keeps figures alive; ours are garbage now
             sys.modules["matplotlib.pyplot"].close(fig)
@@ -220,7 +197,7 @@ def save_picture(pic: Any, path: str | os.PathLike[str]) -> Path:
     if a.dtype != np.uint8:
         a = np.clip(np.rint(np.nan_to_num(a.astype(np.float64)) * 255.0), 0, 255).astype(np.uint8)
     im = Image.fromarray(a, "RGB")
-    return _atomic(Path(path), lambda f: im.save(f, format="PNG", compress_level=_ZLIB))
+    return atomic_write_with(path, lambda f: im.save(f, format="PNG", compress_level=_ZLIB))
 
 
 # ------------------------------------------------------------------------------------------------ figures

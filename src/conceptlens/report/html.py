@@ -26,78 +26,35 @@ to them as ``img/<name>``. Sections appear in the table of contents in the order
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from conceptlens._check import check_int, fmt_num, fmt_pct, is_finite, minus
+from conceptlens._io import atomic_write
 from conceptlens.errors import ImageError, NotFittedError, ParameterError
 from conceptlens.progress import progress_bar
 from conceptlens.report import figures
+from conceptlens.report.base import Section, short, signed
 
 __all__ = ["Section", "write", "metric_rows"]
 
 _IMG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
-_NBSP = "\u00a0"
-
-
-@dataclass(frozen=True)
-class Section:
-    """An extra section of the report (after the built-in ones).
-
-    Attributes
-    ----------
-    title : str
-        Heading (escaped) and table-of-contents entry.
-    html : str
-        The section's body, inserted **as is** (trusted markup; escape any user text in it yourself).
-    anchor : str | None
-        The ``id`` of the section (default: made from the title, unique on the page).
-    images : Mapping[str, Any]
-        PNG files to write to ``img/`` first: file name (``"tree.png"``; letters, digits, ``_ . -``) →
-        a matplotlib ``Figure`` or a picture ``[H,W,3]`` (float in [0, 1] or uint8). Refer to them in
-        ``html`` as ``img/<name>``.
-    """
-
-    title: str
-    html: str
-    anchor: str | None = None
-    images: Mapping[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------------------ text
-def _pct(v: float) -> str:
-    return f"{100 * v:.0f}{_NBSP}%"
-
-
-def _num(v: float) -> str:
-    return _minus(f"{v:.3g}" if abs(v) < 1e4 else f"{v:.3e}")
-
-
-def _signed(v: float) -> str:
-    return _minus(f"{v:+.3g}")
-
-
-def _minus(s: str) -> str:
-    return s.replace("-", "−")
-
-
 def _sum_line(terms: Sequence[float], total: float) -> str:
     """``a + b − c = t`` with three decimals (real minus signs, and never "+ -")."""
-    out = _minus(f"{terms[0]:.3f}")
+    out = minus(f"{terms[0]:.3f}")
     for t in terms[1:]:
         out += f" {'−' if t < 0 else '+'} {abs(t):.3f}"
-    return f"{out} = {_minus(f'{total:.3f}')}"
-
-
-def _short(s: str, n: int = 22) -> str:
-    return s if len(s) <= n else s[: n - 1] + "…"
+    return f"{out} = {minus(f'{total:.3f}')}"
 
 
 def metric_rows(metrics: Mapping[str, Any], target_name: str) -> list[dict[str, str]]:
@@ -118,44 +75,38 @@ def metric_rows(metrics: Mapping[str, Any], target_name: str) -> list[dict[str, 
         Rows with keys ``key``, ``name``, ``value`` and ``reading`` (plain strings; the template escapes).
     """
     t = f"“{target_name}”"
+    model_accuracy = fmt_pct(metrics.get("model_accuracy"))
     known: dict[str, tuple[str, Callable[[float], str], Callable[[float], str]]] = {
-        "fid_c": ("top-1 agreement (fid_c)", _pct,
-                  lambda v: f"The concepts keep the model's top-1 class on {_pct(v)} of the images "
+        "fid_c": ("top-1 agreement (fid_c)", fmt_pct,
+                  lambda v: f"The concepts keep the model's top-1 class on {fmt_pct(v)} of the images "
                             "(higher is better)."),
         "fid_r": ("logit error (fid_r)", lambda v: f"{v:.3f}",
-                  lambda v: f"Seen through the concepts, the {t} logit is off by {_pct(v)} of its size, "
+                  lambda v: f"Seen through the concepts, the {t} logit is off by {fmt_pct(v)} of its size, "
                             "summed over the images (0 is perfect)."),
-        "accuracy": ("accuracy through the concepts", _pct,
-                     lambda v: f"Seen through the concepts, the model predicts {t} on {_pct(v)} of the "
-                               "images" + (f" (the model itself: {_pct(float(metrics['model_accuracy']))})."
-                                           if _finite(metrics.get("model_accuracy")) else ".")),
-        "model_accuracy": ("model accuracy", _pct,
-                           lambda v: f"The model itself predicts {t} on {_pct(v)} of the images."),
+        "accuracy": ("accuracy through the concepts", fmt_pct,
+                     lambda v: f"Seen through the concepts, the model predicts {t} on {fmt_pct(v)} of the "
+                               "images" + (f" (the model itself: {model_accuracy})."
+                                           if is_finite(metrics.get("model_accuracy")) else ".")),
+        "model_accuracy": ("model accuracy", fmt_pct,
+                           lambda v: f"The model itself predicts {t} on {fmt_pct(v)} of the images."),
         "reconstruction_error": ("reconstruction error", lambda v: f"{v:.3f}",
-                                 lambda v: f"The concepts rebuild the layer's activations with {_pct(v)} "
+                                 lambda v: f"The concepts rebuild the layer's activations with {fmt_pct(v)} "
                                            "relative error (‖A − Â‖ / ‖A‖; 0 is perfect)."),
-        "sparsity": ("non-zero codes (sparsity)", _pct,
-                     lambda v: f"{_pct(v)} of the concept coefficients are non-zero (lower: each region "
+        "sparsity": ("non-zero codes (sparsity)", fmt_pct,
+                     lambda v: f"{fmt_pct(v)} of the concept coefficients are non-zero (lower: each region "
                                "is described by fewer concepts)."),
         "n_images": ("images", lambda v: f"{v:.0f}", lambda v: "The number of images these are measured on."),
     }
     rows = []
     for key, value in metrics.items():
-        name, fmt, reading = known.get(str(key), (str(key), _num, lambda v: ""))
-        if _finite(value):
+        name, fmt, reading = known.get(str(key), (str(key), fmt_num, lambda v: ""))
+        if is_finite(value):
             v = float(value)
             rows.append({"key": str(key), "name": name, "value": fmt(v), "reading": reading(v)})
         else:
             rows.append({"key": str(key), "name": name, "value": str(value),
                          "reading": "not available" if str(key) in known else ""})
     return rows
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def _slug(text: str, used: set[str]) -> str:
@@ -190,16 +141,6 @@ def _environment() -> Any:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-
-
-def _write_text(path: Path, text: str) -> None:
-    figures._atomic(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _check_int(name: str, v: Any, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-        raise ParameterError(f"{name} must be an integer ≥ {low}, got {v!r}")
-    return int(v)
 
 
 # ------------------------------------------------------------------------------------------------ write
@@ -256,14 +197,15 @@ def write(
     A
         Precomputed activations ``g(x) [N,h,w,C]`` (skips the forward pass).
     craft_sections
-        Add CRAFT's sections after ``extra_sections``: the concept tree (when ``ex.tree_`` exists) and the
-        upsampled and implicit-differentiation maps side by side for the first images. None (default): for
-        explainers fitted on crops (``method="craft"``) or with a tree.
+        Add CRAFT's sections after ``extra_sections``: the concept tree (when ``ex.tree_`` exists) and, for
+        a non-negative bank, the upsampled and implicit-differentiation maps side by side for the first
+        images. None (default): for explainers fitted on crops (methods with ``fit_on = "crops"``) or
+        with a tree.
     edit_sections
         Add the "Concept edits" section after those: for each concept (most important first), the change of
         the target logit on every image when the concept is removed (:meth:`ConceptExplainer.edit`), as a
-        chart and a table next to the concept's prototypes. None (default): for ``method="eddp"``; True
-        adds it for any method.
+        chart and a table next to the concept's prototypes. None (default): for methods that declare
+        ``"edits"`` in ``report_sections`` (EDDP); True adds it for any method.
 
     Returns
     -------
@@ -271,8 +213,40 @@ def write(
         The path of ``out_dir/index.html``.
     """
     from conceptlens import metrics as metrics_mod
-    from conceptlens._version import __version__
 
+    N, n_prototypes, n_local, names = _check_args(ex, x, names, n_prototypes, n_local,
+                                                  [*extra_sections, *lead_sections])
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if A is None:
+        A = ex.activations(x)
+    elif A.shape[0] != N:
+        raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {N}; "
+                             "pass g(x) of the same images")
+    extra_sections = [*extra_sections, *_method_sections(ex, x, A, names, n_local, craft_sections,
+                                                         edit_sections)]
+    e = ex.explain(x, A=A, maps="none")  # maps [N,k,H,W] of every image could be GBs: only prototypes
+    if metrics is None:
+        metrics = metrics_mod.evaluate(ex, x, A=A)
+    data = _collect(ex, x, A, e, names, n_prototypes, threshold, dim)
+    page: dict[str, Any] = {"concepts": [], "locals": [], "extras": [], "leads": []}
+    used = {"overview", "importance", "metrics", "concepts", "local"}
+    used |= {f"concept-{j}" for j in range(data.k)} | {f"image-{i}" for i in range(n_local)}
+    jobs: list[Callable[[], None]] = [functools.partial(_importance_job, data, out, page)]
+    jobs.extend(functools.partial(_concept_job, data, out, page, r, j) for r, j in enumerate(data.order))
+    jobs.extend(functools.partial(_local_job, data, out, page, i) for i in range(n_local))
+    jobs.extend(_section_job(s, out, page["leads"], used) for s in lead_sections)
+    jobs.extend(_section_job(s, out, page["extras"], used) for s in extra_sections)
+    for job in progress_bar(jobs, desc="report", enable=progress):
+        job()
+    index = out / "index.html"
+    atomic_write(index, _render(ex, data, page, metrics, title, N, threshold, dim))
+    return index
+
+
+def _check_args(ex: Any, x: torch.Tensor, names: Sequence[str] | None, n_prototypes: int, n_local: int,
+                sections: Sequence[Section]) -> tuple[int, int, int, list[str]]:
+    """Validated ``(N, n_prototypes, n_local, names)``; raises before anything is written."""
     if getattr(ex, "decomposition_", None) is None:
         raise NotFittedError("report.write needs a fitted explainer: call ex.fit(x, target) first")
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != 3:
@@ -280,15 +254,14 @@ def write(
         raise ImageError(f"report.write needs images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
                          "load them with cl.data.load_images(path, preset=model.preset)")
     N = int(x.shape[0])
-    n_prototypes = min(_check_int("n_prototypes", n_prototypes, 1), N)
-    n_local = min(_check_int("n_local", n_local, 0), N)
+    n_prototypes = min(check_int("n_prototypes", n_prototypes, 1), N)
+    n_local = min(check_int("n_local", n_local, 0), N)
     if names is None:
         names = [f"image {i}" for i in range(N)]
     elif isinstance(names, str) or len(names) != N:
         got = "a string" if isinstance(names, str) else f"{len(names)} names"
         raise ParameterError(f"names must be a list of {N} image names (one per image in x), got {got}")
-    names = [str(n) for n in names]
-    for s in [*extra_sections, *lead_sections]:
+    for s in sections:
         if not isinstance(s, Section):
             raise ParameterError("extra_sections and lead_sections must hold report.Section objects, got "
                                  f"{type(s).__name__}")
@@ -296,256 +269,213 @@ def write(
         if bad:
             raise ParameterError(f"section {s.title!r}: image names must look like 'name.png' "
                                  f"(letters, digits, '_', '.', '-'), got {bad}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    return N, n_prototypes, n_local, [str(n) for n in names]
 
-    if A is None:
-        A = ex.activations(x)
-    elif A.shape[0] != N:
-        raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {N}; "
-                             "pass g(x) of the same images")
+
+def _method_sections(ex: Any, x: torch.Tensor, A: torch.Tensor, names: list[str], n_local: int,
+                     craft_sections: bool | None, edit_sections: bool | None) -> list[Section]:
+    """The sections the method's declarations ask for (see ``craft_sections`` and ``edit_sections``)."""
+    out: list[Section] = []
     tree = getattr(ex, "tree_", None)
     if craft_sections is None:
         craft_sections = tree is not None or getattr(ex, "crops_", None) is not None
     if craft_sections:
-        from conceptlens.attribution.implicit import maps_section
-        from conceptlens.recursive import tree_section
+        from conceptlens.report.sections.maps import maps_section
+        from conceptlens.report.sections.tree import tree_section
 
-        extra_sections = list(extra_sections)
         if tree is not None:
-            extra_sections.append(tree_section(tree))
+            out.append(tree_section(tree))
         if getattr(ex.decomposition_, "nonnegative", False):
-            extra_sections.append(maps_section(ex, x, A=A, names=names, n_images=min(3, N)))
+            out.append(maps_section(ex, x, A=A, names=names, n_images=min(3, int(x.shape[0]))))
     if edit_sections is None:
-        edit_sections = str(getattr(ex, "method", "")) == "eddp"
+        edit_sections = "edits" in getattr(type(ex.decomposition_), "report_sections", ())
     if edit_sections:
-        extra_sections = [*extra_sections, _edit_section(ex, A, names, n_columns=min(n_local, 8))]
-    e = ex.explain(x, A=A, maps="none")  # maps [N,k,H,W] of every image could be GBs: only prototypes
-    if metrics is None:
-        metrics = metrics_mod.evaluate(ex, x, A=A)
+        from conceptlens.report.sections.edits import edit_section
+
+        out.append(edit_section(ex, A, names, n_columns=min(n_local, 8)))
+    return out
+
+
+@dataclass
+class _Data:
+    """What the page's jobs read: the explanation of the images as numpy arrays, and the pictures.
+
+    ``k`` concepts, ``N`` images, ``p`` distinct prototype images (``protos``; ``row[i]`` is image ``i``'s
+    row in ``maps``).
+    """
+
+    names: list[str]
+    pics: np.ndarray  # [N, H, W, 3]
+    k: int
+    scores: torch.Tensor  # [N, k]
+    contrib: np.ndarray  # [N, k]
+    residual: np.ndarray  # [N]
+    logits: np.ndarray  # [N]
+    bias: float
+    importance: np.ndarray  # [k]
+    weights: np.ndarray  # [k]
+    imp_method: str
+    lo: np.ndarray | None  # [k]
+    hi: np.ndarray | None  # [k]
+    order: list[int]  # concepts, most important first
+    labels: list[str]
+    top: np.ndarray  # [n_prototypes, k] image indices
+    row: dict[int, int]
+    maps: np.ndarray  # [p, k, H, W]
+    predicted: torch.Tensor  # [N]
+    target: str
+    classes: list[str]
+    threshold: float
+    dim: float
+
+    @property
+    def has_ci(self) -> bool:
+        return self.lo is not None and self.hi is not None
+
+
+def _collect(ex: Any, x: torch.Tensor, A: torch.Tensor, e: Any, names: list[str], n_prototypes: int,
+             threshold: float, dim: float) -> _Data:
+    """The numbers of the page: one explanation of every image, maps of the prototypes only."""
     with torch.no_grad():
         predicted = ex.split.h(A).argmax(1).cpu()
     pics = figures.to_pictures(x, getattr(ex.split, "preset", None))
-
     k = int(e.scores.shape[1])
     scores = e.scores.detach().cpu()
-    contrib = e.contributions.detach().cpu().numpy()
-    residual = e.residual.detach().cpu().numpy()
-    logits = e.logits.detach().cpu().numpy()
     importance = ex.importance_.detach().cpu().numpy().astype(np.float64)
-    weights = ex.weights_.detach().cpu().numpy().astype(np.float64)
     imp = getattr(ex, "importance_result_", None)
-    imp_method = getattr(imp, "method", str(ex.importance))
     ci_low = getattr(imp, "ci_low", None)
     ci_high = getattr(imp, "ci_high", None)
     has_ci = ci_low is not None and ci_high is not None
-    lo = ci_low.detach().cpu().numpy() if has_ci else None
-    hi = ci_high.detach().cpu().numpy() if has_ci else None
-    order = [int(j) for j in np.argsort(-importance, kind="stable")]
-    labels = [f"concept {j}" for j in range(k)]
     top = torch.topk(scores, n_prototypes, dim=0).indices.numpy()  # [n_prototypes, k]
     protos = np.unique(top)
-    row = {int(i): r for r, i in enumerate(protos)}
     pt = torch.as_tensor(protos, device=x.device)
     maps = ex.explain(x[pt], A=A[pt.to(A.device)]).maps.detach().cpu().numpy()  # [len(protos),k,H,W]
-    target = ex.target_name_
-    classes = ex.classes
+    return _Data(
+        names=names, pics=pics, k=k, scores=scores,
+        contrib=e.contributions.detach().cpu().numpy(),
+        residual=e.residual.detach().cpu().numpy(),
+        logits=e.logits.detach().cpu().numpy(),
+        bias=float(e.bias),
+        importance=importance,
+        weights=ex.weights_.detach().cpu().numpy().astype(np.float64),
+        imp_method=getattr(imp, "method", str(ex.importance)),
+        lo=ci_low.detach().cpu().numpy() if has_ci else None,
+        hi=ci_high.detach().cpu().numpy() if has_ci else None,
+        order=[int(j) for j in np.argsort(-importance, kind="stable")],
+        labels=[f"concept {j}" for j in range(k)],
+        top=top, row={int(i): r for r, i in enumerate(protos)}, maps=maps, predicted=predicted,
+        target=ex.target_name_, classes=ex.classes, threshold=threshold, dim=dim,
+    )
+
+
+def _importance_job(d: _Data, out: Path, page: dict[str, Any]) -> None:
+    fig = figures.importance_figure(d.importance, d.labels, ci_low=d.lo, ci_high=d.hi,
+                                    xlabel=f"importance ({d.imp_method})")
+    page["importance_img"] = _img(out, "importance.png", lambda p: figures.save_png(fig, p),
+                                  f"Bar chart of the importance of the {d.k} concepts for {d.target}")
+
+
+def _concept_job(d: _Data, out: Path, page: dict[str, Any], rank: int, j: int) -> None:
+    names, scores = d.names, d.scores
+    idx = d.top[:, j]
+    caps = [f"{short(names[i])} · {float(scores[i, j]):.3g}" for i in idx]
+    rows = [d.row[int(i)] for i in idx]
+    strip = figures.prototype_strip(d.pics[idx], d.maps[rows, j], caps, threshold=d.threshold, dim=d.dim)
+    w = float(d.weights[j])
+    effect = "adds" if w >= 0 else "takes"
+    lo, hi = d.lo, d.hi
+    page["concepts"].append({
+        "anchor": f"concept-{j}",
+        "label": d.labels[j],
+        "rank": rank + 1,
+        "importance": fmt_num(float(d.importance[j])),
+        "ci": (f"{fmt_num(float(lo[j]))} to {fmt_num(float(hi[j]))}"
+               if lo is not None and hi is not None else None),
+        "weight": signed(w),
+        "weight_reading": f"one unit of score {effect} {abs(w):.3g} "
+                          f"{'to' if w >= 0 else 'from'} the “{d.target}” logit",
+        "mean_score": fmt_num(float(scores[:, j].mean())),
+        "img": _img(out, f"concept_{j:03d}.png", lambda p: figures.save_picture(strip, p),
+                    f"The {len(idx)} prototypes of {d.labels[j]}: "
+                    + ", ".join(names[i] for i in idx)
+                    + "; the concept's region is bright, the rest dimmed"),
+        "prototypes": [{"name": names[i], "score": fmt_num(float(scores[i, j])), "index": int(i)}
+                       for i in idx],
+    })
+
+
+def _local_job(d: _Data, out: Path, page: dict[str, Any], i: int) -> None:
+    contrib, order, labels, name = d.contrib, d.order, d.labels, d.names[i]
+    c = contrib[i, order]
+    total = float(contrib[i].sum() + d.residual[i] + d.bias)
+    logit = float(d.logits[i])
+    fig = figures.local_figure(c, [labels[j] for j in order], residual=float(d.residual[i]),
+                               bias=d.bias, logit=logit,
+                               title=f"{short(name, 40)}: logit of {short(d.target, 30)}")
+    p = int(d.predicted[i])
+    page["locals"].append({
+        "anchor": f"image-{i}",
+        "name": name,
+        "predicted": d.classes[p] if p < len(d.classes) else str(p),
+        "thumb": _img(out, f"input_{i:03d}.png", lambda q: figures.save_picture(d.pics[i], q), name),
+        "img": _img(out, f"local_{i:03d}.png", lambda q: figures.save_png(fig, q),
+                    f"Contributions of the concepts to the {d.target} logit on {name}"),
+        "equation": _sum_line([float(contrib[i].sum()), float(d.residual[i]), d.bias], total),
+        "logit": minus(f"{logit:.3f}"),
+        "mismatch": abs(total - logit) > 1e-3 * max(1.0, abs(logit)),
+        "top": [{"label": labels[j], "value": signed(float(contrib[i, j]))}
+                for j in np.argsort(-np.abs(contrib[i]), kind="stable")[:3]],
+    })
+
+
+def _section_job(s: Section, out: Path, into: list[dict[str, Any]], used: set[str]) -> Callable[[], None]:
+    """Write a section's images, then add it to ``into`` (its anchor is reserved now, in page order)."""
+    anchor = s.anchor if s.anchor else _slug(s.title, used)
+    used.add(anchor)
+
+    def run() -> None:
+        from markupsafe import Markup
+
+        for fname, obj in s.images.items():
+            if hasattr(obj, "savefig"):
+                figures.save_png(obj, out / "img" / fname)
+            else:
+                figures.save_picture(obj, out / "img" / fname)
+        into.append({"title": s.title, "anchor": anchor, "html": Markup(s.html)})
+    return run
+
+
+def _render(ex: Any, d: _Data, page: dict[str, Any], metrics: Mapping[str, Any], title: str | None, N: int,
+            threshold: float, dim: float) -> str:
+    """The page's HTML from the template."""
+    from conceptlens._version import __version__
+
     model_name = str(getattr(ex.split.model, "cl_name", type(ex.split.model).__name__))
-
-    jobs: list[Callable[[], None]] = []
-    page: dict[str, Any] = {"concepts": [], "locals": []}
-
-    def importance_job() -> None:
-        fig = figures.importance_figure(importance, labels, ci_low=lo, ci_high=hi,
-                                        xlabel=f"importance ({imp_method})")
-        page["importance_img"] = _img(out, "importance.png", lambda p: figures.save_png(fig, p),
-                                      f"Bar chart of the importance of the {k} concepts for {target}")
-
-    jobs.append(importance_job)
-
-    def concept_job(rank: int, j: int) -> Callable[[], None]:
-        def run() -> None:
-            idx = top[:, j]
-            caps = [f"{_short(names[i])} · {float(scores[i, j]):.3g}" for i in idx]
-            rows = [row[int(i)] for i in idx]
-            strip = figures.prototype_strip(pics[idx], maps[rows, j], caps, threshold=threshold, dim=dim)
-            w = float(weights[j])
-            effect = "adds" if w >= 0 else "takes"
-            page["concepts"].append({
-                "anchor": f"concept-{j}",
-                "label": labels[j],
-                "rank": rank + 1,
-                "importance": _num(float(importance[j])),
-                "ci": (f"{_num(float(lo[j]))} to {_num(float(hi[j]))}" if has_ci else None),
-                "weight": _signed(w),
-                "weight_reading": f"one unit of score {effect} {abs(w):.3g} "
-                                  f"{'to' if w >= 0 else 'from'} the “{target}” logit",
-                "mean_score": _num(float(scores[:, j].mean())),
-                "img": _img(out, f"concept_{j:03d}.png", lambda p: figures.save_picture(strip, p),
-                            f"The {len(idx)} prototypes of {labels[j]}: "
-                            + ", ".join(names[i] for i in idx)
-                            + "; the concept's region is bright, the rest dimmed"),
-                "prototypes": [{"name": names[i], "score": _num(float(scores[i, j])), "index": int(i)}
-                               for i in idx],
-            })
-        return run
-
-    jobs.extend(concept_job(r, j) for r, j in enumerate(order))
-
-    def local_job(i: int) -> Callable[[], None]:
-        def run() -> None:
-            c = contrib[i, order]
-            total = float(contrib[i].sum() + residual[i] + e.bias)
-            fig = figures.local_figure(c, [labels[j] for j in order], residual=float(residual[i]),
-                                       bias=float(e.bias), logit=float(logits[i]),
-                                       title=f"{_short(names[i], 40)}: logit of {_short(target, 30)}")
-            p = int(predicted[i])
-            page["locals"].append({
-                "anchor": f"image-{i}",
-                "name": names[i],
-                "predicted": classes[p] if p < len(classes) else str(p),
-                "thumb": _img(out, f"input_{i:03d}.png", lambda q: figures.save_picture(pics[i], q),
-                              names[i]),
-                "img": _img(out, f"local_{i:03d}.png", lambda q: figures.save_png(fig, q),
-                            f"Contributions of the concepts to the {target} logit on {names[i]}"),
-                "equation": _sum_line([float(contrib[i].sum()), float(residual[i]), float(e.bias)], total),
-                "logit": _minus(f"{float(logits[i]):.3f}"),
-                "mismatch": abs(total - float(logits[i])) > 1e-3 * max(1.0, abs(float(logits[i]))),
-                "top": [{"label": labels[j], "value": _signed(float(contrib[i, j]))}
-                        for j in np.argsort(-np.abs(contrib[i]), kind="stable")[:3]],
-            })
-        return run
-
-    jobs.extend(local_job(i) for i in range(n_local))
-
-    used = {"overview", "importance", "metrics", "concepts", "local"} | {f"concept-{j}" for j in range(k)}
-    used |= {f"image-{i}" for i in range(n_local)}
-    extras: list[dict[str, Any]] = []
-
-    leads: list[dict[str, Any]] = []
-
-    def section_job(s: Section, into: list[dict[str, Any]] = extras) -> Callable[[], None]:
-        anchor = s.anchor if s.anchor else _slug(s.title, used)
-        used.add(anchor)
-
-        def run() -> None:
-            from markupsafe import Markup
-
-            for fname, obj in s.images.items():
-                if hasattr(obj, "savefig"):
-                    figures.save_png(obj, out / "img" / fname)
-                else:
-                    figures.save_picture(obj, out / "img" / fname)
-            into.append({"title": s.title, "anchor": anchor, "html": Markup(s.html)})
-        return run
-
-    jobs.extend(section_job(s, leads) for s in lead_sections)
-    jobs.extend(section_job(s) for s in extra_sections)
-
-    for job in progress_bar(jobs, desc="report", enable=progress):
-        job()
-
     facts = [
         ("model", model_name),
         ("layer", str(ex.split.layer)),
         ("method", str(ex.method)),
-        ("concepts (k)", str(k)),
-        ("target class", f"{target} (#{ex.target_})"),
-        ("importance", str(imp_method)),
+        ("concepts (k)", str(d.k)),
+        ("target class", f"{d.target} (#{ex.target_})"),
+        ("importance", str(d.imp_method)),
         ("images", str(N)),
         ("seed", str(getattr(ex, "seed", ""))),
     ]
     # a long value gets a double-width cell rather than breaking mid-word in a narrow one
-    facts = [(label, value, len(value) > 14) for label, value in facts]
-    html = _environment().get_template("index.html").render(
-        title=title if title is not None else f"Concepts of “{target}” in {model_name}",
-        facts=facts,
-        metrics=metric_rows(metrics, target),
-        target=target,
+    facts3 = [(label, value, len(value) > 14) for label, value in facts]
+    return str(_environment().get_template("index.html").render(
+        title=title if title is not None else f"Concepts of “{d.target}” in {model_name}",
+        facts=facts3,
+        metrics=metric_rows(metrics, d.target),
+        target=d.target,
         importance_img=page["importance_img"],
-        has_ci=has_ci,
-        imp_method=imp_method,
+        has_ci=d.has_ci,
+        imp_method=d.imp_method,
         concepts=page["concepts"],
         locals=page["locals"],
-        extras=extras,
-        leads=leads,
+        extras=page["extras"],
+        leads=page["leads"],
         threshold=threshold,
         dim=dim,
         version=__version__,
-    )
-    index = out / "index.html"
-    _write_text(index, html)
-    return index
-
-
-# ------------------------------------------------------------------------------------------------ edits
-def _edit_section(ex: Any, A: torch.Tensor, names: Sequence[str], *, n_columns: int) -> Section:
-    """The "Concept edits" section: the target logit's change on each image when each concept is removed.
-
-    Parameters
-    ----------
-    ex
-        A fitted explainer (any method: :meth:`ConceptExplainer.edit` has a counterpart for each).
-    A
-        ``[N,h,w,C]`` activations of the report's images.
-    names
-        ``N`` image names.
-    n_columns
-        Per-image changes are tabulated for the first ``n_columns`` images (all are in the chart).
-    """
-    from markupsafe import escape
-
-    k = int(ex.concepts_.shape[0])
-    N = int(A.shape[0])
-    importance = ex.importance_.detach().cpu().numpy().astype(np.float64)
-    order = [int(j) for j in np.argsort(-importance, kind="stable")]
-    deltas = np.zeros((N, k))
-    flips = np.zeros(k, dtype=np.int64)
-    for j in order:  # one batched edit per concept (k is small); each covers every image
-        r = ex.edit(A=A, remove=[j])
-        deltas[:, j] = r.delta_target.detach().cpu().double().numpy()
-        flips[j] = int(r.flipped.sum())
-    target = str(ex.target_name_)
-    fig = figures.edit_figure(
-        deltas[:, order], [f"concept {j}" for j in order],
-        xlabel=f"change of the “{_short(target, 30)}” logit\nwhen the concept is removed")
-    if str(getattr(ex, "method", "")) == "eddp":
-        # the edit clamps at 0 only for layers that were non-negative at fit (see remove_concepts)
-        relu = float(getattr(ex.decomposition_, "input_min_", 0.0)) >= 0
-        edit = "<i>A</i> − σ(<i>w</i>ᵀ<i>A</i> − <i>b</i>) <i>s</i>"
-        how = ("Removing a concept subtracts its <b>encoding direction</b>, the signal vector <i>s</i>, from "
-               "the activations at every position, in proportion to its detector's response: <i>A′</i> = "
-               f"{f'ReLU({edit})' if relu else edit}. The prototypes of each concept show where its "
-               "<b>decoding direction</b>, the detector <i>w</i>, fires.")
-    else:
-        how = ("Removing a concept subtracts its part of the reconstruction, its code times its direction "
-               "(<i>U</i><sub>j</sub> ⊗ <i>W</i><sub>j</sub>), from the activations and keeps the residual.")
-    m = min(int(n_columns), N)
-    head = "".join(f"<th scope=\"col\">Δ {escape(_short(names[i], 18))}</th>" for i in range(m))
-    rows = []
-    for rank, j in enumerate(order):
-        dj = deltas[:, j]
-        cells = "".join(f"<td class=\"num\">{_signed(float(dj[i]))}</td>" for i in range(m))
-        neg = " class=\"num neg\"" if dj.mean() < 0 else " class=\"num\""
-        rows.append(
-            f"<tr><td class=\"num\">{rank + 1}</td><td class=\"name\"><a href=\"#concept-{j}\">concept {j}"
-            f"</a></td><td class=\"num\">{_num(float(importance[j]))}</td>"
-            f"<td{neg}>{_signed(float(dj.mean()))}</td>"
-            f"<td class=\"num\">{_signed(float(dj.min()))} to {_signed(float(dj.max()))}</td>"
-            f"<td class=\"num\">{int(flips[j])}/{N}</td>{cells}<td><a href=\"#concept-{j}\"><img "
-            f"src=\"img/concept_{j:03d}.png\" alt=\"prototypes of concept {j}\" loading=\"lazy\" "
-            "style=\"height:64px;width:auto;max-width:none\"></a></td></tr>"
-        )
-    html = (
-        f"<p>What the model does without each concept. {how} The model is then run on the edited "
-        f"activations. A negative change means the concept supports "
-        f"“{escape(target)}”; “top-1 changes” counts the images whose predicted class changes. Bars: the "
-        f"mean over the {N} images; dots: each image.</p>"
-        f"<figure><img src=\"img/edits.png\" alt=\"Change of the {escape(target)} logit on each image when "
-        f"each concept is removed\" style=\"max-width:100%;height:auto\"></figure>"
-        "<div class=\"table-wrap\"><table class=\"edits\"><thead><tr><th scope=\"col\">#</th>"
-        "<th scope=\"col\">concept</th><th scope=\"col\">importance</th><th scope=\"col\">mean Δ logit</th>"
-        "<th scope=\"col\">range</th><th scope=\"col\">top-1 changes</th>"
-        f"{head}<th scope=\"col\">prototypes</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
-    )
-    return Section(title="Concept edits", html=html, anchor="concept-edits", images={"edits.png": fig})
+    ))

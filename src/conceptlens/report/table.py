@@ -71,29 +71,33 @@ class Table:
         self.rows = [dict(r) for r in rows]
         self.best_of = list(range(len(self.rows))) if best_of is None else list(best_of)
 
-    def best(self) -> dict[str, int]:
-        """Column key → index of the row with the best finite value (columns with a direction only)."""
-        out: dict[str, int] = {}
+    def best_rows(self) -> dict[str, set[int]]:
+        """Column key → indices of the rows that reach the column's best finite value (ties all count)."""
+        out: dict[str, set[int]] = {}
         for c in self.columns:
             if c.better not in ("max", "min"):
                 continue
             vals = [(as_float(self.rows[i].get(c.key)), i) for i in self.best_of]
             vals = [(v, i) for v, i in vals if math.isfinite(v)]
             if vals:
-                pick = max if c.better == "max" else min
-                out[c.key] = pick(vals, key=lambda t: t[0])[1]
+                top = (max if c.better == "max" else min)(v for v, _ in vals)
+                out[c.key] = {i for v, i in vals if v == top}
         return out
+
+    def best(self) -> dict[str, int]:
+        """Column key → index of the first row with the best finite value (columns with a direction)."""
+        return {k: min(v) for k, v in self.best_rows().items()}
 
     def markdown(self, mark_best: bool = True) -> str:
         """A GitHub markdown table; the best value of each column in bold."""
-        best = self.best() if mark_best else {}
+        best = self.best_rows() if mark_best else {}
         lines = ["| " + " | ".join(c.header for c in self.columns) + " |",
                  "|" + "---|" * len(self.columns)]
         for i, r in enumerate(self.rows):
             cells = []
             for c in self.columns:
                 t = c.text(r)
-                cells.append(f"**{t}**" if best.get(c.key) == i and t != MISSING else t)
+                cells.append(f"**{t}**" if i in best.get(c.key, ()) and t != MISSING else t)
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -119,7 +123,7 @@ class Table:
 
     def html(self, mark_best: bool = True, css_class: str = "table") -> str:
         """An HTML ``<table>``; the best value of each column in a ``<strong class="best">``."""
-        best = self.best() if mark_best else {}
+        best = self.best_rows() if mark_best else {}
         head = "".join(f"<th>{c.html if c.html is not None else escape(c.header)}</th>" for c in self.columns)
         body = []
         for i, r in enumerate(self.rows):
@@ -128,7 +132,7 @@ class Table:
                 t = escape(c.text(r))
                 if c.kind != "str":
                     t = minus(t)
-                if best.get(c.key) == i and t != MISSING:
+                if i in best.get(c.key, ()) and t != MISSING:
                     t = f'<strong class="best">{t}</strong>'
                 tds.append(f"<td>{t}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")

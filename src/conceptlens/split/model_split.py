@@ -37,6 +37,7 @@ from torch import nn
 
 from conceptlens.errors import LayerError, ParameterError, SplitError, nearest
 from conceptlens.progress import progress_bar
+from conceptlens.split.sites import _first_tensor, call_order
 
 __all__ = ["ModelSplit", "LinearHead", "list_layers"]
 
@@ -91,59 +92,6 @@ def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
 
 def _from_channels_last(t: torch.Tensor) -> torch.Tensor:
     return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
-
-
-def _first_tensor(out: Any, error: type[Exception] = SplitError) -> torch.Tensor:
-    """The logits in a model's output: the tensor itself, the first of a tuple/list, or ``out["logits"]``."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    if isinstance(out, dict) and "logits" in out:
-        return out["logits"]
-    raise error(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
-
-
-def call_order(
-    model: nn.Module, probe: torch.Tensor
-) -> list[tuple[str, str, int, nn.Module, tuple[int, ...]]]:
-    """Every call of a named module of ``model`` on ``probe[:1]``, in execution order.
-
-    Returns ``(label, name, call, module, shape)`` per call: ``name`` is the module's dotted name, ``call``
-    the 0-based index of this call of that module, ``label`` the name with ``@call`` when the module runs
-    more than once in one forward pass, ``shape`` the output's shape (batch of 1 included). Calls whose
-    output is not a tensor are skipped. The naming shared by :class:`ModelSplit` and
-    :func:`conceptlens.attribution.masks.explainer.activation_sites`.
-    """
-    order: list[tuple[str, nn.Module, tuple[int, ...]]] = []
-    handles = []
-
-    def make(name: str, mod: nn.Module) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-            if isinstance(out, torch.Tensor):
-                order.append((name, mod, tuple(out.shape)))
-
-        return hook
-
-    try:
-        for name, mod in model.named_modules():
-            if name:
-                handles.append(mod.register_forward_hook(make(name, mod)))
-        with torch.no_grad():
-            model(probe[:1])
-    finally:
-        for hd in handles:
-            hd.remove()
-    counts: dict[str, int] = {}
-    for name, _, _ in order:
-        counts[name] = counts.get(name, 0) + 1
-    seen: dict[str, int] = {}
-    calls = []
-    for name, mod, shape in order:
-        i = seen.get(name, 0)
-        seen[name] = i + 1
-        calls.append((f"{name}@{i}" if counts[name] > 1 else name, name, i, mod, shape))
-    return calls
 
 
 class ModelSplit:

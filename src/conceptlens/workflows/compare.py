@@ -29,67 +29,72 @@ A method that fails gets a row with its error message instead of sinking the com
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from html import escape
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from conceptlens._check import fmt_pct, is_finite
+from conceptlens._io import atomic_write
 from conceptlens.errors import ParameterError, TargetError
-from conceptlens.explainer import ConceptExplainer, resolve_target
+from conceptlens.explainer import ConceptExplainer, layer_activations, resolve_target
+from conceptlens.report.base import Section
+from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
 
-__all__ = ["compare", "CompareResult", "METRICS", "COLUMNS", "ALIASES", "LABELS", "reading",
-           "summary_section", "side_by_side_section", "write_report"]
+__all__ = ["compare", "CompareResult", "METRIC_COLUMNS", "METRICS", "COLUMNS", "PRINTED", "ALIASES",
+           "check_methods", "method_label", "reading", "summary_section", "side_by_side_section",
+           "print_table", "write_report"]
 
-#: Every metric column and its direction: "max" = larger is better, "min" = smaller is better.
-METRICS: dict[str, str] = {
-    "fid_c": "max",
-    "fid_r": "min",
-    "accuracy": "max",
-    "reconstruction_error": "min",
-    "c_insertion": "max",
-    "c_deletion": "min",
-    "c_mu_fidelity": "max",
-    "c_gini": "max",
-    "sparsity": "min",
-    "stability": "max",
-    "kept_area": "min",
-    "pixel_deletion": "min",
-    "pixel_insertion": "max",
-    "seconds": "min",
-}
-#: The CSV's columns, in order.
-COLUMNS: tuple[str, ...] = ("method", "n_concepts", *METRICS, "error")
-#: Method names that are another name of a registered decomposition.
+#: Every metric column: how it is shown and its direction (``better``: "max" = larger is better, "min" =
+#: smaller is better). The one spec of the HTML summary, the CSV and the terminal table.
+METRIC_COLUMNS: tuple[Column, ...] = (
+    Column("fid_c", "Fid_c", kind="pct", digits=0, better="max", html="Fid<sub>c</sub>"),
+    Column("fid_r", "Fid_r", better="min", html="Fid<sub>r</sub>"),
+    Column("accuracy", "accuracy", kind="pct", digits=0, better="max"),
+    Column("reconstruction_error", "rec. error", better="min"),
+    Column("c_insertion", "C-Ins", better="max"),
+    Column("c_deletion", "C-Del", better="min"),
+    Column("c_mu_fidelity", "C-μFid", better="max"),
+    Column("c_gini", "C-Gini", better="max"),
+    Column("sparsity", "sparsity", kind="pct", digits=0, better="min"),
+    Column("stability", "stability", better="max"),
+    Column("kept_area", "kept area", kind="pct", digits=0, better="min"),
+    Column("pixel_deletion", "pixel Del", better="min"),
+    Column("pixel_insertion", "pixel Ins", better="max"),
+    Column("seconds", "fit (s)", digits=1, better="min"),
+)
+#: Every metric column's direction, by key.
+METRICS: dict[str, str] = {c.key: str(c.better) for c in METRIC_COLUMNS}
+#: The CSV's columns (keys), in order.
+_CSV_COLUMNS: tuple[Column, ...] = (Column("method", "method", kind="str"),
+                                    Column("n_concepts", "k", kind="str"),  # an int, written as is
+                                    *METRIC_COLUMNS, Column("error", "error", kind="str"))
+COLUMNS: tuple[str, ...] = tuple(c.key for c in _CSV_COLUMNS)
+#: The columns the command line prints.
+PRINTED: tuple[str, ...] = ("fid_c", "fid_r", "accuracy", "c_insertion", "c_deletion", "c_mu_fidelity",
+                            "c_gini", "sparsity", "kept_area", "seconds")
+#: Method names that are another name of a registered decomposition (shown in capitals, as their paper
+#: names them: "ice" → "ICE").
 ALIASES: dict[str, str] = {"ice": "nmf"}
-#: Names shown in the report.
-LABELS: dict[str, str] = {"ice": "ICE", "nmf": "NMF", "pca": "PCA", "kmeans": "k-means", "craft": "CRAFT",
-                          "face": "FACE", "eddp": "EDDP", "masks": "masks"}
-_HEADERS: dict[str, str] = {
-    "fid_c": "Fid<sub>c</sub>", "fid_r": "Fid<sub>r</sub>", "accuracy": "accuracy",
-    "reconstruction_error": "rec. error", "c_insertion": "C-Ins", "c_deletion": "C-Del",
-    "c_mu_fidelity": "C-μFid", "c_gini": "C-Gini", "sparsity": "sparsity", "stability": "stability",
-    "kept_area": "kept area", "pixel_deletion": "pixel Del", "pixel_insertion": "pixel Ins",
-    "seconds": "fit (s)",
-}
 _NAN = float("nan")
 
 
-def _label(method: str) -> str:
-    return LABELS.get(method, method)
+def method_label(method: str) -> str:
+    """The name a method is shown under: its declared ``label`` (``decompose.get(m).display_name()``), an
+    alias of :data:`ALIASES` in capitals, anything else (``"masks"``) as given."""
+    from conceptlens import decompose
 
-
-def _finite(v: Any) -> bool:
+    if method in ALIASES:
+        return method.upper()
     try:
-        return math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
+        return decompose.get(method).display_name()
+    except ParameterError:
+        return str(method)
 
 
 @dataclass
@@ -119,18 +124,11 @@ class CompareResult:
     mask_indices: list[int] = field(default_factory=list)
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write the table to ``path`` (one row per method, columns :data:`COLUMNS`; floats exact)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=list(COLUMNS), extrasaction="ignore")
-            w.writeheader()
-            for r in self.rows:
-                # repr keeps every bit of a float, so the file reads back to the same numbers
-                w.writerow({c: (repr(float(r[c])) if c in METRICS else r.get(c, "")) for c in COLUMNS})
-        os.replace(tmp, p)
-        return p
+        """Write the table to ``path`` atomically (one row per method, columns :data:`COLUMNS`; floats
+        exact)."""
+        # repr keeps every bit of a float, so the file reads back to the same numbers
+        exact = [{**r, **{m: float(r[m]) for m in METRICS}} for r in self.rows]
+        return atomic_write(path, Table(_CSV_COLUMNS, exact).csv())
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike[str]) -> CompareResult:
@@ -160,7 +158,7 @@ class CompareResult:
         out: dict[str, tuple[str, float]] = {}
         for col, direction in METRICS.items():
             cands = [(r["method"], float(r[col])) for r in self.rows
-                     if not r.get("error") and _finite(r.get(col))]
+                     if not r.get("error") and is_finite(r.get(col))]
             if not cands:
                 continue
             pick = max if direction == "max" else min
@@ -237,11 +235,12 @@ def _stability(ex: ConceptExplainer, A: torch.Tensor) -> float:
     from conceptlens.metrics.face import stability
 
     cls = decompose.get(ex.method)
-    params = {k: v for k, v in ex.method_params.items() if k not in ("patch_size", "stride")}
 
     def fit(A_train: torch.Tensor) -> Any:
-        d = cls(n_concepts=ex.n_concepts, seed=ex.seed, **params)
-        if hasattr(d, "set_head"):
+        # the explainer's own parameters: a crop-fitted method's crop sizes (``crop_params()``) only tell
+        # the explainer how to cut its fit images, and fit() takes the rows it is given
+        d = cls(n_concepts=ex.n_concepts, seed=ex.seed, **ex.method_params)
+        if cls.uses_head:
             d.set_head(ex.split.h)
         return d.fit(A_train)
 
@@ -250,7 +249,8 @@ def _stability(ex: ConceptExplainer, A: torch.Tensor) -> float:
 
 def _mask_row(split: ModelSplit, x: torch.Tensor, target: int, seed: int, params: Mapping[str, Any],
               progress: bool | None) -> tuple[dict[str, float], Any]:
-    from conceptlens.attribution.masks.explainer import MaskExplainer, pixel_deletion_auc, pixel_insertion_auc
+    from conceptlens.attribution.masks.explainer import MaskExplainer
+    from conceptlens.metrics.pixels import pixel_deletion_auc, pixel_insertion_auc
 
     t0 = time.perf_counter()
     me = MaskExplainer(split.model, seed=seed, progress=progress, **dict(params))
@@ -265,7 +265,9 @@ def _mask_row(split: ModelSplit, x: torch.Tensor, target: int, seed: int, params
     }, e
 
 
-def _methods(methods: Sequence[str] | str) -> list[str]:
+def check_methods(methods: Sequence[str] | str) -> list[str]:
+    """Validated, lower-case method names (a sequence or one comma-separated string), as :func:`compare`
+    reads them; raises ParameterError for an unknown or repeated one."""
     from conceptlens import decompose
 
     if isinstance(methods, str):
@@ -280,7 +282,8 @@ def _methods(methods: Sequence[str] | str) -> list[str]:
     canon = [ALIASES.get(m, m) for m in names]
     dup = sorted({m for m in canon if canon.count(m) > 1})
     if dup:
-        raise ParameterError(f"methods name {dup} twice (ice is nmf): list each method once")
+        same = ", ".join(f"{a} is {b}" for a, b in ALIASES.items())
+        raise ParameterError(f"methods name {dup} twice ({same}): list each method once")
     return names
 
 
@@ -339,23 +342,22 @@ def compare(
     if not isinstance(split, ModelSplit):
         raise ParameterError("split must be a ModelSplit (cl.ModelSplit(model, layer)), "
                              f"got {type(split).__name__}")
-    names = _methods(methods)
+    names = check_methods(methods)
     params = {str(k).lower(): dict(v) for k, v in (method_params or {}).items()}
     unused = sorted(set(params) - set(names))
     if unused:
         raise ParameterError(f"method_params names {unused}, which are not in methods={names}")
     if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
         raise ParameterError(f"n_concepts must be a positive integer, got {n_concepts!r}")
-    probe = ConceptExplainer(split, method="pca", n_concepts=1, seed=seed, progress=progress)
     if A is None:
-        A = probe.activations(x)
+        A = layer_activations(split, x, progress=progress)
     elif A.shape[0] != x.shape[0]:
         raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {x.shape[0]}; pass g(x)")
     with torch.no_grad():
         logits = split.h(A)
     if target is None:
         target = int(torch.bincount(logits.argmax(1), minlength=logits.shape[1]).argmax())
-    c = resolve_target(target, probe.classes, int(logits.shape[1]))
+    c = resolve_target(target, list(getattr(split.preset, "classes", []) or []), int(logits.shape[1]))
 
     mask_idx = _mask_indices(mask_images, int(x.shape[0]), logits.argmax(1) == c)
     rows: list[dict[str, Any]] = []
@@ -407,102 +409,60 @@ def _mask_indices(sel: int | Sequence[int] | None, n: int, is_target: torch.Tens
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-def _pct(v: float) -> str:
-    return f"{100 * v:.0f}\u00a0%"
-
-
-def _fmt(col: str, v: float) -> str:
-    if not _finite(v):
-        return "–"
-    if col in ("fid_c", "accuracy", "sparsity", "kept_area"):
-        return _pct(v)
-    if col == "seconds":
-        return f"{v:.1f}"
-    return f"{v:.3f}"
-
-
 def reading(result: CompareResult) -> list[str]:
     """A few plain-language sentences read off the table (plain text; escape it for HTML)."""
     ok = [r for r in result.rows if not r["error"]]
     out: list[str] = []
-    acc = [r for r in ok if _finite(r["accuracy"])]
+    acc = [r for r in ok if is_finite(r["accuracy"])]
     if acc:
         hi = max(acc, key=lambda r: r["accuracy"])
         lo = min(acc, key=lambda r: r["accuracy"])
         with_k = (f" with {hi['n_concepts']} concepts" if hi["n_concepts"] else " with its masks")
-        s = f"{_label(hi['method'])} keeps {_pct(hi['accuracy'])} of the model's predictions{with_k}"
+        s = f"{method_label(hi['method'])} keeps {fmt_pct(hi['accuracy'])} of the model's predictions{with_k}"
         if lo is not hi and lo["accuracy"] < hi["accuracy"]:
-            s += f"; {_label(lo['method'])} loses {_pct(1 - lo['accuracy'])}"
+            s += f"; {method_label(lo['method'])} loses {fmt_pct(1 - lo['accuracy'])}"
         out.append(s + ".")
-    fr = [r for r in ok if _finite(r["fid_r"])]
+    fr = [r for r in ok if is_finite(r["fid_r"])]
     if len(fr) > 1:
         hi = min(fr, key=lambda r: r["fid_r"])
         lo = max(fr, key=lambda r: r["fid_r"])
-        out.append(f"Through {_label(hi['method'])}'s concepts the class logit is off by "
-                   f"{_pct(hi['fid_r'])}, "
-                   f"through {_label(lo['method'])}'s by {_pct(lo['fid_r'])}.")
-    ins = [r for r in ok if _finite(r["c_insertion"]) and _finite(r["c_deletion"])]
+        out.append(f"Through {method_label(hi['method'])}'s concepts the class logit is off by "
+                   f"{fmt_pct(hi['fid_r'])}, "
+                   f"through {method_label(lo['method'])}'s by {fmt_pct(lo['fid_r'])}.")
+    ins = [r for r in ok if is_finite(r["c_insertion"]) and is_finite(r["c_deletion"])]
     if len(ins) > 1:
         bi = max(ins, key=lambda r: r["c_insertion"])
         bd = min(ins, key=lambda r: r["c_deletion"])
         same = bi is bd
-        out.append(f"The importance ranking is most faithful for {_label(bi['method'])} "
+        out.append(f"The importance ranking is most faithful for {method_label(bi['method'])} "
                    + ("on both C-Insertion and C-Deletion" if same else
-                      f"on C-Insertion ({_label(bd['method'])} on C-Deletion)")
+                      f"on C-Insertion ({method_label(bd['method'])} on C-Deletion)")
                    + ": adding its top concepts first brings the class score back fastest.")
-    g = [r for r in ok if _finite(r["c_gini"])]
+    g = [r for r in ok if is_finite(r["c_gini"])]
     if len(g) > 1:
         hi = max(g, key=lambda r: r["c_gini"])
-        out.append(f"{_label(hi['method'])} concentrates the decision on the fewest concepts "
+        out.append(f"{method_label(hi['method'])} concentrates the decision on the fewest concepts "
                    f"(C-Gini {hi['c_gini']:.2f}).")
-    t = [r for r in ok if _finite(r["seconds"])]
+    t = [r for r in ok if is_finite(r["seconds"])]
     if len(t) > 1:
         f = min(t, key=lambda r: r["seconds"])
         s_ = max(t, key=lambda r: r["seconds"])
-        out.append(f"Fastest fit: {_label(f['method'])} ({f['seconds']:.1f} s); slowest: "
-                   f"{_label(s_['method'])} ({s_['seconds']:.1f} s).")
+        out.append(f"Fastest fit: {method_label(f['method'])} ({f['seconds']:.1f} s); slowest: "
+                   f"{method_label(s_['method'])} ({s_['seconds']:.1f} s).")
     for r in result.rows:
         if r["error"]:
-            out.append(f"{_label(r['method'])} failed: {r['error']}")
+            out.append(f"{method_label(r['method'])} failed: {r['error']}")
     return out
 
 
-def summary_section(result: CompareResult, links: Mapping[str, str] | None = None) -> Any:
+def summary_section(result: CompareResult, links: Mapping[str, str] | None = None) -> Section:
     """The report :class:`~conceptlens.report.Section` with the table (best value per column in bold,
     ``class="best"``, ties all marked) and the plain-language reading; ``links`` maps a method to its
-    sub-report's URL."""
-    from conceptlens.report import Section
+    sub-report's URL (see :func:`conceptlens.report.sections.compare.summary_section`)."""
+    from conceptlens.report.sections import compare as compare_sections
 
-    links = dict(links or {})
-    best = result.best()
-    cols = [c for c in METRICS if any(_finite(r[c]) for r in result.rows)]
-    arrows = {"max": "↑", "min": "↓"}
-    head = "".join(f'<th scope="col" title="{"higher" if METRICS[c] == "max" else "lower"} is better">'
-                   f"{_HEADERS.get(c, escape(c))}&nbsp;{arrows[METRICS[c]]}</th>" for c in cols)
-    body = []
-    for r in result.rows:
-        name = escape(_label(r["method"]))
-        cell = f'<a href="{escape(links[r["method"]])}">{name}</a>' if r["method"] in links else name
-        tds = [f'<th scope="row">{cell}</th>']
-        if r["error"]:
-            tds.append(f'<td class="error" colspan="{len(cols)}">failed: {escape(r["error"])}</td>')
-        else:
-            for c in cols:
-                # every method that ties with the best value is marked, not just the first
-                is_best = c in best and _finite(r[c]) and float(r[c]) == best[c][1]
-                txt = escape(_fmt(c, r[c]))
-                tds.append(f'<td class="best"><strong>{txt}</strong></td>' if is_best else f"<td>{txt}</td>")
-        body.append("<tr>" + "".join(tds) + "</tr>")
-    paras = "".join(f"<li>{escape(s)}</li>" for s in reading(result))
-    html = (
-        "<p>Every method fitted on the same images and activations, measured with the same numbers; "
-        "the best value of each column is in <strong>bold</strong> (↑ higher is better, ↓ lower is better). "
-        "Click a method for its own report.</p>"
-        f'<div class="table-wrap"><table class="compare"><thead><tr><th scope="col">method</th>{head}</tr>'
-        f"</thead><tbody>{''.join(body)}</tbody></table></div>"
-        f'<ul class="reading">{paras}</ul>'
-    )
-    return Section("Comparison of methods", html, anchor="compare")
+    return compare_sections.summary_section(result.rows, METRIC_COLUMNS, reading(result), links,
+                                            label=method_label)
 
 
 def side_by_side_section(
@@ -513,107 +473,26 @@ def side_by_side_section(
     names: Sequence[str] | None = None,
     A: torch.Tensor | None = None,
     threshold: float = 0.5,
-) -> Any:
-    """The report :class:`~conceptlens.report.Section` that shows, for each of a few images, every method's
-    explanation side by side.
+) -> Section:
+    """Every method's explanation of a few images side by side (see
+    :func:`conceptlens.report.sections.compare.side_by_side_section`; ``indices`` into ``x [N,3,H,W]``)."""
+    from conceptlens.report.sections import compare as compare_sections
 
-    One row of panels per image: the picture; for each concept method, the region of the concept that
-    contributes most to the target logit on that image (ICE's heatmap: the region bright, the rest dimmed),
-    captioned with that concept's share of the logit; for minimal masks, the kept pixels.
-
-    Parameters
-    ----------
-    result
-        The output of :func:`compare`.
-    x
-        ``[N,3,H,W]`` the images the comparison was run on.
-    indices
-        Indices into ``x`` of the images to show (out-of-range ones are skipped).
-    names
-        ``N`` image names for captions.
-    A
-        ``g(x) [N,h,w,C]`` (skips the forward pass).
-    threshold
-        The heatmap's region threshold (see :func:`conceptlens.report.figures.heatmap_overlay`).
-
-    Returns
-    -------
-    conceptlens.report.Section
-    """
-    from matplotlib.figure import Figure
-
-    from conceptlens.report import Section, figures
-
-    idx = [int(i) for i in indices if 0 <= int(i) < int(x.shape[0])]
-    if not idx:
-        raise ParameterError(f"indices {list(indices)!r} select no image of the {x.shape[0]} compared")
-    if not result.explainers and result.masks is None:
-        raise ParameterError("the comparison has no fitted method to show (every method failed)")
-    preset = next((getattr(ex.split, "preset", None) for ex in result.explainers.values()), None)
-    pics = figures.to_pictures(x[idx], preset)
-    where = {int(i): j for j, i in enumerate(result.mask_indices)}
-    # one explain() per method on the selected images only; its maps are at the images' resolution
-    local = {}
-    for m, ex in result.explainers.items():
-        local[m] = ex.explain(x[idx], A=None if A is None else A[idx])
-    images: dict[str, Any] = {}
-    parts = []
-    for r, i in enumerate(idx):
-        panels: list[tuple[str, Any]] = [("image", pics[r])]
-        lines = []
-        for m, loc in local.items():
-            c = loc.contributions[r]
-            j = int(c.argmax())
-            logit = float(loc.logits[r])
-            panels.append((f"{_label(m)}: concept {j}",
-                           figures.heatmap_overlay(pics[r].transpose(2, 0, 1), loc.maps[r, j], threshold)))
-            lines.append(f"{_label(m)}: concept {j} adds {float(c[j]):+.2f} to the logit {logit:.2f}")
-        if result.masks is not None and i in where:
-            e = result.masks
-            mk = e.masks[where[i], 0].detach().cpu().numpy().astype("float32")
-            pic = pics[r] * (0.3 + 0.7 * mk[:, :, None])
-            kept = float(e.kept_fraction[where[i]])
-            ok = bool(e.same_top1[where[i]])
-            panels.append((f"mask: {100 * kept:.0f} % kept", pic))
-            lines.append(f"masks: {100 * kept:.1f} % of the pixels kept; the class "
-                         + ("stays top-1" if ok else "is lost"))
-        fig = Figure(figsize=(1.9 * len(panels), 2.25), layout="constrained")
-        for p, (title, im) in enumerate(panels):
-            ax = fig.add_subplot(1, len(panels), p + 1)
-            ax.imshow(im, interpolation="nearest")
-            ax.set_title(title, fontsize=9)
-            ax.set_axis_off()
-        fname = f"side_by_side_{r}.png"
-        images[fname] = fig
-        label = names[i] if names is not None and i < len(names) else f"image {i}"
-        items = "".join(f"<li>{escape(t)}</li>" for t in lines)
-        parts.append(f'<figure class="side"><img src="img/{fname}" alt="every method on {escape(label)}" '
-                     f'style="max-width:100%;height:auto"><figcaption>{escape(label)}<ul>{items}</ul>'
-                     "</figcaption></figure>")
-    html = ("<p>The same images through every method: for each concept method the region of the concept "
-            "that adds most to the class logit on that image, for the masks the pixels kept. Where methods "
-            "agree, the explanation is robust; where they differ, trust the one with the better numbers "
-            "above.</p>" + "".join(parts))
-    return Section("Side by side", html, anchor="side-by-side", images=images)
+    return compare_sections.side_by_side_section(result, x, indices, names=names, A=A, threshold=threshold,
+                                                 label=method_label)
 
 
-def _masks_section(result: CompareResult, x: torch.Tensor, names: Sequence[str] | None) -> Any:
-    """The masks' section: each masked image with Grad-CAM binarised at the same area (cheap: one backward
-    pass; occlusion, ~30× slower, is left to ``conceptlens mask``)."""
-    from conceptlens.attribution.baselines import grad_cam
-    from conceptlens.report.sections.masks import mask_section
+def print_table(result: CompareResult, echo: Callable[[str], Any] = print) -> None:
+    """Print the :data:`PRINTED` columns of the table, one line per method (4 decimals; ``nan``: not
+    measured), then :func:`reading`'s sentences."""
+    from conceptlens.report.sections import compare as compare_sections
 
-    ex = next(iter(result.explainers.values()), None)
-    idx = list(result.mask_indices)
-    xs = x[idx]
-    sub_names = [names[i] for i in idx] if names is not None else [f"image {i}" for i in idx]
-    model = ex.split.model if ex is not None else None
-    baselines = None
-    if ex is not None:
-        split = ex.split
-        baselines = {"grad_cam": grad_cam(split, xs, result.masks.target)}
-    return mask_section(result.masks, xs, names=sub_names, baselines=baselines, model=model,
-                        preset=getattr(model, "preset", None))
+    cols = [c for c in METRIC_COLUMNS if c.key in PRINTED]
+    cols.sort(key=lambda c: PRINTED.index(c.key))
+    for line in compare_sections.terminal_table(result.rows, cols).splitlines():
+        echo(line)
+    for s in reading(result):
+        echo(s)
 
 
 def write_report(
@@ -664,9 +543,9 @@ def write_report(
     by_method = {r["method"]: r for r in result.rows}
     for m, ex in result.explainers.items():
         row = by_method[m]
-        mets = {k: row[k] for k in METRICS if _finite(row[k])}
+        mets = {k: row[k] for k in METRICS if is_finite(row[k])}
         report.write(ex, x, out / m, names=names, A=A, metrics=mets, progress=progress,
-                     title=f"{_label(m)}: {ex.target_name_}")
+                     title=f"{method_label(m)}: {ex.target_name_}")
     links = {m: f"{m}/index.html" for m in result.explainers}
     sections = [side_by_side_section(result, x, side_by_side, names=names, A=A)] if len(side_by_side) else []
     extra = list(extra_sections)
@@ -675,7 +554,24 @@ def write_report(
     ex = result.explainers[best]
     row = by_method[best]
     return report.write(ex, x, out, names=names, A=A, progress=progress,
-                        metrics={k: row[k] for k in METRICS if _finite(row[k])},
-                        title=f"Which explanation to trust: {ex.target_name_} (best: {_label(best)})",
+                        metrics={k: row[k] for k in METRICS if is_finite(row[k])},
+                        title=f"Which explanation to trust: {ex.target_name_} (best: {method_label(best)})",
                         lead_sections=[summary_section(result, links), *sections],
                         extra_sections=extra)
+
+
+def _masks_section(result: CompareResult, x: torch.Tensor, names: Sequence[str] | None) -> Any:
+    """The masks' report section with Grad-CAM at the masks' area measured here (the section runs nothing)."""
+    from conceptlens.attribution.baselines import grad_cam
+    from conceptlens.report.sections import compare as compare_sections
+    from conceptlens.workflows.masks import equal_area_rows
+
+    ex = next(iter(result.explainers.values()), None)
+    model = ex.split.model if ex is not None else None
+    baselines = comparison = None
+    if ex is not None:
+        xs = x[list(result.mask_indices)]
+        baselines = {"grad_cam": grad_cam(ex.split, xs, result.masks.target)}
+        comparison = equal_area_rows(model, xs, result.masks, baselines)
+    return compare_sections.masks_section(result, x, names, model=model, baselines=baselines,
+                                          comparison=comparison)

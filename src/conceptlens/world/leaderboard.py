@@ -1,74 +1,71 @@
 """The ground-truth leaderboard: every registered method scored on the synthetic concept world.
 
-Real models have no ground truth for concepts; :mod:`conceptlens.world.concepts` draws images whose concepts,
-pixels and class relevance are known. For each class ``c`` of the world, a
-:class:`~conceptlens.ConceptExplainer` is fitted on that class's images (``ModelSplit(model, "auto")``) with
-every registered decomposition, and its ``k`` concept maps and importances are compared with the truth.
+Real models have no ground truth for concepts; :mod:`conceptlens.world.concepts` draws images whose
+concepts, pixels and class relevance are known, and :mod:`conceptlens.world.cnn` trains a model on them.
+For each class ``c`` of the world, a :class:`~conceptlens.explainer.ConceptExplainer` is fitted on that
+class's images (``ModelSplit(model, "auto")``) with every registered decomposition, and its ``k`` concept
+maps and importances are compared with the truth by the pure scores of
+:mod:`conceptlens.metrics.groundtruth` (localisation, matching, recall@2, Spearman; the notation is
+fixed there). :func:`run` returns the numbers; ``conceptlens bench groundtruth``
+(:mod:`conceptlens.bench.groundtruth`) writes them as JSON, a markdown table and a figure.
 
-Notation
---------
-==============  ==================  ================================================================
-``n``           int                 images of the class being explained
-``k``           int                 concepts of the method (maps)
-``K``           int                 true concepts of the world
-``T``           int                 thresholds (default 0.1, 0.2, ..., 0.9)
-``maps``        ``[n, k, S, S]``    concept maps (``explain(x).maps``: coefficients upsampled)
-``masks``       ``[n, K, S, S]``    bool, the true visible pixels of each concept
-``presence``    ``[n, K]``          bool, ``masks.any((2, 3))``
-``relevance``   ``[K]``             the class's row of ``world.relevance`` (1 for its two key concepts)
-==============  ==================  ================================================================
+Beside the localisation and importance scores, each row has the faithfulness numbers of
+:mod:`conceptlens.metrics`: C-Deletion (lower is better) and C-Insertion (higher is better) of CRAFT's
+authors (target logit, baseline 0, trapezoid AUC on ``[0, 1]``), ``fid_r`` (0 is perfect), ``sparsity``
+(fraction of non-zero codes) and the wall time of ``fit``.
 
-The scores
-----------
-* **Localisation.** Each map is divided by its own maximum in each image (a map with no positive value in
-  an image selects nothing there) and binarised at ``> t`` for each threshold ``t``. For every pair (map
-  ``j``, concept ``i``) the IoU of the binarised map with the mask is averaged over the images where
-  ``i`` is present, and the pair keeps its best threshold (chosen per pair, so that a method is not
-  penalised for a scale of its maps: the threshold is a property of the map, the IoU of the match).
-  **Pointing game**: the fraction of the map's maximal pixels that fall inside the mask (the expected hit
-  of the argmax when ties are broken at random: k-means maps have plateaus), averaged over the same
-  images. Maps are matched one-to-one to the concepts present in the class (in at least 5 % of its
-  images) by the Hungarian algorithm on the IoU matrix ``[k, K]`` (scipy's ``linear_sum_assignment``); a
-  concept left unmatched (``k`` smaller than the number of present concepts) scores 0. Reported: the mean
-  over present concepts (``iou``, ``pointing``) and over the class's two key concepts (``iou_key``,
-  ``pointing_key``).
-* **Importance.** The explainer's ``importance_`` ``[k]`` is carried through the matching to the true
-  concepts. ``recall@2``: the fraction of the two key concepts among the two matched concepts with the
-  largest importance. ``spearman``: the rank correlation of the matched importances with the relevance
-  row, over the matched concepts (undefined, so left out of the mean, when only key concepts matched).
-* **Faithfulness**: C-Deletion (lower is better) and C-Insertion (higher is better) of
-  :mod:`conceptlens.metrics.craft` (target logit, baseline 0, trapezoid AUC on ``[0, 1]``), ``fid_r``
-  (:func:`conceptlens.metrics.evaluate`, 0 is perfect), ``sparsity`` (fraction of non-zero codes) and the
-  wall time of ``fit``.
+The runner never names a method: it reads each decomposition's declarations (``quick_params`` for quick
+runs; a method with ``fit_on == "crops"`` gets crops of about one layout cell, ``max(8, S // 3)`` pixels,
+since the world's objects fill about a third of the image side, as CRAFT's 64-pixel crops do on 224-pixel
+photos). The ``reference`` decomposition, when given, has its bank scored under every registered
+importance estimator, and every method's fit time is divided by its own.
 
-Reference rows: ``oracle`` returns the true masks as maps (localisation 1.0 by construction: the metric
-can succeed), ``oracle@layer`` the masks averaged down to the layer's ``h x w`` grid and upsampled as the
-methods' maps are (the best a map read off that layer can do), and ``random`` uniform noise on the
-layer's grid, upsampled (the chance level, including what the matching's choice adds: the metric can
-fail). Their importances are the relevance row (oracles) and Gaussian noise (random; its recall@2 and
-Spearman are averaged over 200 draws, so the row shows the expected chance level).
+Reference rows: ``oracle`` (the true masks as maps), ``oracle@layer`` (the masks at the layer's grid) and
+``random`` (noise on the layer's grid): see :mod:`conceptlens.metrics.groundtruth`. Their importances are
+the relevance row (oracles) and Gaussian noise (random; its recall@2 and Spearman are averaged over 200
+draws, so the row shows the expected chance level).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
-import io
 import math
 import pkgutil
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
-from conceptlens.errors import ParameterError
+from conceptlens.metrics.groundtruth import (
+    MIN_PRESENCE,
+    THRESHOLDS,
+    Localisation,
+    layer_oracle_maps,
+    localisation_scores,
+    match_concepts,
+    oracle_maps,
+    random_maps,
+    rank_correlation,
+    recall_at,
+    rounded,
+    score_class,
+)
+
+if TYPE_CHECKING:
+    from conceptlens.world.concepts import ConceptWorld
 
 __all__ = [
+    "class_images",
+    "registered_methods",
+    "registered_importances",
+    "method_params",
+    "run",
+    # the scores and reference maps, at home in conceptlens.metrics.groundtruth
     "THRESHOLDS",
+    "MIN_PRESENCE",
     "Localisation",
     "localisation_scores",
     "match_concepts",
@@ -78,285 +75,7 @@ __all__ = [
     "oracle_maps",
     "layer_oracle_maps",
     "random_maps",
-    "class_images",
-    "registered_methods",
-    "registered_importances",
-    "run",
 ]
-
-#: Thresholds on max-normalised maps (``0.1, 0.2, …, 0.9``).
-THRESHOLDS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 10))
-#: A concept takes part in a class's matching when present in at least this fraction of its images.
-MIN_PRESENCE = 0.05
-
-
-# ------------------------------------------------------------------------------------------ localisation
-@dataclass(frozen=True)
-class Localisation:
-    """Localisation scores of every (map, concept) pair.
-
-    Attributes
-    ----------
-    iou : torch.Tensor
-        ``[k, K]`` float64, mean IoU over the images where the concept is present, at the best threshold.
-    threshold : torch.Tensor
-        ``[k, K]`` float64, that best threshold.
-    pointing : torch.Tensor
-        ``[k, K]`` float64, mean pointing-game hit over the same images.
-    n_present : torch.Tensor
-        ``[K]`` int64, images where each concept is present.
-    """
-
-    iou: torch.Tensor
-    threshold: torch.Tensor
-    pointing: torch.Tensor
-    n_present: torch.Tensor
-
-
-def localisation_scores(
-    maps: torch.Tensor,
-    masks: torch.Tensor,
-    thresholds: tuple[float, ...] | torch.Tensor = THRESHOLDS,
-    *,
-    batch_size: int = 16,
-) -> Localisation:
-    """IoU at the best threshold and pointing-game accuracy of every map against every true mask.
-
-    Parameters
-    ----------
-    maps
-        ``[n, k, H, W]`` concept maps (any real values; only the positive part can select pixels).
-    masks
-        ``[n, K, H, W]`` bool true masks (same ``n``, ``H``, ``W``).
-    thresholds
-        ``T`` values in ``(0, 1)``: a pixel is selected when ``map / max(map) > t`` (max over the image).
-    batch_size
-        Images per step (memory is about ``batch_size·T·k·H·W`` floats).
-
-    Returns
-    -------
-    Localisation
-        ``iou``, ``threshold`` and ``pointing`` ``[k, K]``; pairs whose concept is never present score 0.
-    """
-    if not isinstance(maps, torch.Tensor) or maps.ndim != 4:
-        raise ParameterError(f"maps must be a tensor [n, k, H, W], got {list(getattr(maps, 'shape', []))}")
-    if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[0] != maps.shape[0] \
-            or masks.shape[2:] != maps.shape[2:]:
-        raise ParameterError(
-            f"masks must be [n, K, H, W] with n, H, W of the maps {list(maps.shape)}, "
-            f"got {list(getattr(masks, 'shape', []))}"
-        )
-    thr = torch.as_tensor(thresholds, dtype=torch.float32).reshape(-1)
-    if thr.numel() == 0 or bool(((thr <= 0) | (thr >= 1)).any()):
-        raise ParameterError(f"thresholds must be non-empty values in (0, 1), got {thr.tolist()}")
-    n, k = maps.shape[:2]
-    K = masks.shape[1]
-    T = thr.numel()
-    P = maps.shape[2] * maps.shape[3]
-    masks = masks.to(torch.bool)
-    presence = masks.flatten(2).any(-1)  # [n, K]
-    iou_sum = torch.zeros(T, k, K, dtype=torch.float64)
-    hit_sum = torch.zeros(k, K, dtype=torch.float64)
-    thr = thr.to(maps.device)
-    for s in range(0, n, batch_size):
-        m = maps[s : s + batch_size].flatten(2).float()  # [b, k, P]
-        b = m.shape[0]
-        M = masks[s : s + batch_size].flatten(2).float()  # [b, K, P]
-        pres = presence[s : s + batch_size].double().cpu()  # [b, K]
-        mx = m.amax(-1, keepdim=True)  # [b, k, 1]
-        pos = mx > 0
-        norm = m / torch.where(pos, mx, torch.ones_like(mx))
-        # [b, T, k, P]: 0/1 floats so that the intersections are one batched matrix product (exact sums)
-        sel = ((norm[:, None] > thr[None, :, None, None]) & pos[:, None]).float()
-        inter = torch.bmm(sel.reshape(b, T * k, P), M.transpose(1, 2)).reshape(b, T, k, K)
-        union = sel.sum(-1)[..., None] + M.sum(-1)[:, None, None, :] - inter
-        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
-        iou_sum += (iou.double().cpu() * pres[:, None, None, :]).sum(0)
-        top = ((m == mx) & pos).float()  # [b, k, P] the maximal pixels (several on a plateau)
-        frac = torch.bmm(top, M.transpose(1, 2)) / top.sum(-1, keepdim=True).clamp_min(1)  # [b, k, K]
-        hit_sum += (frac.double().cpu() * pres[:, None, :]).sum(0)
-    count = presence.sum(0).cpu()  # [K]
-    den = count.clamp_min(1).double()
-    mean_iou = iou_sum / den  # [T, k, K]
-    best, t_idx = mean_iou.max(0)  # first (lowest) threshold among ties
-    return Localisation(iou=best, threshold=thr.double().cpu()[t_idx], pointing=hit_sum / den,
-                        n_present=count.long())
-
-
-def match_concepts(score: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """One-to-one matching of maps to true concepts maximising the total score (Hungarian algorithm).
-
-    Parameters
-    ----------
-    score
-        ``[k, K]`` score of each (map, concept) pair (e.g. :attr:`Localisation.iou`).
-    valid
-        ``[K]`` bool, the concepts that take part (default all).
-
-    Returns
-    -------
-    torch.Tensor
-        ``[K]`` int64: the map matched to each concept, ``-1`` for an invalid or unmatched concept.
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    if not isinstance(score, torch.Tensor) or score.ndim != 2:
-        raise ParameterError(f"score must be a tensor [k, K], got {list(getattr(score, 'shape', []))}")
-    K = score.shape[1]
-    valid = torch.ones(K, dtype=torch.bool) if valid is None else valid.to(torch.bool).cpu()
-    if valid.shape != (K,):
-        raise ParameterError(f"valid must be [K] = [{K}] bool, got {list(valid.shape)}")
-    cols = valid.nonzero().squeeze(1)
-    out = torch.full((K,), -1, dtype=torch.int64)
-    if cols.numel() == 0 or score.shape[0] == 0:
-        return out
-    sub = score.detach().double().cpu()[:, cols].numpy()
-    r, c = linear_sum_assignment(sub, maximize=True)
-    out[cols[torch.as_tensor(c, dtype=torch.int64)]] = torch.as_tensor(r, dtype=torch.int64)
-    return out
-
-
-# ------------------------------------------------------------------------------------------ importance
-def recall_at(values: torch.Tensor, keys: torch.Tensor, r: int = 2) -> float:
-    """Fraction of ``keys`` among the ``r`` concepts with the largest ``values``.
-
-    Parameters
-    ----------
-    values
-        ``[K]`` importance of each true concept; NaN for a concept without a value (unmatched), which is
-        never ranked.
-    keys
-        ``[m]`` int64 indices of the relevant concepts.
-    r
-        How many top concepts to look at.
-
-    Returns
-    -------
-    float
-        In ``[0, 1]``; ties are broken towards the lower concept index.
-    """
-    v = values.detach().double().cpu()
-    ranked = torch.argsort(torch.where(torch.isnan(v), -math.inf, -v), stable=True)
-    ranked = ranked[~torch.isnan(v[ranked])][:r]
-    keyset = {int(i) for i in keys.reshape(-1).tolist()}
-    return len(keyset & {int(i) for i in ranked.tolist()}) / max(len(keyset), 1)
-
-
-def rank_correlation(values: torch.Tensor, relevance: torch.Tensor) -> float:
-    """Spearman correlation of ``values [K]`` with ``relevance [K]`` over the entries where values is not NaN.
-
-    NaN when fewer than two entries remain or either side is constant there (average ranks for ties).
-    """
-    from conceptlens.metrics.craft import spearman
-
-    v = values.detach().double().cpu()
-    ok = ~torch.isnan(v)
-    if int(ok.sum()) < 2:
-        return float("nan")
-    return float(spearman(v[ok], relevance.detach().double().cpu()[ok]))
-
-
-def score_class(
-    maps: torch.Tensor,
-    masks: torch.Tensor,
-    importance: torch.Tensor | None,
-    relevance: torch.Tensor,
-    *,
-    thresholds: tuple[float, ...] | torch.Tensor = THRESHOLDS,
-    min_presence: float = MIN_PRESENCE,
-) -> dict[str, Any]:
-    """Localisation and importance scores of one class's explanation.
-
-    Parameters
-    ----------
-    maps
-        ``[n, k, H, W]`` concept maps of the class's images.
-    masks
-        ``[n, K, H, W]`` bool true masks.
-    importance
-        ``[k]`` the method's importance of its concepts, or None (importance scores are then NaN).
-    relevance
-        ``[K]`` the class's true relevance (its key concepts are the entries > 0).
-    thresholds, min_presence
-        See :func:`localisation_scores` and :data:`MIN_PRESENCE`.
-
-    Returns
-    -------
-    dict
-        ``iou``, ``iou_key``, ``pointing``, ``pointing_key``, ``recall_at_2``, ``spearman`` (floats),
-        ``match`` ``[K]`` (map index per concept, -1 when none), ``pair_iou``, ``pair_pointing``,
-        ``pair_threshold`` ``[K]`` (NaN when unmatched) and ``n_present`` ``[K]`` as lists.
-    """
-    loc = localisation_scores(maps, masks, thresholds)
-    n = maps.shape[0]
-    valid = loc.n_present >= max(2, math.ceil(min_presence * n))
-    match = match_concepts(loc.iou, valid)
-    K = masks.shape[1]
-    ar = torch.arange(K)
-    has = match >= 0
-    idx = match.clamp_min(0)
-    nan = torch.full((K,), math.nan, dtype=torch.float64)
-    pair_iou = torch.where(has, loc.iou[idx, ar], nan)
-    pair_pt = torch.where(has, loc.pointing[idx, ar], nan)
-    pair_thr = torch.where(has, loc.threshold[idx, ar], nan)
-    key = relevance.detach().cpu() > 0
-    keys = key.nonzero().squeeze(1)
-
-    def mean_over(sel: torch.Tensor, v: torch.Tensor) -> float:
-        # an unmatched concept (k smaller than the present ones) scores 0, not "not counted"
-        sel = sel & valid
-        return float(torch.nan_to_num(v[sel], nan=0.0).mean()) if bool(sel.any()) else float("nan")
-
-    out: dict[str, Any] = {
-        "iou": mean_over(torch.ones(K, dtype=torch.bool), pair_iou),
-        "iou_key": mean_over(key, pair_iou),
-        "pointing": mean_over(torch.ones(K, dtype=torch.bool), pair_pt),
-        "pointing_key": mean_over(key, pair_pt),
-    }
-    if importance is None:
-        out["recall_at_2"] = out["spearman"] = float("nan")
-        imp_true = nan
-    else:
-        imp = importance.detach().double().cpu().reshape(-1)
-        if imp.numel() != maps.shape[1]:
-            raise ParameterError(f"importance must be [k] = [{maps.shape[1]}], got {list(importance.shape)}")
-        imp_true = torch.where(has, imp[idx], nan)
-        out["recall_at_2"] = recall_at(imp_true, keys, 2)
-        out["spearman"] = rank_correlation(imp_true, relevance)
-    out.update({
-        "match": match.tolist(),
-        "pair_iou": _clean(pair_iou.tolist()),
-        "pair_pointing": _clean(pair_pt.tolist()),
-        "pair_threshold": _clean(pair_thr.tolist()),
-        "matched_importance": _clean(imp_true.tolist()),
-        "n_present": loc.n_present.tolist(),
-    })
-    return out
-
-
-# ------------------------------------------------------------------------------------------ references
-def oracle_maps(masks: torch.Tensor) -> torch.Tensor:
-    """The true masks as concept maps: ``[n, K, H, W]`` bool → float32 (1 inside, 0 outside)."""
-    return masks.to(torch.float32)
-
-
-def layer_oracle_maps(masks: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """The true masks seen at a layer's resolution: area-averaged to ``grid = (h, w)``, upsampled back.
-
-    The upsampling is the explainer's (bilinear, ``align_corners=False``), so this is the best a concept
-    map read off an ``h x w`` layer can localise. ``[n, K, H, W]`` → ``[n, K, H, W]`` float32.
-    """
-    H, W = masks.shape[-2:]
-    coarse = F.adaptive_avg_pool2d(masks.to(torch.float32), grid)
-    return F.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)
-
-
-def random_maps(n: int, k: int, grid: tuple[int, int], size: tuple[int, int], seed: int = 0) -> torch.Tensor:
-    """Chance-level maps: uniform noise on an ``h x w`` grid, upsampled bilinearly → ``[n, k, H, W]``."""
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, k, *grid, generator=gen)
-    return F.interpolate(coarse, size=size, mode="bilinear", align_corners=False)
-
 
 # ------------------------------------------------------------------------------------------ registries
 #: Modules of the registry packages that failed to import (name → error), filled by the two functions below.
@@ -390,7 +109,7 @@ def registered_importances() -> list[str]:
 
 
 def class_images(
-    world: Any, n_per_class: int, classes: list[int], seed: int = 0
+    world: ConceptWorld, n_per_class: int, classes: list[int], seed: int = 0
 ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
     """The first ``n_per_class`` images of each class from a seeded stream of the world.
 
@@ -414,49 +133,32 @@ def class_images(
     return {c: (torch.cat([g[0] for g in got[c]]), torch.cat([g[1] for g in got[c]])) for c in classes}
 
 
-# ------------------------------------------------------------------------------------------ the benchmark
-#: Per-method options adapted to the 64-pixel world (``S`` is substituted by the image side).
-WORLD_PARAMS: dict[str, dict[str, Any]] = {
-    # CRAFT's crops: about one layout cell, i.e. one object (CRAFT's 64 px on 224 px images is ~0.3)
-    "craft": {"patch_size": "S/3"},
-}
-#: Extra options in quick mode (only those the method's constructor accepts are passed).
-QUICK_PARAMS: dict[str, dict[str, Any]] = {
-    "eddp": {"max_iter": 60, "polish_iter": 10, "n_init": 1, "init_rows": 4000},
-    "face": {"max_iter": 20, "encode_kl_steps": 2},
-    "nmf": {"max_iter": 100},
-    "craft": {"max_iter": 100},
-}
-
+# ------------------------------------------------------------------------------------------ the runner
 _RANDOM_DRAWS = 200  # random importances averaged for the chance level of recall@2 and Spearman
 _MAIN_COLS = ("iou", "iou_key", "pointing", "pointing_key", "recall_at_2", "spearman")
 _FAITH_COLS = ("c_deletion", "c_insertion", "fid_r", "sparsity", "fit_s")
 
 
-def _method_params(name: str, size: int, quick: bool) -> dict[str, Any]:
+def method_params(name: str, size: int, quick: bool) -> dict[str, Any]:
+    """The options the leaderboard gives decomposition ``name`` on ``size``-pixel images (its declarations).
+
+    A method fitted on crops (``fit_on == "crops"``) gets ``patch_size = max(8, size // 3)`` (about one
+    layout cell, i.e. one object); ``quick`` adds its ``quick_params``. Only the options the method's
+    constructor accepts are returned.
+    """
     from conceptlens import decompose
 
+    cls = decompose.get(name)
     want: dict[str, Any] = {}
-    for key, v in WORLD_PARAMS.get(name, {}).items():
-        want[key] = max(8, size // 3) if v == "S/3" else v
+    if cls.fit_on == "crops":
+        want["patch_size"] = max(8, size // 3)
     if quick:
-        want.update(QUICK_PARAMS.get(name, {}))
+        want.update(cls.quick_params)
     try:
-        accepted = set(inspect.signature(decompose.get(name).__init__).parameters)
+        accepted = set(inspect.signature(cls.__init__).parameters)
     except (TypeError, ValueError):  # pragma: no cover - a constructor without a signature
         return {}
     return {key: v for key, v in want.items() if key in accepted}
-
-
-def _clean(v: Any) -> Any:
-    """JSON-safe: NaN/Inf → None, floats rounded to 5 digits."""
-    if isinstance(v, float):
-        return None if not math.isfinite(v) else round(v, 5)
-    if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    return v
 
 
 def _mean(vals: list[float]) -> float:
@@ -481,14 +183,14 @@ def _summarise(name: str, kind: str, per_class: list[dict[str, Any]], **extra: A
 def _degenerate(importance: torch.Tensor, contributions: torch.Tensor) -> bool:
     """True when an importance is numerical noise next to the concepts' contributions ``[n, k]``.
 
-    PCA's codes are centred on the fit images, so ICE's mean contribution is 0 up to rounding: ranking
-    that noise would score recall@2 by luck.
+    Codes centred on the fit images (a principal-component basis) make ICE's mean contribution 0 up to
+    rounding: ranking that noise would score recall@2 by luck.
     """
     scale = float(contributions.detach().abs().mean())
     return scale > 0 and float(importance.detach().abs().max()) <= 1e-5 * scale
 
 
-_DEGENERATE_NOTE = "importance ≈ 0 up to rounding (PCA: codes centred on the fit images); ranking undefined"
+_DEGENERATE_NOTE = "importance ≈ 0 up to rounding (codes centred on the fit images); ranking undefined"
 
 
 def _fit_explainer(split: Any, method: str, k: int, x: torch.Tensor, A: torch.Tensor, c: int, seed: int,
@@ -504,12 +206,11 @@ def _fit_explainer(split: Any, method: str, k: int, x: torch.Tensor, A: torch.Te
 def _faithfulness(ex: Any, x: torch.Tensor, A: torch.Tensor, importance: torch.Tensor | None = None
                   ) -> dict[str, float]:
     from conceptlens import metrics
-    from conceptlens.metrics import holistic as metrics_holistic
 
     m = metrics.evaluate(ex, x, A=A)
     return {
-        "c_deletion": metrics_holistic.c_deletion(ex, None, importance, A),
-        "c_insertion": metrics_holistic.c_insertion(ex, None, importance, A),
+        "c_deletion": metrics.c_deletion(ex, None, importance, A),
+        "c_insertion": metrics.c_insertion(ex, None, importance, A),
         "fid_r": m["fid_r"],
         "sparsity": m["sparsity"],
     }
@@ -521,41 +222,43 @@ def _error(err: BaseException) -> str:
     return f"{type(err).__name__}: {err}{loc}"[:400]
 
 
-def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: int = 0,
-        methods: list[str] | None = None, n_per_class: int | None = None, n_concepts: int | None = None,
-        classes: list[int] | None = None, verbose: bool = True) -> dict[str, Any]:
-    """Score every registered method and importance estimator on the concept world; write the results.
+def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
+        n_per_class: int | None = None, n_concepts: int | None = None, classes: list[int] | None = None,
+        reference: str | None = None, verbose: bool = True) -> dict[str, Any]:
+    """Score every registered method (and importance estimator) on the concept world.
 
     Parameters
     ----------
     quick
         Two classes, 16 images each, ``k = 6``, shorter fits (under a minute once the model is cached)
         instead of every class with 100 images each, ``k = 10``.
-    out
-        Folder for ``groundtruth.json``, ``groundtruth.md`` (the tables) and ``groundtruth.png`` (a plot).
     seed
         Seed of the images, of every fit and of the random reference.
     methods
         Decompositions to score (default: every registered one).
     n_per_class, n_concepts, classes
         Override the mode's images per class, ``k`` and the classes explained.
+    reference
+        A decomposition among ``methods`` whose bank is also scored under every registered importance
+        estimator (``importance_rows``) and whose fit time every row is divided by (``fit_vs_<reference>``);
+        None: neither.
     verbose
-        Print progress lines and the table.
+        Print a progress line per method.
 
     Returns
     -------
     dict
         The JSON payload: ``config``, ``rows`` (one per method and reference; means over classes),
-        ``importance_rows`` (the NMF bank under each estimator), ``per_class`` details and ``model``.
+        ``importance_rows`` (the reference's bank under each estimator), ``per_class`` details and ``model``.
     """
     from conceptlens import importance as importance_mod
     from conceptlens.importance.base import Context
     from conceptlens.split.model_split import ModelSplit
-    from conceptlens.world import concepts as synthetic
+    from conceptlens.world.cnn import trained_model
+    from conceptlens.world.concepts import ConceptWorld
 
-    out = Path(out)
-    model = synthetic.trained_model(seed=0)
-    world = synthetic.ConceptWorld(**model.world_config)
+    model = trained_model(seed=0)
+    world = ConceptWorld(**model.world_config)
     split = ModelSplit(model, "auto")
     S = world.size
     h, w = int(split.activation_shape[0]), int(split.activation_shape[1])
@@ -610,7 +313,7 @@ def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: i
 
     for name in names:
         t0 = time.perf_counter()
-        params = _method_params(name, S, quick)
+        params = method_params(name, S, quick)
         rows = []
         for c in cls_list:
             x, masks = data[c]
@@ -625,7 +328,7 @@ def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: i
                 r.update(_faithfulness(ex, x, A))
                 r["fit_s"] = fit_s
                 r["importance_method"] = ex.importance_result_.method
-                if name == "nmf":  # the same bank under every registered importance estimator
+                if name == reference:  # the same bank under every registered importance estimator
                     U = ex.decomposition_.encode(A)
                     for est in estimators:
                         try:
@@ -657,10 +360,13 @@ def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: i
                                    importance=",".join(sorted(i for i in imp_names if i)) or None))
     # a leaderboard: references first, then the methods by localisation (failed ones last)
     rows_out[3:] = sorted(rows_out[3:], key=lambda r: -r["iou"] if math.isfinite(r["iou"]) else math.inf)
-    nmf_fit = next((r["fit_s"] for r in rows_out if r["method"] == "nmf"), float("nan"))
-    for r in rows_out:
-        r["fit_vs_nmf"] = r["fit_s"] / nmf_fit if nmf_fit and math.isfinite(nmf_fit) else float("nan")
-    imp_rows = [_summarise("nmf", "importance", imp_per_class[e], k=k, importance=e) for e in imp_per_class]
+    if reference is not None:
+        ref_fit = next((r["fit_s"] for r in rows_out if r["method"] == reference), float("nan"))
+        ok = bool(ref_fit) and math.isfinite(ref_fit)
+        for r in rows_out:
+            r[f"fit_vs_{reference}"] = r["fit_s"] / ref_fit if ok else math.nan
+    imp_rows = [_summarise(str(reference), "importance", imp_per_class[e], k=k, importance=e)
+                for e in imp_per_class]
 
     payload: dict[str, Any] = {
         "quick": quick,
@@ -670,7 +376,7 @@ def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: i
             "layer": split.layer, "layer_grid": [h, w], "image_size": S, "thresholds": list(THRESHOLDS),
             "min_presence": MIN_PRESENCE, "methods": names, "estimators": estimators,
             "import_errors": dict(IMPORT_ERRORS),
-            "method_params": {n: _method_params(n, S, quick) for n in names},
+            "method_params": {n: method_params(n, S, quick) for n in names}, "reference": reference,
             "world": world.config, "concepts": world.concept_names,
         },
         "model": {"heldout_accuracy": model.training_info.get("heldout_accuracy"),
@@ -681,120 +387,5 @@ def run(quick: bool = False, out: Path | str = Path("bench/results"), *, seed: i
         "importance_per_class": imp_per_class,
         "seconds": time.perf_counter() - t_all,
     }
-    payload = _clean(payload)
-    table = markdown(payload)
-    write(payload, table, out)
-    say(table)
-    return payload
+    return rounded(payload)
 
-
-# ------------------------------------------------------------------------------------------ output
-def _fmt(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def markdown(payload: dict[str, Any]) -> str:
-    """The leaderboard and the importance-estimator table as markdown (from a :func:`run` payload)."""
-    cfg = payload["config"]
-    lines = [
-        f"Ground-truth leaderboard: {len(cfg['classes'])} classes × {cfg['n_per_class']} images, "
-        f"k = {cfg['n_concepts']}, layer {cfg['layer']} ({cfg['layer_grid'][0]}×{cfg['layer_grid'][1]}), "
-        f"seed {cfg['seed']}; means over classes. IoU at the best threshold per matched pair; ↑ higher is "
-        "better, ↓ lower is better.",
-        "",
-        "| method | importance | IoU ↑ | IoU key ↑ | pointing ↑ | pointing key ↑ | recall@2 ↑ | Spearman ↑ "
-        "| C-Del ↓ | C-Ins ↑ | Fid_r ↓ | sparsity | fit s | fit ÷ nmf | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in payload["rows"]:
-        note = r.get("error") or r.get("note") or ("reference" if r["kind"] == "reference" else "")
-        note = str(note).replace("|", "/").replace("\n", " ")
-        lines.append(
-            f"| {r['method']} | {_fmt(r.get('importance'))} | {_fmt(r['iou'])} | {_fmt(r['iou_key'])} "
-            f"| {_fmt(r['pointing'])} | {_fmt(r['pointing_key'])} | {_fmt(r['recall_at_2'])} "
-            f"| {_fmt(r['spearman'])} | {_fmt(r['c_deletion'], 2)} | {_fmt(r['c_insertion'], 2)} "
-            f"| {_fmt(r['fid_r'])} | {_fmt(r['sparsity'], 2)} | {_fmt(r['fit_s'], 2)} "
-            f"| {_fmt(r.get('fit_vs_nmf'), 1)} | {note} |"
-        )
-    if payload.get("importance_rows"):
-        lines += [
-            "",
-            "Importance estimators on the same NMF bank (localisation is the bank's; time: the estimator's):",
-            "",
-            "| estimator | recall@2 ↑ | Spearman ↑ | C-Del ↓ | C-Ins ↑ | time s | note |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in payload["importance_rows"]:
-            note = str(r.get("error") or r.get("note") or "").replace("|", "/")
-            lines.append(
-                f"| {r['importance']} | {_fmt(r['recall_at_2'])} | {_fmt(r['spearman'])} "
-                f"| {_fmt(r['c_deletion'], 2)} | {_fmt(r['c_insertion'], 2)} | {_fmt(r['fit_s'], 3)} "
-                f"| {note} |"
-            )
-    return "\n".join(lines) + "\n"
-
-
-def figure(payload: dict[str, Any]) -> Any:
-    """A matplotlib ``Figure`` (Agg canvas) of the leaderboard: localisation and importance per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = list(payload["rows"])
-    labels = [r["method"] for r in rows]
-    fig = Figure(figsize=(11, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.25, 1]})
-
-    def bars(ax: Any, cols: list[tuple[str, str]], items: list[dict[str, Any]], names: list[str]) -> None:
-        width = 0.8 / len(cols)
-        for j, (col, label) in enumerate(cols):
-            vals = [r.get(col) if r.get(col) is not None else 0.0 for r in items]
-            offset = (j - (len(cols) - 1) / 2) * width
-            ax.bar([p + offset for p in range(len(items))], vals, width, label=label)
-            for p, r in enumerate(items):
-                if r.get(col) is None:  # undefined (failed method, degenerate importance): say so
-                    ax.text(p + offset, 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(items)))
-        ax.set_xticklabels(names, rotation=30, ha="right")
-        # headroom above 1 for the legend, so that it never hides a bar
-        ax.set_ylim(min(0.0, *[r.get(c) or 0.0 for r in items for c, _ in cols]) - 0.02, 1.22)
-        ax.axhline(0, color="black", lw=0.6)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, loc="upper center", ncol=len(cols), frameon=False)
-
-    loc_cols = [("iou", "IoU"), ("iou_key", "IoU key"), ("pointing", "pointing"),
-                ("pointing_key", "pointing key")]
-    bars(ax1, loc_cols, rows, labels)
-    ax1.set_title("concept localisation (Hungarian-matched)")
-    imp_items = [r for r in rows if r["kind"] != "reference" or r["method"] == "random"]
-    imp_items += [{**r, "method": f"nmf/{r['importance']}"} for r in payload.get("importance_rows", [])]
-    bars(ax2, [("recall_at_2", "recall@2"), ("spearman", "Spearman")], imp_items,
-         [r["method"] for r in imp_items])
-    ax2.set_title("importance vs true relevance")
-    cfg = payload["config"]
-    fig.suptitle(f"conceptlens ground truth: {len(cfg['classes'])} classes × {cfg['n_per_class']} images, "
-                 f"k = {cfg['n_concepts']}", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def write(payload: dict[str, Any], table: str, out: Path | str) -> dict[str, Path]:
-    """Write ``groundtruth.json`` (with the environment), ``.md`` and ``.png`` into ``out`` (atomically)."""
-    from conceptlens.bench import write_json
-    from conceptlens.explainer import _atomic_write
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": write_json(out, "groundtruth", payload)}
-    md = out / "groundtruth.md"
-    _atomic_write(md, table.encode())
-    buf = io.BytesIO()
-    figure(payload).savefig(buf, format="png")
-    png = out / "groundtruth.png"
-    _atomic_write(png, buf.getvalue())
-    paths.update({"md": md, "png": png})
-    return paths

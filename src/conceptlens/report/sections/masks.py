@@ -5,12 +5,15 @@ Notation: ``x [N,3,H,W]`` normalised images, ``masks [N,1,H,W]`` the binary mini
 (occlusion, Grad-CAM; higher = more important), ``pic [H,W,3]`` a picture in [0, 1] for display.
 
 Every baseline is shown binarised at the mask's kept fraction of the same image
-(:func:`~conceptlens.attribution.masks.binarize_at`), so the pictures compare *where* each method puts
-the same number of pixels. The numbers under each image are those of
-:func:`~conceptlens.attribution.masks.compare_at_equal_area` when its rows are given, else the top-1 and
-confidence computed here when a model is given, else the area alone.
+(:func:`~conceptlens.metrics.pixels.binarize_at`), so the pictures compare *where* each method puts
+the same number of pixels. The numbers under each image are those of the ``comparison`` rows when they are
+given (:func:`~conceptlens.workflows.masks.compare_at_equal_area`, or the cheaper
+:func:`~conceptlens.workflows.masks.equal_area_rows`), else the mask's own. The section draws; it never runs
+the model (:func:`~conceptlens.workflows.masks.measured_mask_section` measures, then calls it).
 
->>> s = mask_section(expl, x, names=names, baselines={"occlusion": occ, "Grad-CAM": cam}, model=model)
+>>> rows = compare_at_equal_area(model, x, expl.target, expl.masks, {"occlusion": occ, "Grad-CAM": cam})
+>>> s = mask_section(expl, x, names=names, baselines={"occlusion": occ, "Grad-CAM": cam}, model=model,
+...                  comparison=rows)
 >>> cl.report.write(ex, x, "report/", extra_sections=[s])       # or write_page([s], "out/")
 """
 
@@ -24,23 +27,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptlens._check import check_int, fmt, minus
+from conceptlens._io import atomic_write, write_csv
 from conceptlens.errors import ParameterError
+from conceptlens.metrics.pixels import binarize_at
 from conceptlens.report import figures
-from conceptlens.report.html import Section
+from conceptlens.report.base import Section
+from conceptlens.report.table import Column, Table
 
-__all__ = ["mask_overlay", "mask_section", "write_mask_outputs", "write_page"]
+__all__ = ["mask_overlay", "mask_section", "write_mask_outputs", "write_page", "binarize_baselines",
+           "check_section_inputs"]
 
 _GAP = 6  # pixels of white between the panels of a strip
+#: The means table of :func:`write_mask_outputs`, one row per method.
+_MEAN_COLUMNS = (
+    Column("method", "method", kind="str"), Column("kept_fraction", "kept", kind="pct", digits=1),
+    Column("top1_kept", "top-1 kept", kind="pct", digits=0), Column("confidence", "confidence"),
+    Column("deletion_auc", "deletion AUC ↓"), Column("insertion_auc", "insertion AUC ↑"),
+)
 _COLS = (("kept_fraction", "kept", "pct"), ("top1_kept", "top-1 kept", "bool"),
          ("confidence", "confidence", "num"), ("deletion_auc", "deletion AUC ↓", "num"),
          ("insertion_auc", "insertion AUC ↑", "num"))
-
-
-def _erode(m: np.ndarray) -> np.ndarray:
-    """4-neighbour binary erosion; pixels on the picture's border count as inside."""
-    p = np.pad(m, 1, mode="edge")
-    return m & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
-
 
 def mask_overlay(pic: Any, mask: Any, dim: float = 0.25) -> np.ndarray:
     """The kept pixels at full brightness, the removed ones dimmed, the mask's outline in yellow.
@@ -70,9 +77,9 @@ def mask_overlay(pic: Any, mask: Any, dim: float = 0.25) -> np.ndarray:
         raise ParameterError(f"dim must be in [0, 1], got {dim!r}")
     keep = m > 0.5
     out = np.where(keep[:, :, None], p, p * np.float32(dim)).astype(np.float32)
-    edge = keep & ~_erode(keep)
+    edge = keep & ~figures._erode(keep)
     # a thin line is invisible on a large picture: thicken it with the pixels just outside too
-    edge |= ~keep & ~_erode(~keep)
+    edge |= ~keep & ~figures._erode(~keep)
     out[edge] = np.asarray(figures._CONTOUR_RGB, dtype=np.float32) / 255.0
     return np.clip(out, 0.0, 1.0)
 
@@ -88,22 +95,56 @@ def _strip(panels: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _fmt(kind: str, v: Any) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
+def _cell(kind: str, v: Any) -> str:
     if kind == "pct":
-        return f"{100 * float(v):.1f} %"
-    if kind == "bool":
-        return "yes" if float(v) >= 0.5 else "no"
-    return f"{float(v):.3f}".replace("-", "−")
+        return fmt(v, 1, "pct")
+    return fmt(v, 3, kind) if kind == "bool" else minus(fmt(v, 3))
 
 
-def _binarize(s: torch.Tensor, frac: torch.Tensor, seed: int) -> torch.Tensor:
-    from conceptlens.attribution.masks.explainer import binarize_at
+def binarize_baselines(
+    baselines: Mapping[str, torch.Tensor], frac: torch.Tensor, x: torch.Tensor, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Each baseline ``[N,1,h,w]`` (or ``[N,h,w]``) cut at the kept fractions ``frac [N]``, as shown here.
 
-    if s.ndim == 3:
-        s = s[:, None]
-    return binarize_at(s.float(), frac, seed=seed)
+    The map is binarised at its own resolution (:func:`~conceptlens.metrics.pixels.binarize_at`, ties
+    broken by ``seed``), then resized (nearest) to ``x [N,3,H,W]``'s size. Returns ``{name: [N,1,H,W]}``
+    in ``x``'s dtype.
+    """
+    out = {}
+    for b, s in baselines.items():
+        m = binarize_at((s[:, None] if s.ndim == 3 else s).float(), frac, seed=seed).to(x.dtype)
+        if m.shape[-2:] != x.shape[-2:]:
+            m = torch.nn.functional.interpolate(m, size=x.shape[-2:], mode="nearest")
+        out[b] = m
+    return out
+
+
+def check_section_inputs(
+    expl: Any, x: Any, names: Sequence[str] | None, baselines: Mapping[str, Any] | None = None
+) -> list[str]:
+    """Check the arguments of :func:`mask_section`; returns the ``N`` image names (default ``image i``).
+
+    Raises
+    ------
+    ParameterError
+        When ``expl`` has no ``masks [N,1,H,W]``, ``x`` is not their ``[N,3,H,W]`` images, the names are
+        not ``N``, or a baseline is not an ``[N, ...]`` tensor.
+    """
+    masks = getattr(expl, "masks", None)
+    if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[1] != 1:
+        raise ParameterError("expl must be a MaskExplanation with masks [N,1,H,W] (MaskExplainer.explain(x))")
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != masks.shape[0] \
+            or x.shape[-2:] != masks.shape[-2:]:
+        raise ParameterError(f"x must be the [N,3,H,W] images of the masks {list(masks.shape)}, got "
+                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    n = x.shape[0]
+    names = [f"image {i}" for i in range(n)] if names is None else [str(s) for s in names]
+    if len(names) != n:
+        raise ParameterError(f"got {len(names)} names for {n} images")
+    for b, s in (baselines or {}).items():
+        if not isinstance(s, torch.Tensor) or s.shape[0] != n:
+            raise ParameterError(f"baseline {b!r} must be a saliency tensor [N,1,H,W] with N = {n}")
+    return names
 
 
 def mask_section(
@@ -134,11 +175,12 @@ def mask_section(
         ``{name: saliency [N,1,H,W]}``, e.g. occlusion and Grad-CAM; each is shown binarised at the mask's
         kept fraction of the same image.
     model
-        The classifier: gives the class names (``model.preset``) and, without ``comparison``, the top-1 and
-        confidence of the binarised baselines (one forward pass per baseline).
+        The classifier: gives the class names and the display preset (``model.preset``); never run here.
     comparison
-        Rows of :func:`~conceptlens.attribution.masks.compare_at_equal_area` on the same images (method names
-        ``"mask"`` and the keys of ``baselines``): their per-image numbers, AUCs included, fill the tables.
+        Rows of :func:`~conceptlens.workflows.masks.compare_at_equal_area` (or
+        :func:`~conceptlens.workflows.masks.equal_area_rows`) on the same images (method names ``"mask"``
+        and the keys of ``baselines``): their per-image numbers, AUCs included, fill the tables. Without
+        them, only the mask's own numbers (from ``expl``) are shown.
     preset
         Undoes the normalisation for display (default ``model.preset``; None scales each image to [0, 1]).
     max_images
@@ -146,7 +188,7 @@ def mask_section(
     title
         Section heading.
     seed
-        Tie-breaking of the binarisation (as in :func:`~conceptlens.attribution.masks.binarize_at`).
+        Tie-breaking of the binarisation (as in :func:`~conceptlens.metrics.pixels.binarize_at`).
 
     Returns
     -------
@@ -155,32 +197,16 @@ def mask_section(
     """
     from markupsafe import escape
 
-    masks = getattr(expl, "masks", None)
-    if not isinstance(masks, torch.Tensor) or masks.ndim != 4 or masks.shape[1] != 1:
-        raise ParameterError("expl must be a MaskExplanation with masks [N,1,H,W] (MaskExplainer.explain(x))")
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] != masks.shape[0] \
-            or x.shape[-2:] != masks.shape[-2:]:
-        raise ParameterError(f"x must be the [N,3,H,W] images of the masks {list(masks.shape)}, got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    names = check_section_inputs(expl, x, names, baselines)
+    masks = expl.masks
     n = x.shape[0]
-    names = [f"image {i}" for i in range(n)] if names is None else [str(s) for s in names]
-    if len(names) != n:
-        raise ParameterError(f"got {len(names)} names for {n} images")
-    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
-        raise ParameterError(f"max_images must be an integer ≥ 1, got {max_images!r}")
-    baselines = dict(baselines or {})
-    for b, s in baselines.items():
-        if not isinstance(s, torch.Tensor) or s.shape[0] != n:
-            raise ParameterError(f"baseline {b!r} must be a saliency tensor [N,1,H,W] with N = {n}")
+    check_int("max_images", max_images, 1)
     if preset is None and model is not None:
         preset = getattr(model, "preset", None)
     classes = list(getattr(preset, "classes", None) or [])
 
     frac = masks.float().mean((1, 2, 3))
-    binary = {b: _binarize(s, frac, seed).to(x.dtype) for b, s in baselines.items()}
-    for b in binary:
-        if binary[b].shape[-2:] != x.shape[-2:]:
-            binary[b] = torch.nn.functional.interpolate(binary[b], size=x.shape[-2:], mode="nearest")
+    binary = binarize_baselines(dict(baselines or {}), frac, x, seed)
 
     per: dict[str, dict[str, list[Any]]] = {}
     if comparison is not None:
@@ -190,15 +216,6 @@ def mask_section(
         per["mask"] = {"kept_fraction": frac.tolist(), "top1_kept": expl.same_top1.float().tolist(),
                        "confidence": expl.confidence.tolist(), "deletion_auc": [None] * n,
                        "insertion_auc": [None] * n}
-        if model is not None and binary:
-            from conceptlens.attribution.masks.explainer import _probs
-
-            for b, m in binary.items():
-                p = _probs(model, m * x, 32)
-                per[b] = {"kept_fraction": m.mean((1, 2, 3)).tolist(),
-                          "top1_kept": (p.argmax(1) == expl.target).float().tolist(),
-                          "confidence": p.gather(1, expl.target[:, None])[:, 0].tolist(),
-                          "deletion_auc": [None] * n, "insertion_auc": [None] * n}
 
     pics = figures.to_pictures(x[:max_images], preset)
     shown = min(n, max_images)
@@ -223,7 +240,7 @@ def mask_section(
         for mth in methods:
             if mth not in per:
                 continue
-            cells = "".join(f"<td>{escape(_fmt(kind, per[mth][key][i]))}</td>" for key, _, kind in _COLS)
+            cells = "".join(f"<td>{escape(_cell(kind, per[mth][key][i]))}</td>" for key, _, kind in _COLS)
             rows.append(f"<tr><th>{escape(mth)}</th>{cells}</tr>")
         head = "".join(f"<th>{escape(label)}</th>" for _, label, _ in _COLS)
         alt = f"{names[i]}: photo, minimal mask" + "".join(f", {b} at equal area" for b in binary)
@@ -302,9 +319,7 @@ def write_page(
         anchor = escape(s.anchor or "s-" + "".join(c if c.isalnum() else "-" for c in s.title.lower()))
         body.append(f'<section id="{anchor}"><h2>{escape(s.title)}</h2>\n{s.html}\n</section>')
     html = _PAGE.format(title=escape(title), intro=intro_html, sections="\n".join(body))
-    path = out / "index.html"
-    figures._atomic(path, lambda f: f.write(html.encode("utf-8")))
-    return path
+    return atomic_write(out / "index.html", html)
 
 
 def _file_stems(names: Sequence[str]) -> list[str]:
@@ -338,7 +353,7 @@ def write_mask_outputs(
     Parameters
     ----------
     comparison
-        A :class:`~conceptlens.attribution.masks.explainer.MaskComparison` of the images ``x``.
+        A :class:`~conceptlens.workflows.masks.MaskComparison` of the images ``x``.
     x
         ``[N,3,H,W]`` the normalised images.
     out_dir
@@ -359,9 +374,6 @@ def write_mask_outputs(
     dict
         ``{"overlays": [Path], "csv": Path, "html": Path, "rows": [dict]}``.
     """
-    import csv
-    import io
-
     from markupsafe import escape
 
     e = comparison.explanation
@@ -378,24 +390,14 @@ def write_mask_outputs(
     overlays = []
     for i, stem in enumerate(_file_stems(names)):
         overlays.append(figures.save_picture(mask_overlay(pics[i], e.masks[i, 0]), out / f"{stem}_mask.png"))
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-    csv_path = out / "masks.csv"
-    figures._atomic(csv_path, lambda f: f.write(buf.getvalue().encode("utf-8")))
+    cells = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
+    csv_path = write_csv(out / "masks.csv", list(rows[0]), cells)
     section = mask_section(e, x, names=shown, baselines=comparison.saliencies, model=model,
                            comparison=comparison.rows, preset=preset, max_images=n, title=title)
     mode = "amortised generator (one forward pass)" if comparison.amortised else "per-image optimisation"
-    means = "".join(
-        f"<tr><th>{escape(r['method'])}</th><td>{100 * r['kept_fraction']:.1f} %</td>"
-        f"<td>{100 * r['top1_kept']:.0f} %</td><td>{r['confidence']:.3f}</td><td>{r['deletion_auc']:.3f}</td>"
-        f"<td>{r['insertion_auc']:.3f}</td></tr>" for r in comparison.rows)
+    means = Table(_MEAN_COLUMNS, comparison.rows).html(mark_best=False)
     intro = (f"<p class='note'>{n} images, masks by {escape(mode)}; baselines binarised at the mask's kept "
-             "area of each image. Means over the images:</p>"
-             "<div class='table-wrap'><table><tr><th>method</th><th>kept</th><th>top-1 kept</th>"
-             f"<th>confidence</th><th>deletion AUC ↓</th><th>insertion AUC ↑</th></tr>{means}</table></div>"
+             f"area of each image. Means over the images:</p><div class='table-wrap'>{means}</div>"
              "<p class='note'>Per image: <code>masks.csv</code>.</p>")
     html = write_page([section], out, title=title, intro_html=intro)
     return {"overlays": overlays, "csv": csv_path, "html": html, "rows": rows}

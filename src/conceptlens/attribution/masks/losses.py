@@ -1,0 +1,217 @@
+"""The objective of the minimal masks (seed 004, arXiv 2509.23051): one value per image, and its terms.
+
+Notation
+--------
+x
+    ``[N,3,H,W]`` images, normalised for the model ``f`` (logits ``[N,K]``); ``y`` ``[N]`` the targets.
+up
+    ``[N,1,H,W]`` the generator's mask logits upsampled bilinearly to ``H×W``.
+m̃ = σ(up − τ)
+    the soft mask; ``τ = 0`` on the penalty path, the per-image threshold of the budget (below) otherwise.
+m
+    the binary mask ``[up ≥ τ]``; in the graph it is ``m + m̃ − sg(m̃)`` (straight-through: the forward pass
+    sees the binary mask, the backward pass the sigmoid's gradient).
+e = m ⊙ x
+    the explanation. *Removed pixels are 0 in the model's normalised space*, i.e. they take the dataset
+    mean colour (grey for ImageNet), the same baseline as the pixel deletion / insertion metrics.
+φ_ℓ
+    the output of call site ``ℓ`` (:mod:`conceptlens.split.sites`), with weights ``α_ℓ`` summing to 1.
+r
+    a noise background in the model's normalised space: Gaussian ``N(0, 1)`` on even steps, uniform
+    ``U[0, 1)`` on odd ones (``torch.randn`` / ``torch.rand``, independent per pixel and channel, one draw
+    for every image of the batch).
+
+Objective, summed over images (so that every image's U-Net sees only its own gradient)::
+
+    L = λ_act Σ_ℓ α_ℓ d(φ_ℓ(x), φ_ℓ(e)) + λ_ce CE(f(e), y) + λ_kl KL(softmax(f(x)/T) ‖ softmax(f(e)/T))
+        + λ_area,i mean(m̃) + λ_bin mean(m̃ − m̃²) + λ_tv TV(m̃)
+        + λ_abd · ½ [CE(f(e), y) + CE(f(m ⊙ x + (1 − m) ⊙ r), y)]
+
+* ``d`` is the *relative* squared error ``‖φ(x) − φ(e)‖² / ‖φ(x)‖²`` on spatial layers (the MSE divided by
+  the mean square of ``φ(x)``, so that one ``λ_act`` suits ReLU and ReLU6 networks alike) and the cosine
+  distance ``1 − cos`` on flat layers.
+* ``TV(m̃) = mean|∂_h m̃| + mean|∂_w m̃|``.
+* The abductive term alternates the two noise backgrounds from step to step, a fresh draw each time; the
+  zero background is ``e`` itself and costs nothing extra: one extra forward pass per step instead of three.
+* ``λ_area,i`` is scheduled by the optimisation (:mod:`conceptlens.attribution.masks.optimise`). On the
+  budget path the area term is replaced by a constraint: image ``i``'s binary mask is exactly the top
+  ``b_i`` fraction of its pixels by logit, ``τ_i`` the ``(1 − b_i)`` quantile of ``up``.
+
+Default weights (:data:`DEFAULT_WEIGHTS`) are the authors' notebook values: λ_act 10, λ_ce 15, λ_kl 5 with
+T = 2, λ_area 100, λ_bin 1, λ_tv 500, λ_abd 100.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conceptlens.split.sites import CallSite, capture, logits_of
+
+__all__ = ["DEFAULT_WEIGHTS", "act_distance", "noise_background", "binary_mask", "mask_loss", "reference"]
+
+#: The loss weights of the authors' notebook (``T`` is the KL temperature).
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "act": 10.0,
+    "ce": 15.0,
+    "kl": 5.0,
+    "T": 2.0,
+    "area": 100.0,
+    "bin": 1.0,
+    "tv": 500.0,
+    "abductive": 100.0,
+}
+
+
+def act_distance(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """``[n]`` distance of outputs ``a`` to references ``r`` (both ``[n, ...]``).
+
+    The relative squared error for spatial / token outputs (``ndim > 2``), the cosine distance for flat ones.
+    """
+    n = a.shape[0]
+    if a.ndim <= 2:
+        return 1 - F.cosine_similarity(a.reshape(n, -1), r.reshape(n, -1), dim=1, eps=1e-8)
+    num = (a - r).pow(2).reshape(n, -1).mean(1)
+    den = r.pow(2).reshape(n, -1).mean(1).clamp_min(1e-12)
+    return num / den
+
+
+def noise_background(step: int, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """``[1,3,H,W]`` the noise background of ``step``: ``N(0, 1)`` when even, ``U[0, 1)`` when odd.
+
+    Drawn on the CPU from ``gen`` (so the draws do not depend on the device), then moved to ``x``'s.
+    """
+    shape = (1, *x.shape[1:])
+    if step % 2 == 0:
+        return torch.randn(shape, generator=gen).to(device=x.device, dtype=x.dtype)
+    return torch.rand(shape, generator=gen).to(device=x.device, dtype=x.dtype)
+
+
+def binary_mask(
+    up: torch.Tensor, budget: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft and binary masks of the upsampled logits ``up [n,1,H,W]``.
+
+    Parameters
+    ----------
+    up
+        ``[n,1,H,W]`` mask logits at the image's size.
+    budget
+        ``[n]`` kept fractions (NaN: the row is area-penalised instead, threshold 0), or None (all
+        penalised).
+
+    Returns
+    -------
+    tuple
+        ``soft [n,1,H,W]`` (``σ(up − τ)``), ``hard [n,1,H,W]`` (``up − τ ≥ 0`` as 0 / 1), ``rank
+        [n,1,H,W]`` (``up − τ``: the pixel ranking the binary mask is cut from) and ``penalised [n]`` (1
+        where the area term applies, 0 on budgeted rows).
+    """
+    n = up.shape[0]
+    penalised = torch.ones(n, device=up.device, dtype=up.dtype)
+    if budget is not None:
+        # rows with a budget keep their top budget_i pixels: threshold at the budget's quantile;
+        # rows with a NaN budget are area-penalised and keep threshold 0 (σ > 0.5)
+        on = ~torch.isnan(budget)
+        flat = up.detach().reshape(n, -1)
+        k = (budget.nan_to_num(1.0) * flat.shape[1]).ceil().long().clamp(1, flat.shape[1])
+        tau = flat.sort(1, descending=True).values.gather(1, (k - 1)[:, None])[:, 0]
+        up = up - torch.where(on, tau, torch.zeros_like(tau))[:, None, None, None]
+        penalised = (~on).to(up.dtype)
+    soft = torch.sigmoid(up)
+    hard = (up >= 0).to(soft.dtype)
+    return soft, hard, up, penalised
+
+
+def mask_loss(
+    model: nn.Module,
+    generator: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ref: Mapping[str, torch.Tensor],
+    p_ref: torch.Tensor,
+    sites: Sequence[CallSite],
+    layers: Mapping[str, float],
+    weights: Mapping[str, float],
+    area_w: float | torch.Tensor,
+    noise: torch.Tensor | None,
+    budget: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The objective ``L`` per image, for the masks ``generator`` proposes for ``x``.
+
+    Parameters
+    ----------
+    model
+        The classifier ``f``.
+    generator
+        Images ``[n,3,H,W]`` → mask logits ``[n,1,d,d]``.
+    x, y
+        ``[n,3,H,W]`` images and ``[n]`` targets.
+    ref
+        ``{site: φ_ℓ(x)}`` the reference outputs at the matched sites (:func:`reference`).
+    p_ref
+        ``[n,K]`` ``softmax(f(x) / T)``.
+    sites, layers
+        The matched call sites and their weights ``{site name: α_ℓ}``.
+    weights
+        The loss weights (keys of :data:`DEFAULT_WEIGHTS`).
+    area_w
+        ``λ_area,i``: a number or ``[n]``.
+    noise
+        ``[1,3,H,W]`` this step's noise background (None: no abductive term).
+    budget
+        ``[n]`` kept fractions of the budgeted rows (NaN on penalised rows), or None.
+
+    Returns
+    -------
+    tuple
+        ``loss [n]``, the weighted terms ``{name: [n]}``, the binary mask ``[n,1,H,W]``, the logits
+        (``[n,K]`` on ``e``, then ``[n,K]`` on the noise composite when ``noise`` is given) and the ranking
+        ``[n,1,H,W]`` (the binary mask is ``ranking ≥ 0``); all but the loss and terms detached.
+    """
+    w = weights
+    n, _, H, W = x.shape
+    up = F.interpolate(generator(x), size=(H, W), mode="bilinear", align_corners=False)
+    soft, hard, up, penalised = binary_mask(up, budget)
+    m = hard + soft - soft.detach()
+    e = m * x
+    batch = e if noise is None else torch.cat([e, e + (1 - m) * noise])
+    with capture(model, sites) as acts:
+        out = logits_of(model(batch))
+    logits = out[:n]
+    terms: dict[str, torch.Tensor] = {}
+    ce_e = F.cross_entropy(logits, y, reduction="none")
+    terms["ce"] = w["ce"] * ce_e
+    if w["kl"] > 0:
+        log_q = F.log_softmax(logits / w["T"], 1)
+        terms["kl"] = w["kl"] * (p_ref * (torch.log(p_ref.clamp_min(1e-12)) - log_q)).sum(1)
+    if w["act"] > 0 and layers:
+        act = torch.zeros(n, device=x.device, dtype=x.dtype)
+        for name, alpha in layers.items():
+            act = act + alpha * act_distance(acts[name][:n], ref[name])
+        terms["act"] = w["act"] * act
+    terms["area"] = penalised * area_w * soft.mean((1, 2, 3))
+    if w["bin"] > 0:
+        terms["bin"] = w["bin"] * (soft - soft * soft).mean((1, 2, 3))
+    if w["tv"] > 0:
+        tv = (soft[..., 1:, :] - soft[..., :-1, :]).abs().mean((1, 2, 3))
+        tv = tv + (soft[..., :, 1:] - soft[..., :, :-1]).abs().mean((1, 2, 3))
+        terms["tv"] = w["tv"] * tv
+    if noise is not None:
+        ce_r = F.cross_entropy(out[n:], y, reduction="none")
+        terms["abductive"] = w["abductive"] * 0.5 * (ce_e + ce_r)
+    loss = torch.stack(list(terms.values())).sum(0)
+    return loss, terms, hard.detach(), out.detach(), up.detach()
+
+
+def reference(
+    model: nn.Module, x: torch.Tensor, sites: Sequence[CallSite]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({site: φ_ℓ(x)}, logits [n,K])`` of the images ``x [n,3,H,W]``, without gradient."""
+    with torch.no_grad(), capture(model, sites) as acts:
+        logits = logits_of(model(x))
+        ref = {k: v.detach() for k, v in acts.items()}
+    return ref, logits

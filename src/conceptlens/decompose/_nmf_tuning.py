@@ -1,0 +1,82 @@
+"""NMF's tuning constants, named and documented in one place (each says why it has its value).
+
+Notation as in :mod:`conceptlens.decompose.nmf`: ``A [n, C]`` activations, ``W [k, C]`` the bank,
+``Uᵀ [k, n]`` the codes; a *sweep* is one pass of HALS over the ``k`` rows of a factor; ``ρ`` is the cost
+of a half-step's products over the cost of one sweep. The values were chosen on real EfficientNet-Lite0
+activations (12,103 × 1,280, ~10 % non-zero) and are checked by ``conceptlens bench nmf``
+(``bench/results/nmf.json``); the comments record the measurement behind each choice.
+"""
+
+from __future__ import annotations
+
+#: The default ``tol`` of NMF and CRAFT (see :class:`conceptlens.decompose.nmf.NMF`).
+DEFAULT_TOL = 1e-4
+
+# -- the inner sweeps of a fit's half-step ----------------------------------------------------------
+# Gillis & Glineur's recommended constants: at most 1 + α·ρ inner sweeps and stop a block once a sweep
+# changes it by less than δ × the first one.
+ALPHA = 0.5
+DELTA = 0.1
+MAX_SWEEPS = 30
+# Cost of one small kernel launch, in flop equivalents (~5 µs at 20 GFLOP/s): a sweep runs two kernels
+# per row, so for small m·k the launches, not the flops, are its cost.
+OVERHEAD = 100_000
+# Entries are kept ≥ FLOOR × scale during fit so that no row or column of a factor becomes exactly zero
+# (a zero column makes its Gram diagonal zero and the HALS step undefined).
+FLOOR = 1e-10
+
+# -- the outer stopping rule (see solvers.converged) --------------------------------------------------
+# The second test: stop once the improvement still to come, extrapolated geometrically from the last
+# STOP_WINDOW decreases, is below STOP_AHEAD × tol.
+STOP_AHEAD = 10.0
+STOP_WINDOW = 4
+
+# -- encoding (one NNLS to convergence rather than one alternating step) ------------------------------
+ENCODE_MAX_SWEEPS = 500
+ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step)
+# HALS encoding: ENCODE_FULL sweeps over every row, then a check on every ENCODE_CHECK-th sweep; a row (one
+# problem) is done once a sweep moves none of its codes by more than ENCODE_TOL × the block's largest code,
+# and the sweeps go on over the rows still moving only (gathered into a smaller block once at most
+# ENCODE_COMPACT of them are). On the Lite0 bench (100,000 rows, k = 25): ~7 sweeps' worth of work instead
+# of 10 full ones, and a lower error than scikit-learn's `transform`.
+ENCODE_TOL = 3e-5
+ENCODE_FULL = 4
+ENCODE_CHECK = 2
+ENCODE_COMPACT = 0.4
+# Codes per encode block (k × rows): bounds the encode's working memory (P and X, 16 MB each in float32).
+ENCODE_ELEMS = 2**22
+
+# -- the products with A --------------------------------------------------------------------------
+# Entries of A per block of the product W Aᵀ on CPU: a block that stays in cache was ~20 % faster than the
+# single product at k = 25, C = 1,280 (a thin product that streams A from memory).
+PRODUCT_ELEMS = 2**20
+# Below this density (fraction of non-zeros) the two [n,C]×[C,k] products use CSR copies of A on CPU:
+# measured 3-4× faster than dense at Lite0's ~10 % density (the bench records it).
+SPARSE_DENSITY = 0.15
+# Entries of A per scanning thread when CSR copies are built (below: one thread; the pool costs ~0.2 ms).
+# The scan releases the GIL: on the Lite0 matrix with 2 threads it took 16–19 instead of 35–43 ms, the
+# whole CSR build 42 instead of 49 ms (medians of 25 interleaved runs).
+SCAN_ELEMS = 2**21
+# Rows of M per block of the product Aᵀ M with CSR copies: 2,048 × 35 floats = 280 KB stay in the core's
+# cache while its rows are gathered; on the Lite0 matrix Aᵀ M took 4.7 instead of 5.5 ms at 25 columns and
+# 7.0 instead of 8.6 ms at 35 (one thread).
+RMM_BLOCK_ROWS = 2048
+# Sparse products widen their dense operand to a multiple of PAD_COLS columns when it has more than
+# PAD_MIN: MKL's CSR × dense kernels run whole SIMD widths of dense columns. On the Lite0 matrix (one
+# thread) both products took 10.0 ms at 25 columns and 8.9 ms at 32, 8.4 at 20 and 6.8 at 24, 15.0 at 35
+# and 14.0 at 40; at 10 columns, 16 were slower (5.1 vs 4.3 ms), at 50 no faster.
+PAD_COLS = 8
+PAD_MIN = 16
+
+# -- initialisation -------------------------------------------------------------------------------
+# Power iterations of the randomised SVD inside fit: NNDSVD only needs a rough leading subspace, and HALS
+# corrects the rest in its first sweeps.
+POWER_ITERS = 2
+# Extra columns of the randomised range finder beyond the rank wanted (Halko et al. recommend 5–10).
+# Measured with 5 on the Lite0 matrix: 7 % faster to 1 % of cd's error, but the default run then stopped
+# 0.7 % worse at k = 10 (seed 2) and took 17 instead of 8 iterations at k = 25 (seed 0).
+OVERSAMPLE = 10
+
+# -- streaming --------------------------------------------------------------------------------------
+# Rows per batch when a store is fitted without an explicit batch_size.
+STORE_BATCH = 8192

@@ -1,0 +1,89 @@
+"""The activation store: appends, re-batching, crash safety, streaming from a split."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from conceptlens.errors import ActivationError
+from conceptlens.io.store import ActivationStore
+
+
+def test_store_roundtrip_and_rebatching(tmp_path):
+    A = torch.rand(2, 5, 5, 7)
+    B = torch.rand(13, 7)
+    s = ActivationStore(tmp_path / "st")
+    s.append(A)
+    s.append(B)
+    assert len(s) == 63 and s.n_channels == 7 and len(s.shards) == 2
+    full = torch.cat([A.reshape(-1, 7), B])
+    again = ActivationStore(tmp_path / "st")  # reopened from the index
+    batches = list(again.iter_batches(20))
+    assert [b.shape[0] for b in batches] == [20, 20, 20, 3]
+    assert torch.equal(torch.cat(batches), full) and torch.equal(again.read_all(), full)
+    meta = json.loads((tmp_path / "st" / "index.json").read_text())
+    assert [e["rows"] for e in meta["shards"]] == [50, 13]
+    with pytest.raises(ActivationError, match="channels"):
+        again.append(torch.rand(3, 8))
+
+
+def test_store_interrupted_shard_write_is_never_read(tmp_path, monkeypatch):
+    s = ActivationStore(tmp_path)
+    A = torch.rand(10, 4)
+    s.append(A)
+    import conceptlens.io.store as store_mod
+
+    real_replace = os.replace
+
+    def crash_on_index(src, dst):  # the shard lands, then the process "dies" before the index
+        if str(dst).endswith("index.json"):
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_mod.os, "replace", crash_on_index)
+    with pytest.raises(KeyboardInterrupt):
+        s.append(torch.rand(5, 4))
+    monkeypatch.setattr(store_mod.os, "replace", real_replace)
+    # A half-written file under the next shard's name (e.g. a torn copy) must not be read either.
+    (tmp_path / "shard-000002.safetensors").write_bytes(b"\x00garbage")
+    re = ActivationStore(tmp_path)
+    assert len(re) == 10 and torch.equal(re.read_all(), A)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # temporaries cleaned up
+    re.append(torch.ones(2, 4))  # the store stays usable: the orphan shard is overwritten
+    assert len(ActivationStore(tmp_path)) == 12
+
+
+def test_store_interrupted_during_shard_bytes(tmp_path, monkeypatch):
+    s = ActivationStore(tmp_path)
+    s.append(torch.rand(3, 4))
+    import conceptlens.io.store as store_mod
+
+    def boom(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store_mod.os, "fsync", boom)
+    with pytest.raises(OSError, match="disk full"):
+        s.append(torch.rand(5, 4))
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["index.json", "shard-000000.safetensors"]
+    assert len(ActivationStore(tmp_path)) == 3
+
+
+class _FakeSplit:
+    """g(x) = relu(x) channels-last, like a ModelSplit at a spatial layer."""
+
+    def g(self, x: torch.Tensor, progress: bool | None = None) -> torch.Tensor:
+        return x.clamp_min(0).permute(0, 2, 3, 1)
+
+
+def test_store_from_split_streams_batches(tmp_path):
+    x = torch.randn(7, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    s = ActivationStore.from_split(_FakeSplit(), x, tmp_path / "a", batch_size=3, progress=False)
+    assert len(s.shards) == 3 and len(s) == 7 * 16 and s.n_channels == 3
+    assert torch.equal(s.read_all(), _FakeSplit().g(x).reshape(-1, 3))
+    it = ((xb, 0) for xb in x.split(2))  # a lazy iterable of (images, labels), like a DataLoader
+    s2 = ActivationStore.from_split(_FakeSplit(), it, tmp_path / "b", progress=False)
+    assert torch.equal(s2.read_all(), s.read_all())

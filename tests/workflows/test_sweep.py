@@ -1,0 +1,171 @@
+"""FACE's λ sweep (:mod:`conceptlens.workflows.sweep`), its result and report section, on the toy world."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from conceptlens.errors import ParameterError, TargetError
+from conceptlens.workflows.sweep import sweep
+from face_world import GapMLP, K, make_world, single_thread
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    yield from single_thread()
+
+
+@pytest.fixture(scope="module")
+def world() -> tuple[torch.Tensor, GapMLP]:
+    return make_world()
+
+
+def test_sweep_on_the_tiny_world(world) -> None:
+    A, head = world
+    c = int(head(A).argmax(1).mode().values)
+    rows = sweep(A, head, c, kl_weights=(0.0, 0.05), n_concepts=3, n_designs=16, with_stability=True,
+                 max_iter=50)
+    assert [r["kl_weight"] for r in rows] == [0.0, 0.05]
+    keys = {"mse", "kl", "accuracy", "c_ins", "c_del", "c_gini", "sparsity", "stability", "time"}
+    assert all(keys <= set(r) for r in rows)
+    nmf, face = rows
+    assert face["kl"] < nmf["kl"] and face["mse"] >= nmf["mse"] * 0.99
+    assert 0 <= face["c_ins"] <= 1 and 0 < face["stability"] <= 1 + 1e-9
+    assert face["accuracy"] >= nmf["accuracy"]
+
+
+def test_sweep_over_several_classes_is_the_mean(world) -> None:
+    A, head = world
+    counts = torch.bincount(head(A).argmax(1), minlength=K)
+    c1, c2 = torch.argsort(counts, descending=True)[:2].tolist()
+    both = sweep(A, head, [c1, c2], kl_weights=(0.0,), n_concepts=3, n_designs=16)[0]
+    one = [sweep(A, head, c, kl_weights=(0.0,), n_concepts=3, n_designs=16)[0] for c in (c1, c2)]
+    for key in ("accuracy", "c_ins", "c_del", "c_gini"):
+        assert both[key] == pytest.approx((one[0][key] + one[1][key]) / 2)
+    assert both["n_images"] == int(counts[c1] + counts[c2])
+    with pytest.raises(TargetError):
+        sweep(A, head, [c1, K + 1], kl_weights=(0.0,))  # no image is classified as K + 1
+
+
+def _tiny_crops(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Four 2×2 windows of every image's 3×3 activations, as CRAFT's crops, with their image index."""
+    crops = torch.cat([A[:, i : i + 2, j : j + 2] for i in (0, 1) for j in (0, 1)])
+    return crops, torch.arange(A.shape[0]).repeat(4)
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(world):
+    from conceptlens.workflows.sweep import face_sweep
+
+    A, head = world
+    c = int(head(A).argmax(1).mode().values)
+    crops, index = _tiny_crops(A)
+    res = face_sweep(A, head, c, "0, 1", n_concepts=3, n_designs=16, craft_A=crops, craft_index=index,
+                     with_stability=True, max_iter=40, config={"dataset": "tiny <world>"})
+    return res, c
+
+
+def test_face_sweep_rows_references_and_kl(tiny_sweep, world) -> None:
+    from conceptlens.workflows.sweep import SWEEP_COLUMNS
+
+    res, c = tiny_sweep
+    assert [(r["method"], r["kl_weight"]) for r in res.rows] == [("ice", 0.0), ("craft", 0.0), ("face", 0.0),
+                                                                  ("face", 1.0)]
+    assert all(set(SWEEP_COLUMNS) <= set(r) for r in res.rows)
+    ice, craft, face0, face1 = res.rows
+    # λ = 0 is NMF: FACE's solver starts from ICE's factors and only lowers the reconstruction error.
+    assert face0["mse"] <= ice["mse"] * 1.01
+    assert face1["kl"] <= face0["kl"] and face1["kl"] < ice["kl"]
+    for r in res.rows:
+        assert 0 <= r["accuracy"] <= 1 and 0 <= r["c_ins"] <= 1 and 0 <= r["sparsity"] <= 1
+        assert 0 < r["stability"] <= 1 + 1e-9  # CRAFT's refits split its crops by image
+        assert r["n_images"] == int((world[1](world[0]).argmax(1) == c).sum())  # the class's images
+    # CRAFT's bank comes from the crops (one averaged row each), not from the per-position rows.
+    assert craft["mse"] != pytest.approx(ice["mse"], rel=1e-3)
+    assert res.config["targets"] == [c] and res.config["dataset"] == "tiny <world>"
+
+
+def test_face_sweep_files_round_trip(tiny_sweep, tmp_path) -> None:
+    import csv
+    import json
+
+    from PIL import Image
+
+    from conceptlens.workflows.sweep import SWEEP_COLUMNS, SweepResult
+
+    res, _ = tiny_sweep
+    paths = res.save(tmp_path / "out")
+    with open(paths["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == SWEEP_COLUMNS and [r["method"] for r in rows] == ["ice", "craft", "face", "face"]
+    assert float(rows[3]["kl"]) == res.rows[3]["kl"]  # exact floats
+    d = json.loads(paths["json"].read_text(), parse_constant=lambda s: pytest.fail(f"non-JSON constant {s}"))
+    back = SweepResult.from_dict(d)
+    assert [r["kl_weight"] for r in back.rows] == [r["kl_weight"] for r in res.rows]
+    assert back.rows[2]["c_del"] == res.rows[2]["c_del"] and d["claim"]["base"] == "face"
+    with Image.open(paths["png"]) as im:
+        assert im.format == "PNG" and im.size[0] > 600
+
+
+def test_face_sweep_validation(world) -> None:
+    from conceptlens.workflows.sweep import face_sweep, parse_kl_weights
+
+    A, head = world
+    assert parse_kl_weights("0, 1e-5,10,0") == (0.0, 1e-5, 10.0)
+    assert parse_kl_weights([0, 2]) == (0.0, 2.0)
+    for bad in ("-1", "abc", "", "0,nan", "inf", ",", [True]):
+        with pytest.raises(ParameterError, match="KL weight"):
+            parse_kl_weights(bad)
+    with pytest.raises(ParameterError, match="reference"):
+        face_sweep(A, head, 0, (0.0,), 3, references=("pca",))
+    with pytest.raises(ParameterError, match="craft_index"):
+        face_sweep(A, head, 0, (0.0,), 3, craft_A=A)
+
+
+def _row(method: str, lam: float, **kw: float) -> dict:
+    base = {"method": method, "kl_weight": lam, "mse": 1.0, "kl": 1.0, "total": 1.0, "accuracy": 0.5,
+            "accuracy_encoded": 0.5, "agreement": 0.5, "c_ins": 0.5, "c_del": 0.3, "c_gini": 0.5,
+            "sparsity": 0.5, "stability": 0.8, "seconds": 1.0, "n_iter": 5.0, "n_images": 10.0}
+    return {**base, **kw}
+
+
+def test_claim_verdict_on_known_rows() -> None:
+    from conceptlens.workflows.sweep import SweepResult
+
+    rows = [_row("ice", 0.0, accuracy=0.4), _row("face", 0.0),
+            _row("face", 1e-3, accuracy=0.51, kl=0.9),                 # no gain beyond the tolerance
+            _row("face", 1e-1, accuracy=0.7, c_ins=0.6, mse=1.05),     # gains, MSE +5 %: holds
+            _row("face", 1.0, accuracy=0.9, c_ins=0.8, mse=1.3),       # gains, MSE +30 %: hurts
+            _row("face", 10.0, accuracy=0.9, c_del=0.2),               # C-Del lost
+            _row("face", 100.0, accuracy=0.9, stability=0.5)]          # stability lost
+    v = SweepResult(rows).claim()
+    assert v["base"] == "face" and v["holds_at"] == [0.1] and v["best"] == 0.1
+    why = {p["kl_weight"]: p["why"] for p in v["per_lambda"]}
+    assert "MSE +30 %" in why[1.0] and "c_del" in why[10.0] and "stability" in why[100.0]
+    assert "tolerance" in why[1e-3] and v["text"].startswith("holds at λ ∈ {0.1}")
+    # Without FACE at λ = 0 the base is ICE; without any λ > 0 nothing is claimed.
+    assert SweepResult([rows[0], rows[3]]).claim()["base"] == "ice"
+    assert SweepResult(rows[:2]).claim()["holds_at"] == []
+    none = SweepResult([rows[0], rows[1], rows[4]]).claim()
+    assert none["best"] is None and none["text"].startswith("does not hold")
+
+
+def test_sweep_section_and_figure(tiny_sweep) -> None:
+    from conceptlens.report.base import Section
+    from conceptlens.report.sections.sweep import sweep_figure, sweep_section
+    from conceptlens.workflows.sweep import SweepResult
+
+    res, _ = tiny_sweep
+    s = sweep_section(res)
+    assert isinstance(s, Section) and s.title == "FACE λ sweep" and set(s.images) == {"face_sweep.png"}
+    assert s.html.count("<tr>") == 1 + len(res.rows) and "img/face_sweep.png" in s.html
+    assert "tiny &lt;world&gt;" in s.html and "<world>" not in s.html  # user text is escaped
+    # λ = 0 sits at the left edge, 1.5 decades before the smallest positive λ, labelled "0".
+    rows = [_row("face", v) for v in (0.0, 1e-5, 1e-3, 10.0)]
+    fig = sweep_figure([SweepResult(rows)])
+    ax = fig.axes[0]
+    ticks = list(ax.get_xticks())
+    assert ticks[0] == pytest.approx(-6.5) and ax.get_xticklabels()[0].get_text() == "0"
+    assert ax.get_xlim()[0] < ticks[0] < -5 < ticks[1] + 1e-9
