@@ -1,4 +1,5 @@
-"""Shared fixtures: the real model and the real photos are loaded once per test session."""
+"""Shared fixtures: the real model and the real photos are loaded once per test session, the world CNN is
+trained (or read from its cache) at most once per run; every test that uses one of them is marked ``slow``."""
 
 from __future__ import annotations
 
@@ -8,6 +9,16 @@ from torch import nn
 
 import conceptlens as cl
 from helpers import TinyNet
+
+#: Fixtures that load the real model or the world CNN: a test that uses one (directly or through another
+#: fixture) is a ``slow`` test, whatever its own markers say.
+HEAVY_FIXTURES = frozenset({"lite0", "lite0_split", "photos", "photo_acts", "world_model"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
