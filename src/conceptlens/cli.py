@@ -23,6 +23,11 @@ app = typer.Typer(
 
 _MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvision:<arch>' with --weights, "
                "or 'package.module:factory'.")
+# Parameters shared by several commands (typer copies each one before use, so one object can serve them all).
+_FILE = typer.Argument(..., help="A fitted explainer (.cl).")
+_IMAGE_FILES = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable).")
+_MODEL_OVERRIDE = typer.Option(None, help="Override the model named in the file.")
+_WEIGHTS = typer.Option(None, help="Local weights file for the model.")
 
 
 def _fail(exc: Exception) -> None:
@@ -142,29 +147,33 @@ def fit(
     typer.echo(f"saved: {out}")
 
 
-def _load(file: Path, model: Optional[str], weights: Optional[str]):  # noqa: UP045
+def _load(
+    file: Path, model: Optional[str], weights: Optional[str], images: list[str]  # noqa: UP045
+) -> tuple[Any, Any, list[str]]:
+    """The saved explainer (on ``model`` or the model its file names) and ``images``: ``(ex, x, names)``."""
     import conceptlens as cl
     from conceptlens.explainer import read_saved
 
     manifest, _ = read_saved(file)
     m = cl.models.load(model or manifest["model"], weights=weights)
-    return cl.ConceptExplainer.load(file, model=m)
+    ex = cl.ConceptExplainer.load(file, model=m)
+    x, names = _images(images, ex.split.preset, 0)
+    return ex, x, names
 
 
 @app.command()
 def explain(
-    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
+    file: Path = _FILE,
     images: list[str] = typer.Argument(..., help="Images, folders or globs to explain."),
     out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Output folder."),
-    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
-    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+    model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
+    weights: Optional[str] = _WEIGHTS,  # noqa: UP045
 ) -> None:
     """Explain images with a fitted explainer: a JSON of contributions and a report of their maps."""
     import conceptlens as cl
 
     try:
-        ex = _load(file, model, weights)
-        x, names = _images(images, ex.split.preset, 0)
+        ex, x, names = _load(file, model, weights, images)
         e = ex.explain(x)
         out.mkdir(parents=True, exist_ok=True)
         rows = [{"image": n, "logit": float(e.logits[i]), "bias": e.bias, "residual": float(e.residual[i]),
@@ -185,18 +194,17 @@ def explain(
 
 @app.command()
 def evaluate(
-    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
-    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
-    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
-    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+    file: Path = _FILE,
+    images: list[str] = _IMAGE_FILES,
+    model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
+    weights: Optional[str] = _WEIGHTS,  # noqa: UP045
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images."""
     import conceptlens as cl
 
     try:
-        ex = _load(file, model, weights)
-        x, _ = _images(images, ex.split.preset, 0)
+        ex, x, _ = _load(file, model, weights, images)
         m = cl.metrics.evaluate(ex, x)
     except cl.ConceptLensError as exc:
         _fail(exc)
@@ -211,18 +219,17 @@ def evaluate(
 
 @app.command()
 def report(
-    file: Path = typer.Argument(..., help="A fitted explainer (.cl)."),
-    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
+    file: Path = _FILE,
+    images: list[str] = _IMAGE_FILES,
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder."),
-    model: Optional[str] = typer.Option(None, help="Override the model named in the file."),  # noqa: UP045
-    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+    model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
+    weights: Optional[str] = _WEIGHTS,  # noqa: UP045
 ) -> None:
     """Write the HTML report (concept prototypes with heatmaps, local explanations) for images."""
     import conceptlens as cl
 
     try:
-        ex = _load(file, model, weights)
-        x, names = _images(images, ex.split.preset, 0)
+        ex, x, names = _load(file, model, weights, images)
         path = cl.report.write(ex, x, out, names=names)
     except cl.ConceptLensError as exc:
         _fail(exc)
@@ -233,7 +240,7 @@ def report(
 @app.command()
 def layers(
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
-    weights: Optional[str] = typer.Option(None, help="Local weights file for the model."),  # noqa: UP045
+    weights: Optional[str] = _WEIGHTS,  # noqa: UP045
 ) -> None:
     """List the model's layers (call sites) with their activation shapes; '*' marks layer='auto'."""
     import conceptlens as cl
@@ -269,7 +276,7 @@ def bench(
 
 @app.command()
 def compare(
-    images: list[str] = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable)."),
+    images: list[str] = _IMAGE_FILES,
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output folder."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045

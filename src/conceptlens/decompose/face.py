@@ -313,8 +313,7 @@ class FACE(Decomposition):
         max_iter = 200 if self.max_iter is None else self.max_iter
         Lu = Lw = 0.0
         it = 0
-        bar = self._bar(max_iter)
-        try:
+        with self._bar(max_iter) as bar:
             for it in range(1, max_iter + 1):
                 if mu > 0:
                     Ut, pt, Lu, _ = _prox_step(X, Ut, W, "u", term, mu, pt, Lu, sweeps_u, floor_u)
@@ -335,8 +334,6 @@ class FACE(Decomposition):
                 prev = total
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
-        finally:
-            bar.close()
         self.n_iter_ = it
         # Entries held at the floor are zeros of the exact problem (as in NMF).
         W = torch.where(W <= 1e3 * floor_w, torch.zeros_like(W), W)
@@ -359,8 +356,7 @@ class FACE(Decomposition):
         max_iter = 22_000 if self.max_iter is None else self.max_iter
         prev = math.inf
         it = 0
-        bar = self._bar(max_iter)
-        try:
+        with self._bar(max_iter) as bar:
             for it in range(1, max_iter + 1):
                 A_hat = U @ W
                 if lam > 0:
@@ -385,8 +381,6 @@ class FACE(Decomposition):
                 prev = total
                 if deadline is not None and time.perf_counter() >= deadline:
                     break
-        finally:
-            bar.close()
         self.n_iter_ = it
         return U.T.contiguous(), W
 

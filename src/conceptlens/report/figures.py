@@ -67,6 +67,14 @@ def _as_array(a: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _labelled(values: Any, name: str, labels: Sequence[str], what: str) -> np.ndarray:
+    """``values`` as a flat array ``[k]``, checked to have one entry per label (``what`` names them)."""
+    v = _as_array(values, name).reshape(-1)
+    if len(labels) != v.shape[0]:
+        raise ParameterError(f"got {len(labels)} labels for {v.shape[0]} {what}")
+    return v
+
+
 def keep_mask(map: Any, threshold: float = 0.5) -> np.ndarray:  # noqa: A002 - ICE's own word
     """ICE's region of a concept: pixels whose value divided by the map's maximum exceeds ``threshold``.
 
@@ -231,10 +239,8 @@ def importance_figure(
     -------
     matplotlib.figure.Figure
     """
-    v = _as_array(values, "values").reshape(-1)
+    v = _labelled(values, "values", labels, "importance values")
     k = v.shape[0]
-    if len(labels) != k:
-        raise ParameterError(f"got {len(labels)} labels for {k} importance values")
     order = np.argsort(-v, kind="stable")
     xerr = None
     if ci_low is not None and ci_high is not None:
@@ -387,10 +393,8 @@ def local_figure(
     -------
     matplotlib.figure.Figure
     """
-    c = _as_array(contributions, "contributions").reshape(-1)
+    c = _labelled(contributions, "contributions", labels, "contributions")
     k = c.shape[0]
-    if len(labels) != k:
-        raise ParameterError(f"got {len(labels)} labels for {k} contributions")
     vals = np.concatenate([c, np.asarray([residual, bias, logit], dtype=np.float32)])
     names = [*(_lit(s) for s in labels), "residual", "bias", "logit (sum)"]
     colors = [POSITIVE if v >= 0 else NEGATIVE for v in c] + [NEUTRAL, NEUTRAL, TOTAL]

@@ -39,13 +39,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from conceptlens.metrics import groundtruth as _groundtruth
 from conceptlens.metrics.groundtruth import (
     MIN_PRESENCE,
     THRESHOLDS,
-    Localisation,
+    Localisation,  # noqa: F401 (re-exported)
     layer_oracle_maps,
-    localisation_scores,
-    match_concepts,
+    localisation_scores,  # noqa: F401 (re-exported)
+    match_concepts,  # noqa: F401 (re-exported)
     oracle_maps,
     random_maps,
     rank_correlation,
@@ -64,17 +65,7 @@ __all__ = [
     "method_params",
     "run",
     # the scores and reference maps, at home in conceptlens.metrics.groundtruth
-    "THRESHOLDS",
-    "MIN_PRESENCE",
-    "Localisation",
-    "localisation_scores",
-    "match_concepts",
-    "recall_at",
-    "rank_correlation",
-    "score_class",
-    "oracle_maps",
-    "layer_oracle_maps",
-    "random_maps",
+    *(name for name in _groundtruth.__all__ if name != "rounded"),
 ]
 
 # ------------------------------------------------------------------------------------------ registries
