@@ -75,6 +75,16 @@ def _labelled(values: Any, name: str, labels: Sequence[str], what: str) -> np.nd
     return v
 
 
+def _value_axis(ax: Any, xlabel: str) -> None:
+    """A bar chart's value axis: a zero line, 5 ticks, ``xlabel``, a grid, no top or right frame."""
+    ax.axvline(0, color=TOTAL, lw=0.8)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
+    ax.set_xlabel(_lit(xlabel), fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT)
+    ax.grid(axis="x", alpha=0.3)
+    ax.spines[["top", "right"]].set_visible(False)
+
+
 def keep_mask(map: Any, threshold: float = 0.5) -> np.ndarray:  # noqa: A002 - ICE's own word
     """ICE's region of a concept: pixels whose value divided by the map's maximum exceeds ``threshold``.
 
@@ -255,12 +265,7 @@ def importance_figure(
     ax.barh(y, v[order], color=colors, xerr=xerr, error_kw={"ecolor": TOTAL, "capsize": 3, "lw": 1})
     ax.set_yticks(y, [_lit(labels[j]) for j in order])
     ax.invert_yaxis()
-    ax.axvline(0, color=TOTAL, lw=0.8)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.set_xlabel(_lit(xlabel), fontsize=_FONT)
-    ax.tick_params(labelsize=_FONT)
-    ax.grid(axis="x", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
+    _value_axis(ax, xlabel)
     return fig
 
 
@@ -466,10 +471,5 @@ def edit_figure(
                    linewidths=0, zorder=3)
     ax.set_yticks(y, [_lit(s) for s in labels])
     ax.set_ylim(k - 0.5, -0.5)  # top to bottom
-    ax.axvline(0, color=TOTAL, lw=0.8)
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.set_xlabel(_lit(xlabel), fontsize=_FONT)
-    ax.tick_params(labelsize=_FONT)
-    ax.grid(axis="x", alpha=0.3)
-    ax.spines[["top", "right"]].set_visible(False)
+    _value_axis(ax, xlabel)
     return fig
