@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
-from conceptlens.errors import ParameterError
+from conceptlens.errors import ParameterError, nearest
 
 __all__ = ["check_int", "check_float", "as_float", "is_finite", "fmt", "fmt_pct", "fmt_num", "minus",
-           "MISSING"]
+           "MISSING", "did_you_mean", "lookup"]
+
+_T = TypeVar("_T")
 
 #: What a table shows for a missing or non-finite number.
 MISSING = "–"
@@ -107,3 +110,25 @@ def fmt_num(v: Any) -> str:
     if not math.isfinite(x):
         return MISSING
     return minus(f"{x:.3g}" if abs(x) < 1e4 else f"{x:.3e}")
+
+
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` with the candidate nearest to ``name``, or ``""`` when none is near."""
+    hint = nearest(name, candidates)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def lookup(registry: Mapping[str, _T], name: str, what: str, *, key: str | None = None) -> _T:
+    """``registry[key]`` (``key`` defaults to ``name``) of a registry of ``what`` (e.g. ``"importance"``).
+
+    Raises
+    ------
+    ParameterError
+        ``unknown {what} {name!r}; available: …``, the sorted names, and the nearest one to ``key``.
+    """
+    key = name if key is None else key
+    if key not in registry:
+        raise ParameterError(
+            f"unknown {what} {name!r}; available: {', '.join(sorted(registry))}" + did_you_mean(key, registry)
+        )
+    return registry[key]

@@ -548,18 +548,23 @@ class ConceptExplainer:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None
+        cls, path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None,
+        trust_code: bool = False,
     ) -> ConceptExplainer:
-        """Load an explainer written by :meth:`save`.
+        """Load an explainer written by :meth:`save`; the file's own content never runs.
 
         Parameters
         ----------
         path
             The saved file.
         model
-            The model it was fitted on (``nn.Module``), or a name for :func:`conceptlens.io.models.load`;
-            None loads the model named in the manifest.
+            The model it was fitted on (``nn.Module``), or a name for :func:`conceptlens.io.models.load`.
+            None: the model named in the manifest, only when its weights ship with conceptlens
+            (``"efficientnet_lite0"``); any other model must be given here.
         split
             Use this split instead of cutting ``model`` at the saved layer.
+        trust_code
+            Allow a manifest's ``"package.module:factory"`` model to be imported and called (only for
+            files you trust: the digest detects corruption, not forgery).
         """
-        return persistence.load(cls, path, model, split=split)
+        return persistence.load(cls, path, model, split=split, trust_code=trust_code)

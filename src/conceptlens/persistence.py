@@ -3,8 +3,11 @@
 The file holds the tensors (the decomposition's fitted state, importance, weights, fit scores and logits,
 the crops and the concept tree when there are any) and, in the safetensors header, a JSON manifest: the
 schema, the library versions, the model's name, the layer, the method and its parameters, the target and
-a SHA-256 over the manifest and the tensors. Loading parses data only. The digest detects corruption; it
-is not keyed, so it does not prove who wrote the file.
+a SHA-256 over the manifest and the tensors. Loading parses data only and never imports or calls anything
+the file names: only zoo models whose weights ship with the library resolve by themselves, any other model
+comes from the caller (``model=``), or, for a ``package.module:factory`` name, from an explicit
+``trust_code=True``. The digest detects corruption; it is not keyed, so it does not prove who wrote the
+file (anyone who edits it can recompute it).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from conceptlens.importance.base import Importance
 from conceptlens.io.crops import CropSet
 from conceptlens.split.model_split import ModelSplit
 
-__all__ = ["SCHEMA", "save", "load", "read_saved"]
+__all__ = ["SCHEMA", "save", "load", "read_saved", "model_named_in"]
 
 SCHEMA = "conceptlens.explainer/1"
 T = TypeVar("T")
@@ -112,21 +115,57 @@ def save(ex: Any, path: str | os.PathLike[str]) -> Path:
     return atomic_write(path, data)
 
 
+def model_named_in(manifest: dict[str, Any], path: str | os.PathLike[str], *,
+                   trust_code: bool = False) -> Any:
+    """The model a saved file names, loaded only when that needs no code the file chose.
+
+    Only zoo models whose weights ship with conceptlens (:data:`conceptlens.io.models.SELF_CONTAINED`)
+    resolve by themselves. A ``"package.module:factory"`` name is imported and called only with
+    ``trust_code=True``; any other name (a torchvision architecture, whose weights the file does not hold)
+    needs the model from the caller.
+
+    Raises
+    ------
+    SavedFileError
+        Saying which model the file names and how to pass it (``model=`` / ``--model``).
+    """
+    from conceptlens.io import models
+
+    name = manifest.get("model")
+    if not isinstance(name, str) or not name:
+        raise SavedFileError(f"{str(path)!r}: the manifest's model name is {name!r}, not a name; pass model=")
+    if name in models.SELF_CONTAINED:
+        return models.load(name)
+    is_factory = ":" in name and not name.startswith(("torchvision:", "timm:", "hf:"))
+    if is_factory and trust_code:
+        return models.load(name)
+    how = (f"or, if you trust this file, trust_code=True (CLI: --trust-model-factory) to import and call "
+           f"{name!r}" if is_factory else "with its weights (CLI: --model NAME --weights FILE)")
+    raise SavedFileError(
+        f"{str(path)!r} was fitted on the model {name!r}, which conceptlens does not load by itself (loading "
+        f"a file never imports or runs code it names): pass the model, model=your_module {how}"
+    )
+
+
 def load(
-    cls: type[T], path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None
+    cls: type[T], path: str | os.PathLike[str], model: Any = None, *, split: ModelSplit | None = None,
+    trust_code: bool = False,
 ) -> T:
     """Load an explainer written by :func:`save` as an instance of ``cls``.
 
     ``cls`` is the explainer class (:class:`~conceptlens.ConceptExplainer`), passed in so that this module
-    needs nothing above it; ``path``, ``model`` and ``split`` as in
-    :meth:`conceptlens.ConceptExplainer.load`.
+    needs nothing above it; ``path``, ``model``, ``split`` and ``trust_code`` as in
+    :meth:`conceptlens.ConceptExplainer.load`. Without ``model`` and ``split`` the model comes from
+    :func:`model_named_in`.
     """
     manifest, tensors = read_saved(path)
     if split is None:
         from conceptlens.io import models as models
 
-        if model is None or isinstance(model, str):
-            model = models.load(model or manifest["model"])
+        if model is None:
+            model = model_named_in(manifest, path, trust_code=trust_code)
+        elif isinstance(model, str):  # the caller's own choice of name, not the file's
+            model = models.load(model)
         split = ModelSplit(model, manifest["layer"])
     elif split.layer != manifest["layer"]:
         raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, "

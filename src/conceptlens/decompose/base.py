@@ -20,7 +20,8 @@ from typing import Any, ClassVar, TypeVar
 
 import torch
 
-from conceptlens.errors import ActivationError, NotFittedError, ParameterError, nearest
+from conceptlens._check import lookup
+from conceptlens.errors import ActivationError, NotFittedError, ParameterError
 
 __all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_finite"]
 
@@ -41,14 +42,7 @@ def register(name: str) -> Callable[[T], T]:
 
 def get(name: str) -> type[Decomposition]:
     """The decomposition class registered as ``name``; raises ParameterError listing the known ones."""
-    key = name.lower()
-    if key not in _REGISTRY:
-        hint = nearest(key, _REGISTRY)
-        raise ParameterError(
-            f"unknown concept method {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
-    return _REGISTRY[key]
+    return lookup(_REGISTRY, name, "concept method", key=name.lower())
 
 
 def available() -> list[str]:

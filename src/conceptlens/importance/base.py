@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from conceptlens.errors import ParameterError, nearest
+from conceptlens._check import lookup
 
 __all__ = ["Context", "Importance", "register", "get", "available"]
 
@@ -90,13 +90,7 @@ def register(name: str) -> Callable[[Callable[[Context], Importance]], Callable[
 
 def get(name: str) -> Callable[[Context], Importance]:
     """The estimator registered as ``name``; ParameterError listing the known ones otherwise."""
-    if name not in _REGISTRY:
-        hint = nearest(name, _REGISTRY)
-        raise ParameterError(
-            f"unknown importance {name!r}; available: {', '.join(sorted(_REGISTRY))}"
-            + (f" (did you mean {hint[0]!r}?)" if hint else "")
-        )
-    return _REGISTRY[name]
+    return lookup(_REGISTRY, name, "importance")
 
 
 def available() -> list[str]:

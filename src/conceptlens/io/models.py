@@ -49,6 +49,11 @@ IMAGENET_PRESET = Preset(size=224, mean=_IMAGENET_MEAN, std=_IMAGENET_STD, class
 EFFICIENTNET_LITE_PRESET = Preset(size=224, mean=(127 / 255,) * 3, std=(128 / 255,) * 3, classes=[])
 
 
+#: Zoo names whose weights ship with the installed packages: a saved explainer naming one of these loads
+#: its model by itself (any other model must be passed by the caller; see conceptlens.persistence).
+SELF_CONTAINED: frozenset[str] = frozenset({"efficientnet_lite0"})
+
+
 def available() -> list[str]:
     """Names :func:`load` understands (besides any ``"package.module:factory"``)."""
     import torchvision.models as tvm

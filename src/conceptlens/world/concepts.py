@@ -79,8 +79,8 @@ from typing import Any, cast
 
 import torch
 
-from conceptlens._check import check_float, check_int
-from conceptlens.errors import ParameterError, nearest
+from conceptlens._check import check_float, check_int, did_you_mean
+from conceptlens.errors import ParameterError
 from conceptlens.io.presets import Preset
 
 __all__ = [
@@ -297,10 +297,9 @@ class ConceptWorld:
         names = list(DEFAULT_CONCEPTS if concepts is None else concepts)
         for c in names:
             if c not in ALL_CONCEPTS:
-                hint = nearest(c, ALL_CONCEPTS)
                 raise ParameterError(
                     f"unknown concept {c!r}; choose among {', '.join(ALL_CONCEPTS)}"
-                    + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                    + did_you_mean(c, ALL_CONCEPTS)
                 )
         if len(set(names)) != len(names) or len(names) < 4:
             raise ParameterError(f"concepts must be at least 4 distinct names, got {names}")
