@@ -197,3 +197,23 @@ def test_sweep_lite0_on_crops_of_one_photo(tmp_path: Path) -> None:
     assert [r["method"] for r in rows] == ["ice", "craft", "face", "face"]
     assert float(rows[3]["kl"]) <= float(rows[2]["kl"])
     assert "layer _swish@1" in res.output
+
+
+# ------------------------------------------------------------------------------- saved explainers
+@pytest.mark.parametrize("command", ["evaluate", "report", "explain"])
+def test_a_saved_file_never_runs_its_model_factory_without_the_flag(tmp_path: Path, tiny_images: torch.Tensor,
+                                                                   command: str) -> None:
+    import conceptlens as cl
+    from helpers import TinyNet
+
+    model = TinyNet()
+    model.cl_name = "helpers:TinyNet"  # a 'package.module:factory' name in the manifest
+    ex = cl.ConceptExplainer(cl.ModelSplit(model, "auto"), method="nmf", n_concepts=3, seed=0)
+    saved = ex.fit(tiny_images, target=1).save(tmp_path / "e.cl")
+    imgs = [str(p) for p in _write_pngs(tmp_path / "imgs", tiny_images[:3])]
+    out = ["-o", str(tmp_path / command)] if command != "evaluate" else []
+    refused = _invoke([command, str(saved), *imgs, *out])
+    assert refused.exit_code == 2 and "--trust-model-factory" in refused.output
+    assert "Traceback" not in refused.output
+    trusted = _invoke([command, str(saved), *imgs, *out, "--trust-model-factory"])
+    assert trusted.exit_code == 0, trusted.output

@@ -26,8 +26,11 @@ _MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvi
 # Parameters shared by several commands (typer copies each one before use, so one object can serve them all).
 _FILE = typer.Argument(..., help="A fitted explainer (.cl).")
 _IMAGE_FILES = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable).")
-_MODEL_OVERRIDE = typer.Option(None, help="Override the model named in the file.")
+_MODEL_OVERRIDE = typer.Option(None, help="The model the file was fitted on (unless it is the bundled one).")
 _WEIGHTS = typer.Option(None, help="Local weights file for the model.")
+_TRUST = typer.Option(False, "--trust-model-factory",
+                      help="Import and call the 'package.module:factory' model the saved file names (only "
+                           "for files you trust; otherwise pass --model).")
 
 
 def _fail(exc: Exception) -> None:
@@ -147,16 +150,26 @@ def fit(
     typer.echo(f"saved: {out}")
 
 
+
 def _load(
-    file: Path, model: Optional[str], weights: Optional[str], images: list[str]  # noqa: UP045
+    file: Path, model: Optional[str], weights: Optional[str], images: list[str],  # noqa: UP045
+    trust: bool = False,
 ) -> tuple[Any, Any, list[str]]:
-    """The saved explainer (on ``model`` or the model its file names) and ``images``: ``(ex, x, names)``."""
+    """The saved explainer and ``images``: ``(ex, x, names)``.
+
+    The model is ``--model`` (with ``--weights``); without it, the file's model only when that is a zoo
+    architecture (given ``--weights``) or ships its own weights; a ``package.module:factory`` the file
+    names is imported only with ``--trust-model-factory``.
+    """
     import conceptlens as cl
     from conceptlens.explainer import read_saved
 
     manifest, _ = read_saved(file)
-    m = cl.models.load(model or manifest["model"], weights=weights)
-    ex = cl.ConceptExplainer.load(file, model=m)
+    name = model
+    if name is None and weights is not None and cl.models.is_zoo_name(str(manifest.get("model"))):
+        name = str(manifest["model"])  # an architecture from the zoo, with the user's own weights
+    m = cl.models.load(name, weights=weights) if name is not None else None
+    ex = cl.ConceptExplainer.load(file, model=m, trust_code=trust)
     x, names = _images(images, ex.split.preset, 0)
     return ex, x, names
 
@@ -168,12 +181,13 @@ def explain(
     out: Path = typer.Option(Path("explanations"), "--out", "-o", help="Output folder."),
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
+    trust: bool = _TRUST,
 ) -> None:
     """Explain images with a fitted explainer: a JSON of contributions and a report of their maps."""
     import conceptlens as cl
 
     try:
-        ex, x, names = _load(file, model, weights, images)
+        ex, x, names = _load(file, model, weights, images, trust)
         e = ex.explain(x)
         out.mkdir(parents=True, exist_ok=True)
         rows = [{"image": n, "logit": float(e.logits[i]), "bias": e.bias, "residual": float(e.residual[i]),
@@ -198,13 +212,14 @@ def evaluate(
     images: list[str] = _IMAGE_FILES,
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
+    trust: bool = _TRUST,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images."""
     import conceptlens as cl
 
     try:
-        ex, x, _ = _load(file, model, weights, images)
+        ex, x, _ = _load(file, model, weights, images, trust)
         m = cl.metrics.evaluate(ex, x)
     except cl.ConceptLensError as exc:
         _fail(exc)
@@ -224,12 +239,13 @@ def report(
     out: Path = typer.Option(Path("report"), "--out", "-o", help="Output folder."),
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
+    trust: bool = _TRUST,
 ) -> None:
     """Write the HTML report (concept prototypes with heatmaps, local explanations) for images."""
     import conceptlens as cl
 
     try:
-        ex, x, names = _load(file, model, weights, images)
+        ex, x, names = _load(file, model, weights, images, trust)
         path = cl.report.write(ex, x, out, names=names)
     except cl.ConceptLensError as exc:
         _fail(exc)

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptlens.decompose.base import Decomposition, as_rows, check_finite, get
-from conceptlens.errors import ActivationError, NotFittedError, ParameterError
+from conceptlens.decompose.base import Decomposition, as_rows, check_channels, check_finite, get
+from conceptlens.errors import NotFittedError, ParameterError
 
 __all__ = ["remove_concepts", "unlearn", "UnlearnedHead"]
 
@@ -84,11 +84,7 @@ def remove_concepts(
     """
     rows, lead = as_rows(A)
     W, b, S, fac = _edit_tensors(d, remove, scale)
-    if rows.shape[1] != W.shape[1]:
-        raise ActivationError(
-            f"activations have {rows.shape[1]} channels but the decomposition was fitted on {W.shape[1]}; "
-            "use the same layer as at fit time"
-        )
+    check_channels(rows, W.shape[1], "the decomposition")
     check_finite(rows)
     if relu is None:
         relu = bool(getattr(d, "input_min_", torch.tensor(0.0)) >= 0)
@@ -137,11 +133,7 @@ class UnlearnedHead(nn.Module):
     def edit(self, A: torch.Tensor) -> torch.Tensor:
         """The edited activations ``[..., C]``."""
         rows, lead = as_rows(A)
-        if rows.shape[1] != self.filters.shape[1]:
-            raise ActivationError(
-                f"activations have {rows.shape[1]} channels but the decomposition was fitted on "
-                f"{self.filters.shape[1]}; use the same layer as at fit time"
-            )
+        check_channels(rows, self.filters.shape[1], "the decomposition")
         W, b, S, fac = (x.to(rows.device, rows.dtype) for x in (self.filters, self.biases, self.signals,
                                                                    self.factors))
         out = rows - (torch.sigmoid(rows @ W.T - b) * fac) @ S

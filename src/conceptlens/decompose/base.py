@@ -23,7 +23,7 @@ import torch
 from conceptlens._check import lookup
 from conceptlens.errors import ActivationError, NotFittedError, ParameterError
 
-__all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_finite"]
+__all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_channels", "check_finite"]
 
 _REGISTRY: dict[str, type[Decomposition]] = {}
 T = TypeVar("T", bound="type[Decomposition]")
@@ -58,6 +58,15 @@ def as_rows(A: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
         raise ActivationError("activations must have at least one dimension (channels last)")
     lead = tuple(A.shape[:-1])
     return A.reshape(-1, A.shape[-1]), lead
+
+
+def check_channels(rows: torch.Tensor, channels: int, fitted: str) -> None:
+    """ActivationError unless ``rows [n, C]`` have the ``channels`` that ``fitted`` (a name) was fitted on."""
+    if rows.shape[1] != channels:
+        raise ActivationError(
+            f"activations have {rows.shape[1]} channels but {fitted} was fitted on {channels}; "
+            "use the same layer as at fit time"
+        )
 
 
 def check_finite(A: torch.Tensor, where: str = "activations") -> None:
@@ -157,11 +166,7 @@ class Decomposition:
         """Coefficients ``U [..., k]`` of ``A [..., C]`` with the bank frozen."""
         self._check_fitted("encode")
         rows, lead = as_rows(A)
-        if rows.shape[1] != self.components_.shape[1]:
-            raise ActivationError(
-                f"activations have {rows.shape[1]} channels but the bank was fitted on "
-                f"{self.components_.shape[1]}; use the same layer as at fit time"
-            )
+        check_channels(rows, self.components_.shape[1], "the bank")
         if not self.encode_checks_finite:
             check_finite(rows)
         U = self._encode_rows(rows.to(self.components_.dtype))

@@ -106,7 +106,7 @@ from conceptlens.decompose._eddp_losses import (
     spherical_kmeans,
     whitening,
 )
-from conceptlens.decompose.base import Decomposition, as_rows, register
+from conceptlens.decompose.base import Decomposition, as_rows, check_channels, register
 from conceptlens.errors import ActivationError, HeadError, NotFittedError, ParameterError
 from conceptlens.progress import progress_bar
 
@@ -540,11 +540,7 @@ class EDDP(Decomposition):
         """Detector logits ``w_iᵀx − b_i`` ``[..., k]`` of activations ``[..., C]``."""
         self._check_fitted("logits")
         rows, lead = as_rows(A)
-        if rows.shape[1] != self.decoding_directions_.shape[1]:
-            raise ActivationError(
-                f"activations have {rows.shape[1]} channels but EDDP was fitted on "
-                f"{self.decoding_directions_.shape[1]}; use the same layer as at fit time"
-            )
+        check_channels(rows, self.decoding_directions_.shape[1], "EDDP")
         W = self.decoding_directions_.to(rows.device, rows.dtype)
         a = rows @ W.T - self.biases_.to(rows.device, rows.dtype)
         return a.reshape(*lead, a.shape[-1])

@@ -54,6 +54,18 @@ EFFICIENTNET_LITE_PRESET = Preset(size=224, mean=(127 / 255,) * 3, std=(128 / 25
 SELF_CONTAINED: frozenset[str] = frozenset({"efficientnet_lite0"})
 
 
+def is_zoo_name(name: str) -> bool:
+    """True for names :func:`load` resolves without importing anything a caller named: the bundled model
+    and ``"torchvision:<known arch>"``."""
+    if name in SELF_CONTAINED:
+        return True
+    if not isinstance(name, str) or not name.startswith("torchvision:"):
+        return False
+    import torchvision.models as tvm
+
+    return name.split(":", 1)[1] in tvm.list_models(module=tvm)
+
+
 def available() -> list[str]:
     """Names :func:`load` understands (besides any ``"package.module:factory"``)."""
     import torchvision.models as tvm
