@@ -210,7 +210,9 @@ def test_a_saved_file_never_runs_its_model_factory_without_the_flag(tmp_path: Pa
     model.cl_name = "helpers:TinyNet"  # a 'package.module:factory' name in the manifest
     ex = cl.ConceptExplainer(cl.ModelSplit(model, "auto"), method="nmf", n_concepts=3, seed=0)
     saved = ex.fit(tiny_images, target=1).save(tmp_path / "e.cl")
-    imgs = [str(p) for p in _write_pngs(tmp_path / "imgs", tiny_images[:3])]
+    folder = tmp_path / "imgs"
+    _write_pngs(folder, tiny_images[:3])
+    imgs = [str(folder)] if command == "explain" else ["--images", str(folder)]
     out = ["-o", str(tmp_path / command)] if command != "evaluate" else []
     refused = _invoke([command, str(saved), *imgs, *out])
     assert refused.exit_code == 2 and "--trust-model-factory" in refused.output
