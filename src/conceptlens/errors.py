@@ -13,6 +13,7 @@ __all__ = [
     "ConceptLensError",
     "LayerError",
     "ActivationError",
+    "StoreError",
     "ImageError",
     "TargetError",
     "ParameterError",
@@ -38,6 +39,10 @@ class LayerError(ConceptLensError, KeyError):
 
 class ActivationError(ConceptLensError, ValueError):
     """Activations that a method cannot use (negative for NMF, NaN/Inf, wrong shape)."""
+
+
+class StoreError(ActivationError):
+    """An activation store whose index or shards are malformed, outside the store, or changed on disk."""
 
 
 class ImageError(ConceptLensError, ValueError):

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from conceptlens.errors import ActivationError
+from conceptlens.errors import ActivationError, StoreError
 from conceptlens.io.store import ActivationStore
 
 
@@ -49,7 +49,8 @@ def test_store_interrupted_shard_write_is_never_read(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod.os, "replace", real_replace)
     # A half-written file under the next shard's name (e.g. a torn copy) must not be read either.
     (tmp_path / "shard-000002.safetensors").write_bytes(b"\x00garbage")
-    re = ActivationStore(tmp_path)
+    with pytest.warns(UserWarning, match="removed 2 file"):  # the orphan shard and the torn copy
+        re = ActivationStore(tmp_path)
     assert len(re) == 10 and torch.equal(re.read_all(), A)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]  # temporaries cleaned up
     re.append(torch.ones(2, 4))  # the store stays usable: the orphan shard is overwritten
@@ -87,3 +88,66 @@ def test_store_from_split_streams_batches(tmp_path):
     it = ((xb, 0) for xb in x.split(2))  # a lazy iterable of (images, labels), like a DataLoader
     s2 = ActivationStore.from_split(_FakeSplit(), it, tmp_path / "b", progress=False)
     assert torch.equal(s2.read_all(), s.read_all())
+
+
+# ------------------------------------------------------------------------------------- trust (#23)
+def _index(path) -> dict:
+    return json.loads((path / "index.json").read_text())
+
+
+def test_an_index_cannot_point_outside_the_store(tmp_path):
+    (tmp_path / "outside_secret.safetensors").write_bytes(b"secret")
+    s = ActivationStore(tmp_path / "st")
+    s.append(torch.rand(4, 3))
+    meta = _index(tmp_path / "st")
+    for name in ("../outside_secret.safetensors", "/etc/passwd", "sub/shard-000000.safetensors"):
+        meta["shards"][0]["file"] = name
+        (tmp_path / "st" / "index.json").write_text(json.dumps(meta))
+        with pytest.raises(StoreError, match="inside the store"):
+            ActivationStore(tmp_path / "st")
+
+
+def test_a_changed_shard_is_detected(tmp_path):
+    s = ActivationStore(tmp_path)
+    s.append(torch.rand(6, 3))
+    shard = tmp_path / "shard-000000.safetensors"
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0x01  # one flipped bit in the data
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="checksum"):
+        ActivationStore(tmp_path).read_all()
+
+
+@pytest.mark.parametrize("index", ["[]", "{}", '{"format": 2}', '{"format": 2, "shards": 3}',
+                                   '{"format": 2, "n_channels": 3, "dtype": "torch.float32", '
+                                   '"shards": [{"file": "shard-000000.safetensors", "rows": -1}]}',
+                                   "[" * 100_000, "not json"])
+def test_malformed_indexes_give_a_store_error(tmp_path, index):
+    (tmp_path / "index.json").write_text(index)
+    with pytest.raises(StoreError) as err:
+        ActivationStore(tmp_path)
+    assert isinstance(err.value, ActivationError)  # a ConceptLensError: the CLI shows one line
+
+
+def test_leftovers_of_interrupted_writes_are_cleaned_on_open(tmp_path):
+    s = ActivationStore(tmp_path)
+    s.append(torch.rand(5, 2))
+    (tmp_path / ".shard-000001.safetensors.abc.tmp").write_bytes(b"half")
+    (tmp_path / ".index.json.def.tmp").write_bytes(b"half")
+    (tmp_path / "shard-000001.safetensors").write_bytes(b"orphan")
+    (tmp_path / "notes.txt").write_text("the user's file stays")
+    with pytest.warns(UserWarning, match="removed 3 file"):
+        again = ActivationStore(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["index.json", "notes.txt", "shard-000000.safetensors"]
+    assert len(again) == 5
+
+
+def test_format_1_stores_are_still_read(tmp_path):
+    s = ActivationStore(tmp_path)
+    A = torch.rand(4, 3)
+    s.append(A)
+    meta = _index(tmp_path)
+    meta["format"] = 1
+    del meta["shards"][0]["sha256"]
+    (tmp_path / "index.json").write_text(json.dumps(meta))
+    assert torch.equal(ActivationStore(tmp_path).read_all(), A)

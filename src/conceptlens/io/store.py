@@ -5,15 +5,23 @@ Notation: ``A [n, C]`` activation rows (one per spatial position or image), chan
 
 Layout of a store directory::
 
-    index.json                   {"format": 1, "n_channels": C, "dtype": "float32",
-                                  "shards": [{"file": "shard-000000.safetensors", "rows": n_0}, ...]}
+    index.json                   {"format": 2, "n_channels": C, "dtype": "float32",
+                                  "shards": [{"file": "shard-000000.safetensors", "rows": n_0,
+                                              "sha256": "…"}, ...]}
     shard-000000.safetensors     one tensor "A" [n_0, C]
     ...
 
 Crash safety: a shard is written to a temporary file, flushed, fsynced and renamed into place
 (``os.replace``, atomic on POSIX and Windows), and only then is the index (written the same way)
 updated to list it. Readers read only the shards the index lists, so an interrupted write — at any
-point — leaves the store as it was before that append: a half-written shard is never read.
+point — leaves the store as it was before that append: a half-written shard is never read. Opening a
+store removes what interrupted writes left behind (``.*.tmp`` files and shard files the index does not
+list) and says so in a warning.
+
+Trust: the index is validated before use (a :class:`~conceptlens.errors.StoreError` otherwise); a shard
+is only ever a ``shard-NNNNNN.safetensors`` file directly inside the store (an index cannot point
+elsewhere), and its bytes are checked against the SHA-256 the index recorded when it was written (format
+1 stores, written before checksums, are read unchecked).
 
 Typical use::
 
@@ -25,19 +33,61 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from conceptlens._io import atomic_write
-from conceptlens.errors import ActivationError, ParameterError
+from conceptlens._io import atomic_write, sha256_bytes
+from conceptlens.errors import ActivationError, ParameterError, StoreError
 
 __all__ = ["ActivationStore"]
 
-_FORMAT = 1
+_FORMAT = 2
+_READABLE = (1, 2)  # format 1: the same layout without per-shard checksums
 _INDEX = "index.json"
+_SHARD = re.compile(r"shard-\d{6}\.safetensors")
+_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32", "torch.float64")
+
+
+def _check_index(meta: Any, where: Path) -> dict[str, Any]:
+    """``meta`` if it is a well-formed index, else a StoreError naming what is wrong."""
+
+    def bad(what: str) -> StoreError:
+        return StoreError(f"the store index {str(where)!r} is malformed ({what}); the store is damaged — "
+                          "delete the directory and extract the activations again")
+
+    if not isinstance(meta, dict):
+        raise bad(f"a {type(meta).__name__}, not an object")
+    if meta.get("format") not in _READABLE:
+        raise StoreError(f"store {str(where.parent)!r} has format {meta.get('format')!r}, this version reads "
+                         f"formats {_READABLE}; extract the activations again")
+    shards, C, dt = meta.get("shards"), meta.get("n_channels"), meta.get("dtype")
+    if not isinstance(shards, list):
+        raise bad("no list of shards")
+    if C is not None and (isinstance(C, bool) or not isinstance(C, int) or C < 1):
+        raise bad(f"n_channels {C!r}")
+    if dt is not None and dt not in _DTYPES:
+        raise bad(f"dtype {dt!r}")
+    if shards and (C is None or dt is None):
+        raise bad("shards without n_channels or dtype")
+    seen: set[str] = set()
+    for e in shards:
+        if not isinstance(e, dict) or not isinstance(e.get("file"), str) or not _SHARD.fullmatch(e["file"]):
+            raise bad(f"shard entry {e!r}: a shard is a 'shard-NNNNNN.safetensors' file inside the store")
+        rows = e.get("rows")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise bad(f"shard {e['file']!r} has {rows!r} rows")
+        digest = e.get("sha256")
+        if meta["format"] >= 2 and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise bad(f"shard {e['file']!r} has no valid sha256")
+        if e["file"] in seen:
+            raise bad(f"shard {e['file']!r} listed twice")
+        seen.add(e["file"])
+    return meta
 
 
 class ActivationStore:
@@ -65,19 +115,28 @@ class ActivationStore:
         if idx.exists():
             try:
                 meta = json.loads(idx.read_text())
-            except (OSError, ValueError) as e:
-                raise ActivationError(
-                    f"the store index {str(idx)!r} cannot be read ({e}); the store is damaged — delete the "
-                    "directory and extract the activations again"
+            except (OSError, ValueError, RecursionError) as e:
+                raise StoreError(
+                    f"the store index {str(idx)!r} cannot be read ({type(e).__name__}); the store is damaged "
+                    "— delete the directory and extract the activations again"
                 ) from e
-            if meta.get("format") != _FORMAT:
-                raise ActivationError(
-                    f"store {str(self.path)!r} has format {meta.get('format')!r}, this version reads "
-                    f"format {_FORMAT}; extract the activations again"
-                )
-            self._meta: dict[str, Any] = meta
+            self._meta: dict[str, Any] = _check_index(meta, idx)
         else:
             self._meta = {"format": _FORMAT, "n_channels": None, "dtype": None, "shards": []}
+        self._clean()
+
+    def _clean(self) -> None:
+        """Remove what interrupted writes left: ``.*.tmp`` files and shard files the index does not list."""
+        listed = {e["file"] for e in self._meta["shards"]}
+        left = [p for p in self.path.iterdir() if p.is_file() and (
+            (p.name.startswith(".") and p.name.endswith(".tmp"))
+            or (_SHARD.fullmatch(p.name) and p.name not in listed))]
+        for p in left:
+            p.unlink(missing_ok=True)
+        if left:
+            warnings.warn(f"activation store {str(self.path)!r}: removed {len(left)} file(s) left by an "
+                          f"interrupted write ({', '.join(sorted(p.name for p in left)[:5])}"
+                          f"{', …' if len(left) > 5 else ''}); the committed rows are intact", stacklevel=3)
 
     # -- reading ----------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -99,18 +158,26 @@ class ActivationStore:
                 f"shards={len(self._meta['shards'])})")
 
     def _load_shard(self, entry: dict[str, Any]) -> torch.Tensor:
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        f = self.path / entry["file"]
+        f = self.path / entry["file"]  # a bare shard name (checked with the index): inside the store
         try:
-            A = load_file(str(f))["A"]
+            raw = f.read_bytes()
+        except OSError as e:
+            raise StoreError(f"shard {str(f)!r} listed in the store index cannot be read ({e}); it was "
+                             "removed after it was written — extract the activations again") from e
+        if "sha256" in entry and sha256_bytes(raw) != entry["sha256"]:
+            raise StoreError(f"shard {str(f)!r} was changed after it was written (checksum mismatch); "
+                             "extract the activations again")
+        try:
+            A = load(raw)["A"]
         except Exception as e:
-            raise ActivationError(
+            raise StoreError(
                 f"shard {str(f)!r} listed in the store index cannot be read ({e}); the file was changed "
-                "or removed after it was written — extract the activations again"
+                "after it was written — extract the activations again"
             ) from e
         if A.shape != (int(entry["rows"]), self.n_channels):
-            raise ActivationError(
+            raise StoreError(
                 f"shard {str(f)!r} holds {tuple(A.shape)} but the index says "
                 f"({entry['rows']}, {self.n_channels}); extract the activations again"
             )
@@ -180,13 +247,16 @@ class ActivationStore:
         if rows.shape[0] == 0:
             return
         name = f"shard-{len(self._meta['shards']):06d}.safetensors"
-        # 1) the shard, atomically; 2) the index that makes it visible, atomically.
-        atomic_write(self.path / name, save({"A": rows}))
+        # 1) the shard, atomically; 2) the index that makes it visible (with its checksum), atomically.
+        raw = save({"A": rows})
+        atomic_write(self.path / name, raw)
+        entry = {"file": name, "rows": int(rows.shape[0]), "sha256": sha256_bytes(raw)}
         meta = {
             **self._meta,
+            "format": self._meta["format"] if self._meta["shards"] else _FORMAT,
             "n_channels": int(rows.shape[1]),
             "dtype": str(rows.dtype),
-            "shards": [*self._meta["shards"], {"file": name, "rows": int(rows.shape[0])}],
+            "shards": [*self._meta["shards"], entry],
         }
         atomic_write(self.path / _INDEX, (json.dumps(meta, indent=1) + "\n").encode())
         self._meta = meta
