@@ -53,3 +53,78 @@ def test_only_self_contained_zoo_names_resolve() -> None:
     for bad in (None, 42, ""):
         with pytest.raises(SavedFileError, match="not a name"):
             model_named_in({"model": bad}, "f.cl")
+
+
+# ------------------------------------------------------------------ validation (an editor who re-signs)
+def _resign(src, dst, edit_manifest=None, edit_tensors=None, raw_text=None):  # noqa: ANN001, ANN202
+    """Rewrite a saved file as an attacker would: edit it, then recompute the (unkeyed) digest."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from conceptlens.persistence import _digest_text
+
+    with safe_open(str(src), framework="pt") as f:
+        text = f.metadata()["conceptlens"]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    manifest = json.loads(text)
+    if edit_manifest:
+        edit_manifest(manifest)
+    if edit_tensors:
+        edit_tensors(tensors)
+    text = raw_text if raw_text is not None else json.dumps(manifest)
+    save_file(tensors, str(dst),
+              metadata={"conceptlens": text, "conceptlens.sha256": _digest_text(text, tensors)})
+    return dst
+
+
+@pytest.mark.parametrize("case, match", [
+    ("target -1", "integers"),
+    ("target 99", "out of range"),
+    ("negated bank", "negative entries"),
+    ("extra tensor", "unexpected tensors"),
+    ("unknown parameter", "no parameter"),
+    ("unknown method", "unknown method"),
+    ("k mismatch", "shape"),
+    ("nan", "NaN"),
+    ("params not a dict", "'params'"),
+])
+def test_an_edited_and_resigned_file_is_refused(tmp_path, case, match) -> None:
+    path, _, _ = _saved(tmp_path, "helpers:TinyNet")
+    edits = {
+        "target -1": dict(edit_manifest=lambda m: m.update(target=-1)),
+        "target 99": dict(edit_manifest=lambda m: m.update(target=99)),
+        "negated bank": dict(edit_tensors=lambda t: t.update({"decomposition.components_":
+                                                              -t["decomposition.components_"]})),
+        "extra tensor": dict(edit_tensors=lambda t: t.update({"decomposition.encode": torch.zeros(1)})),
+        "unknown parameter": dict(edit_manifest=lambda m: m["decomposition_params"].update(evil=1)),
+        "unknown method": dict(edit_manifest=lambda m: m["params"].update(method="os")),
+        "k mismatch": dict(edit_tensors=lambda t: t.update(importance=torch.zeros(7))),
+        "nan": dict(edit_tensors=lambda t: t.update(weights=torch.full_like(t["weights"], float("nan")))),
+        "params not a dict": dict(edit_manifest=lambda m: m.update(params=[1, 2])),
+    }
+    bad = _resign(path, tmp_path / "bad.cl", **edits[case])
+    with pytest.raises(SavedFileError, match=match):
+        cl.ConceptExplainer.load(bad, model=TinyNet())
+
+
+def test_the_digest_is_checked_before_the_manifest_is_parsed(tmp_path) -> None:
+    path, _, _ = _saved(tmp_path, "helpers:TinyNet")
+    deep = '{"schema": "conceptlens.explainer/2", "x": ' + "[" * 100_000
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(tmp_path / "deep.cl"),
+              metadata={"conceptlens": deep, "conceptlens.sha256": "0" * 64})
+    with pytest.raises(SavedFileError, match="modified"):  # no RecursionError: never parsed
+        cl.ConceptExplainer.load(tmp_path / "deep.cl", model=TinyNet())
+    resigned = _resign(path, tmp_path / "deep2.cl", raw_text=deep)  # re-signed: parsed, and refused cleanly
+    with pytest.raises(SavedFileError, match="RecursionError|no valid"):
+        cl.ConceptExplainer.load(resigned, model=TinyNet())
+    big = '{"schema": "conceptlens.explainer/2"' + " " * 5_000_000 + "}"
+    huge = _resign(path, tmp_path / "huge.cl", raw_text=big)
+    with pytest.raises(SavedFileError, match="at most"):
+        cl.ConceptExplainer.load(huge, model=TinyNet())

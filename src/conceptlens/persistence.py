@@ -13,8 +13,10 @@ file (anyone who edits it can recompute it).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,23 +29,41 @@ from conceptlens.importance.base import Importance
 from conceptlens.io.crops import CropSet
 from conceptlens.split.model_split import ModelSplit
 
-__all__ = ["SCHEMA", "save", "load", "read_saved", "model_named_in"]
+__all__ = ["SCHEMA", "READS", "MAX_MANIFEST", "save", "load", "read_saved", "validate", "model_named_in"]
 
-SCHEMA = "conceptlens.explainer/1"
+#: The schema this version writes: the manifest's raw text and the tensors are covered by one SHA-256 kept
+#: beside the manifest (``conceptlens.sha256``), so the digest is checked before the JSON is parsed.
+SCHEMA = "conceptlens.explainer/2"
+#: Schemas this version reads (``/1``: the digest inside the manifest, checked after parsing).
+READS = ("conceptlens.explainer/1", SCHEMA)
+#: Largest manifest text read, in characters.
+MAX_MANIFEST = 4 * 2**20
 T = TypeVar("T")
 
 
+def _digest_text(text: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the manifest's raw text and the tensors (schema 2)."""
+    h = hashlib.sha256()
+    h.update(text.encode())
+    _hash_tensors(h, tensors)
+    return h.hexdigest()
+
+
 def _digest(tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> str:
-    """SHA-256 over the tensors and the manifest (all of it but the digest itself)."""
+    """SHA-256 over the tensors and the manifest, all of it but the digest itself (schema 1)."""
     h = hashlib.sha256()
     h.update(json.dumps({k: v for k, v in manifest.items() if k != "sha256"}, sort_keys=True).encode())
+    _hash_tensors(h, tensors)
+    return h.hexdigest()
+
+
+def _hash_tensors(h: Any, tensors: dict[str, torch.Tensor]) -> None:
     for k in sorted(tensors):
         t = tensors[k].detach().cpu().contiguous()
         h.update(k.encode())
         h.update(str(t.dtype).encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +130,8 @@ def save(ex: Any, path: str | os.PathLike[str]) -> Path:
     }
     if tree_structure is not None:
         manifest["tree"] = tree_structure
-    manifest["sha256"] = _digest(tensors, manifest)
-    data = st_save(tensors, metadata={"conceptlens": json.dumps(manifest)})
+    text = json.dumps(manifest)  # "schema" first: a reader finds it without parsing the rest
+    data = st_save(tensors, metadata={"conceptlens": text, "conceptlens.sha256": _digest_text(text, tensors)})
     return atomic_write(path, data)
 
 
@@ -175,11 +195,19 @@ def load(
              seed=p["seed"],
              method_params=p.get("method_params"), importance_params=p.get("importance_params"))
     dcls = decompose.get(p["method"])
-    d = dcls(**manifest.get("decomposition_params", {}))
+    try:
+        d = dcls(**manifest["decomposition_params"])
+        d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
+                              if k.startswith("decomposition.")})
+    except (TypeError, ValueError, ConceptLensError) as exc:
+        raise SavedFileError(f"{str(path)!r}: the saved {p['method']} cannot be rebuilt ({exc})") from exc
     if dcls.uses_head:
         d.set_head(split.h)
-    d.load_state_tensors({k.split(".", 1)[1]: v for k, v in tensors.items()
-                          if k.startswith("decomposition.")})
+    with torch.no_grad():
+        n_out = int(split.h(torch.zeros(1, *split.activation_shape)).shape[-1])
+    if int(manifest["target"]) >= n_out:
+        raise SavedFileError(f"{str(path)!r}: target class {manifest['target']} is out of range for this "
+                             f"model ({n_out} classes): load it with the model it was fitted on")
     if d.components_.shape[1] != split.activation_shape[-1]:
         raise SavedFileError(
             f"the saved bank has {d.components_.shape[1]} channels but layer {split.layer!r} has "
@@ -212,7 +240,18 @@ def load(
 
 
 def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Parse a saved explainer: ``(manifest, tensors)``; SavedFileError on any corruption or tampering."""
+    """Parse and validate a saved explainer: ``(manifest, tensors)``.
+
+    Order of the checks: the file is readable safetensors; the manifest text is at most
+    :data:`MAX_MANIFEST` characters and names a schema this version reads; the digest over the raw text and
+    the tensors matches (before the JSON is parsed, so a hostile manifest is never parsed); then the
+    manifest and the tensors are validated (:func:`validate`).
+
+    Raises
+    ------
+    SavedFileError
+        On any corruption, tampering or inconsistency, saying what is wrong.
+    """
     p = Path(path)
     if not p.is_file():
         raise SavedFileError(f"no saved explainer at {str(p)!r}")
@@ -228,18 +267,102 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
             f"{str(p)!r} is not a readable conceptlens file (truncated or corrupt: {exc}); "
             "fit and save it again"
         ) from exc
+    text = meta.get("conceptlens")
+    if not isinstance(text, str):
+        raise SavedFileError(f"{str(p)!r} has no conceptlens manifest; was it written by "
+                             "ConceptExplainer.save?")
+    if len(text) > MAX_MANIFEST:
+        raise SavedFileError(f"{str(p)!r}: the manifest is {len(text):,} characters (at most "
+                             f"{MAX_MANIFEST:,}); refusing to read it")
+    head = re.match(r'\{"schema": "([^"\\]{0,100})"', text)
+    schema = head.group(1) if head else None
+    if schema not in READS:
+        raise SavedFileError(f"{str(p)!r} has schema {schema!r}; this version reads {', '.join(READS)}")
+    digest = meta.get("conceptlens.sha256")
+    if schema == SCHEMA and digest != _digest_text(text, tensors):
+        raise _modified(p)
     try:
-        manifest = json.loads(meta["conceptlens"])
-    except (KeyError, json.JSONDecodeError) as exc:
-        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest; "
-                             "was it written by ConceptExplainer.save?") from exc
-    if manifest.get("schema") != SCHEMA:
-        raise SavedFileError(f"{str(p)!r} has schema {manifest.get('schema')!r}; "
-                             f"this version reads {SCHEMA!r}")
-    if manifest.get("sha256") != _digest(tensors, manifest):
-        raise SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); "
-                             "refusing to load it")
-    for key in ("model", "layer", "params", "target", "importance_method"):
-        if key not in manifest:
-            raise SavedFileError(f"{str(p)!r}: the manifest lacks {key!r}")
+        manifest = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SavedFileError(f"{str(p)!r} has no valid conceptlens manifest ({type(exc).__name__})") from exc
+    if not isinstance(manifest, dict):
+        raise SavedFileError(f"{str(p)!r}: the manifest is a {type(manifest).__name__}, not an object")
+    if schema != SCHEMA and manifest.get("sha256") != _digest(tensors, manifest):  # files of schema 1
+        raise _modified(p)
+    validate(manifest, tensors, p)
     return manifest, tensors
+
+
+def _modified(p: Path) -> SavedFileError:
+    return SavedFileError(f"{str(p)!r} was modified after it was saved (checksum mismatch); "
+                          "refusing to load it")
+
+
+def _fail(p: Path, what: str) -> SavedFileError:
+    return SavedFileError(f"{str(p)!r}: {what}; the file is not one ConceptExplainer.save wrote — fit and "
+                          "save it again")
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def validate(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], p: Path) -> None:
+    """Check a parsed manifest and its tensors against each other (types, names, shapes, dtypes, ranges).
+
+    The decomposition's tensors may only fill the fields its class declares (``state_fields``); a method
+    that needs non-negative activations must have a non-negative bank; every tensor is finite.
+    """
+    from conceptlens import importance
+
+    for key, typ in (("model", str), ("layer", str), ("params", dict), ("importance_method", str),
+                     ("decomposition_params", dict)):
+        if not isinstance(manifest.get(key), typ):
+            raise _fail(p, f"the manifest's {key!r} is {manifest.get(key)!r}")
+    params = manifest["params"]
+    method = params.get("method")
+    if not isinstance(method, str) or method not in decompose.available():
+        raise _fail(p, f"unknown method {method!r} (known: {', '.join(decompose.available())})")
+    dcls = decompose.get(method)
+    k = params.get("n_concepts")
+    if not _is_int(k, 1) or not _is_int(params.get("seed"), 0) or not _is_int(manifest.get("target"), 0):
+        raise _fail(p, "n_concepts, seed and target must be integers (n_concepts ≥ 1, the others ≥ 0)")
+    imp = params.get("importance")
+    if not isinstance(imp, str) or (imp != "auto" and imp not in importance.available()):
+        raise _fail(p, f"unknown importance {imp!r}")
+    if manifest["importance_method"] not in importance.available():
+        raise _fail(p, f"unknown importance method {manifest['importance_method']!r}")
+    for key in ("method_params", "importance_params"):
+        if params.get(key) is not None and not isinstance(params[key], dict):
+            raise _fail(p, f"{key} is {params[key]!r}")
+    accepted = set(inspect.signature(dcls.__init__).parameters) - {"self"}
+    unknown = sorted(set(manifest["decomposition_params"]) - accepted)
+    if unknown:
+        raise _fail(p, f"{method} has no parameter(s) {unknown}")
+    fields = {f"decomposition.{f}" for f in dcls.state_fields}
+    allowed = fields | {"importance", "weights", "fit_scores", "fit_logits", "importance_ci_low",
+                        "importance_ci_high"} | {f"crops.{n}" for n in ("image_index", "boxes", "scores",
+                                                                          "predicted")}
+    extra = sorted(n for n in tensors if n not in allowed and not n.startswith("tree."))
+    if extra:
+        raise _fail(p, f"unexpected tensors {extra[:5]}")
+    missing = sorted(n for n in ("importance", "weights", "fit_scores", "fit_logits") if n not in tensors)
+    if missing or not any(n in tensors for n in fields):
+        raise _fail(p, f"missing tensors {missing or sorted(fields)}")
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _fail(p, f"tensor {name!r} holds NaN or Inf")
+    shapes = {"importance": (k,), "weights": (k,), "importance_ci_low": (k,), "importance_ci_high": (k,)}
+    for name, shape in shapes.items():
+        if name in tensors and tuple(tensors[name].shape) != shape:
+            raise _fail(p, f"tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
+    n_fit = tensors["fit_logits"].shape[0] if tensors["fit_logits"].ndim == 1 else -1
+    if tuple(tensors["fit_scores"].shape) != (n_fit, k):
+        raise _fail(p, f"fit_scores {tuple(tensors['fit_scores'].shape)} and fit_logits "
+                       f"{tuple(tensors['fit_logits'].shape)} disagree with k = {k}")
+    bank = tensors.get("decomposition.components_")
+    if bank is not None:
+        if bank.ndim != 2 or bank.shape[0] != k:
+            raise _fail(p, f"the bank has shape {tuple(bank.shape)}, expected [{k}, C]")
+        if dcls.nonnegative and bool((bank < 0).any()):
+            raise _fail(p, f"the {method} bank has negative entries ({method} banks are non-negative)")

@@ -120,6 +120,8 @@ class Decomposition:
     quick_params: ClassVar[Mapping[str, Any]] = {}
     #: Constructor arguments that fit the demo's time budget (a few minutes on a laptop CPU).
     demo_params: ClassVar[Mapping[str, Any]] = {}
+    #: The fitted tensors :meth:`state_tensors` saves; loading a file accepts these names and no others.
+    state_fields: ClassVar[tuple[str, ...]] = ("components_",)
     #: True when ``_encode_rows`` itself raises on NaN/Inf rows (from a product it computes anyway),
     #: which spares ``encode`` a full extra pass over ``A``.
     encode_checks_finite: ClassVar[bool] = False
@@ -217,7 +219,11 @@ class Decomposition:
         return {"components_": self.components_}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Restore fitted tensors saved by :meth:`state_tensors`."""
+        """Restore fitted tensors saved by :meth:`state_tensors` (only the declared ``state_fields``)."""
+        unknown = sorted(set(tensors) - set(self.state_fields))
+        if unknown:
+            raise ParameterError(f"{type(self).__name__} has no fitted field(s) {unknown}; it restores "
+                                 f"{', '.join(self.state_fields)}")
         for k, v in tensors.items():
             setattr(self, k, v)
 

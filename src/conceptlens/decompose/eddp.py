@@ -205,6 +205,8 @@ class EDDP(Decomposition):
     label = "EDDP"
     uses_head = True  # for URA, when a head is attached
     needs_head: ClassVar[bool] = False
+    state_fields = ("decoding_directions_", "biases_", "margins_", "encoding_directions_", "input_min_",
+                    "decode_offset_")
     edit_rule = "own"  # the paper's edit: encoding directions weighted by the detectors (remove_concepts)
     report_sections = ("edits",)
     quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 60, "polish_iter": 10, "n_init": 1,

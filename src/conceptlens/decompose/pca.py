@@ -59,6 +59,7 @@ class PCA(Decomposition):
     """
 
     label = "PCA"
+    state_fields = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
 
     def __init__(self, n_concepts: int = 10, seed: int = 0) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
