@@ -128,3 +128,37 @@ def test_the_digest_is_checked_before_the_manifest_is_parsed(tmp_path) -> None:
     huge = _resign(path, tmp_path / "huge.cl", raw_text=big)
     with pytest.raises(SavedFileError, match="at most"):
         cl.ConceptExplainer.load(huge, model=TinyNet())
+
+
+# ------------------------------------------------------------------ fuzz: bytes of a real saved file
+def test_fuzzed_files_load_identically_or_raise_a_conceptlens_error(tmp_path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    path, ex, x = _saved(tmp_path, "helpers:TinyNet")
+    raw = path.read_bytes()
+    ref = ex.explain(x)
+    model = TinyNet()
+
+    @settings(max_examples=150, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(st.tuples(st.integers(0, len(raw) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+           st.one_of(st.none(), st.integers(0, len(raw))))
+    def check(flips: list[tuple[int, int]], cut: int | None) -> None:
+        data = bytearray(raw)
+        for i, b in flips:
+            data[i] = b
+        if cut is not None:
+            data = data[:cut]
+        f = tmp_path / "fuzz.cl"
+        f.write_bytes(bytes(data))
+        try:
+            back = cl.ConceptExplainer.load(f, model=model)
+        except ConceptLensError:
+            return
+        e = back.explain(x)  # it loaded: then it must be the same explainer
+        for name in ("scores", "weights", "contributions", "residual", "logits"):
+            assert torch.equal(getattr(e, name), getattr(ref, name)), name
+        assert e.bias == ref.bias and back.target_ == ex.target_
+
+    check()
