@@ -219,3 +219,29 @@ def test_a_saved_file_never_runs_its_model_factory_without_the_flag(tmp_path: Pa
     assert "Traceback" not in refused.output
     trusted = _invoke([command, str(saved), *imgs, *out, "--trust-model-factory"])
     assert trusted.exit_code == 0, trusted.output
+
+
+def test_user_errors_print_one_line_and_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    from conceptlens.cli import main
+    from conceptlens.errors import SavedFileError
+
+    missing = str(tmp_path / "missing.cl")
+    with pytest.raises(SystemExit) as code:
+        main(["evaluate", missing, "--images", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "no saved explainer" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SavedFileError):
+        main(["evaluate", missing, "--images", str(tmp_path), "--debug"])
+
+
+def test_an_unwritable_output_is_one_line_not_a_traceback(tmp_path: Path, tiny_images: torch.Tensor,
+                                                          capsys) -> None:
+    from conceptlens.cli import main
+
+    (tmp_path / "file").write_text("x")
+    imgs = [str(p) for p in _write_pngs(tmp_path / "imgs", tiny_images[:2])]
+    with pytest.raises(SystemExit) as code:  # the output folder would have to live under a file
+        main(["mask", *imgs, "-o", str(tmp_path / "file" / "out"), "--steps", "2", "--no-baselines"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "Traceback" not in err and "file" in err

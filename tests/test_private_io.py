@@ -6,6 +6,7 @@ import json
 import math
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +59,17 @@ def test_json_safe_and_write_json(tmp_path) -> None:
 def test_write_csv_keeps_the_column_order_and_leaves_missing_cells_empty(tmp_path) -> None:
     p = write_csv(tmp_path / "t.csv", ["m", "x", "y"], [{"m": "nmf", "x": 0.5, "extra": 1}, {"y": 2}])
     assert p.read_text().splitlines() == ["m,x,y", "nmf,0.5,", ",,2"]
+
+
+@pytest.mark.parametrize("where", ["a directory", "under a file", "an unwritable place"])
+def test_unwritable_targets_give_one_clear_error_naming_the_path(tmp_path, where) -> None:
+    from conceptlens.errors import ConceptLensError, OutputError
+
+    (tmp_path / "file").write_text("x")
+    # /proc refuses new folders even to root (mode bits would not stop a root CI run)
+    target = {"a directory": tmp_path, "under a file": tmp_path / "file" / "out.json",
+              "an unwritable place": Path("/proc/conceptlens-test/out.json")}[where]
+    with pytest.raises(OutputError) as err:
+        write_json(target, {"a": 1})
+    assert isinstance(err.value, ConceptLensError) and isinstance(err.value, OSError)
+    assert str(target) in str(err.value) and "cannot write" in str(err.value)

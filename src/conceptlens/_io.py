@@ -5,7 +5,8 @@ and CSV results, the world CNN's cache) goes through :func:`atomic_write`: the b
 beside the target, are flushed and fsynced, get mode ``0644`` (less the umask; ``mkstemp`` creates
 ``0600``, but these files are meant to be shared), and replace the target with one ``os.replace``. A
 reader sees the old file or the whole new one, never a torn write; an interrupted write leaves at most a
-``.<name>.*.tmp`` file and never loses the old one.
+``.<name>.*.tmp`` file and never loses the old one. A file that cannot be written (the path is a
+directory, lies under a file, is not writable, the disk is full) gives one :class:`OutputError` naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
+
+from conceptlens.errors import OutputError
 
 __all__ = ["atomic_write", "atomic_write_with", "write_json", "write_csv", "json_safe", "sha256_bytes",
            "file_mode"]
@@ -53,8 +56,11 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]],
         ``path``.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _output_error(p, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -62,11 +68,26 @@ def atomic_write_with(path: str | os.PathLike[str], write: Callable[[IO[bytes]],
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
         os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise _output_error(p, exc) from exc
         raise
     return p
+
+
+def _output_error(p: Path, exc: OSError) -> OutputError:
+    """One clear error naming the path (an :class:`OSError` too, for callers that catch those)."""
+    if p.is_dir():
+        why = "it is a directory; give a file path"
+    elif any(q.exists() and not q.is_dir() for q in p.parents):
+        why = "a parent of it is a file, not a directory"
+    else:
+        why = f"{exc.strerror or exc}; choose a writable place"
+    err = OutputError(f"cannot write {str(p)!r}: {why} ({type(exc).__name__}: {exc})")
+    err.errno = exc.errno
+    return err
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> Path:

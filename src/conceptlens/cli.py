@@ -7,9 +7,11 @@ Commands: ``demo`` (every method compared on the bundled model and photos), ``co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +20,8 @@ import typer
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
-    help="Explain what a PyTorch image classifier has learned, in terms of concepts.",
+    help="Explain what a PyTorch image classifier has learned, in terms of concepts. "
+         "Add --debug anywhere to see the traceback of an error.",
 )
 
 _MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvision:<arch>' with --weights, "
@@ -33,9 +36,26 @@ _TRUST = typer.Option(False, "--trust-model-factory",
                            "for files you trust; otherwise pass --model).")
 
 
+#: Set by ``--debug`` (anywhere on the command line): user errors show their traceback.
+_DEBUG = False
+
+
 def _fail(exc: Exception) -> None:
+    if _DEBUG:
+        raise exc
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def _reported() -> Iterator[None]:
+    """A :class:`~conceptlens.errors.ConceptLensError` raised inside ends the command by :func:`_fail`."""
+    from conceptlens.errors import ConceptLensError
+
+    try:
+        yield
+    except ConceptLensError as exc:
+        _fail(exc)
 
 
 def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, list[str]]:
@@ -68,13 +88,10 @@ def demo(
     laptop CPU, CRAFT's crops are the demo's crops, EDDP runs 300 steps without its alignment term, and the
     masks explain the first --masks photos.
     """
-    from conceptlens.errors import ConceptLensError
     from conceptlens.workflows.demo import DEMO_METHODS, run_demo
 
-    try:
+    with _reported():
         run_demo(out, methods or DEMO_METHODS, n_concepts, patch, masks, sweep, seed, echo=typer.echo)
-    except ConceptLensError as exc:
-        _fail(exc)
 
 
 @app.command()
@@ -111,7 +128,7 @@ def fit(
     import conceptlens as cl
     from conceptlens.errors import ParameterError
 
-    try:
+    with _reported():
         m = cl.models.load(model, weights=weights)
         x, _ = _images(images, m.preset, crop)
         method_params: dict[str, object] = {}
@@ -134,9 +151,6 @@ def fit(
                layers=layers_.split(",") if recursive and layers_ else None)
         ex.save(out)
         fid = cl.metrics.fidelity(ex, x)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     typer.echo(f"fitted {n_concepts} {method} concepts for {ex.target_name_!r} at layer {ex.split.layer!r} "
                f"on {x.shape[0]} images; fid_c = {fid['fid_c']:.3f}, fid_r = {fid['fid_r']:.3f}")
     imp = ex.importance_result_
@@ -186,7 +200,7 @@ def explain(
     """Explain images with a fitted explainer: a JSON of contributions and a report of their maps."""
     import conceptlens as cl
 
-    try:
+    with _reported():
         ex, x, names = _load(file, model, weights, images, trust)
         e = ex.explain(x)
         out.mkdir(parents=True, exist_ok=True)
@@ -197,9 +211,6 @@ def explain(
                                                            "weights": e.weights.tolist(),
                                                            "images": rows}, indent=1))
         cl.report.write(ex, x, out, names=names)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     for r in rows:
         typer.echo(f"{r['image']}: logit {r['logit']:.3f} = Σ contributions {sum(r['contributions']):.3f} "
                    f"+ residual {r['residual']:.3f} + bias {r['bias']:.3f}")
@@ -218,12 +229,9 @@ def evaluate(
     """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images."""
     import conceptlens as cl
 
-    try:
+    with _reported():
         ex, x, _ = _load(file, model, weights, images, trust)
         m = cl.metrics.evaluate(ex, x)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     if as_json:
         typer.echo(json.dumps(m, indent=1))
         return
@@ -244,12 +252,9 @@ def report(
     """Write the HTML report (concept prototypes with heatmaps, local explanations) for images."""
     import conceptlens as cl
 
-    try:
+    with _reported():
         ex, x, names = _load(file, model, weights, images, trust)
         path = cl.report.write(ex, x, out, names=names)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     typer.echo(f"report: {Path(path).resolve()}")
 
 
@@ -261,12 +266,9 @@ def layers(
     """List the model's layers (call sites) with their activation shapes; '*' marks layer='auto'."""
     import conceptlens as cl
 
-    try:
+    with _reported():
         m = cl.models.load(model, weights=weights)
         s = cl.ModelSplit(m, "auto", check=False)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     for name, shape in s.describe_layers():
         typer.echo(f"{'*' if name == s.layer else ' '} {name:<48} {list(shape)}")
 
@@ -316,7 +318,7 @@ def compare(
     from conceptlens.workflows.demo import sweep_sections
 
     t0 = time.time()
-    try:
+    with _reported():
         m = cl.models.load(model, weights=weights)
         x, names = _images(images, m.preset, crop)
         split = cl.ModelSplit(m, layer)
@@ -325,9 +327,6 @@ def compare(
                           stability=stability, mask_images=masks or None)
         extra = sweep_sections(kl_weights, check_methods(methods), A, split, res.target, n_concepts, seed)
         path = write_report(res, x, out, names=names, A=A, extra_sections=extra)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     print_table(res, typer.echo)
     typer.echo(f"table: {(out / 'compare.csv').resolve()}")
     typer.echo(f"report: {Path(path).resolve()}  ({time.time() - t0:.0f} s)")
@@ -371,7 +370,7 @@ def mask(
     from conceptlens.workflows.masks import BASELINES, compare_with_baselines
 
     t0 = time.time()
-    try:
+    with _reported():
         m = cl.models.load(model, weights=weights)
         x, names = _images(images, m.preset, 0)
         tgt: int | str | None = int(target) if target is not None and target.strip().isdigit() else target
@@ -383,9 +382,6 @@ def mask(
                                      amortised_steps=200 if steps is None else steps,
                                      baselines=BASELINES if baselines else (), seed=seed)
         written = write_mask_outputs(res, x, out, names=names, model=m)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     others = [r["method"] for r in res.rows if r["method"] != "mask"]
     typer.echo(f"{'image':<24}{'target':<22}{'kept':>8}{'top-1':>7}{'conf':>7}{'del':>7}{'ins':>7}"
                + "".join(f"{o[:10] + ' top-1':>18}" for o in others))
@@ -441,7 +437,7 @@ def sweep(
     from conceptlens.workflows import sweep as lambda_sweep
 
     t0 = time.time()
-    try:
+    with _reported():
         swept = [n for n in cl.decompose.available() if cl.decompose.get(n).sweep_param]
         if cl.decompose.get(method).sweep_param is None:
             param = cl.decompose.get(swept[0]).sweep_param
@@ -468,9 +464,6 @@ def sweep(
         res = lambda_sweep.run_sweep(data, lams, n_concepts, seed, with_stability=stability, progress=True,
                                      **face_params)
         paths = res.save(out)
-    except cl.ConceptLensError as exc:
-        _fail(exc)
-        return
     typer.echo("")
     typer.echo(res.table())
     typer.echo("claim (KL improves accuracy / C-Ins / C-Del without hurting much else): "
@@ -478,9 +471,25 @@ def sweep(
     typer.echo(f"wrote {paths['csv']}, {paths['json']}, {paths['png']}  ({time.time() - t0:.0f} s)")
 
 
-def main() -> None:
-    """Entry point of the ``conceptlens`` console script."""
-    app(prog_name="conceptlens")
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``conceptlens`` console script.
+
+    A user error (any :class:`~conceptlens.ConceptLensError`, or a file that cannot be read or written)
+    prints one line and exits with code 2; ``--debug`` anywhere on the command line shows the traceback.
+    """
+    global _DEBUG
+    args = list(sys.argv[1:] if argv is None else argv)
+    _DEBUG = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    from conceptlens.errors import ConceptLensError
+
+    try:
+        app(args=args, prog_name="conceptlens")
+    except (ConceptLensError, OSError) as exc:  # one a command did not catch itself
+        if _DEBUG:
+            raise
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ __all__ = [
     "SplitError",
     "ModelError",
     "SavedFileError",
+    "OutputError",
     "HeadError",
     "nearest",
 ]
@@ -43,6 +44,10 @@ class ActivationError(ConceptLensError, ValueError):
 
 class StoreError(ActivationError):
     """An activation store whose index or shards are malformed, outside the store, or changed on disk."""
+
+
+class OutputError(ConceptLensError, OSError):
+    """A file cannot be written where it was asked to go (a directory, under a file, no permission, full)."""
 
 
 class ImageError(ConceptLensError, ValueError):
