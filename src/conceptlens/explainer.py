@@ -14,6 +14,7 @@ only; nothing is unpickled or executed.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,16 @@ def layer_activations(split: ModelSplit, x: torch.Tensor, *, progress: bool | No
     return A
 
 
+def _matching(A: Any, x: torch.Tensor) -> torch.Tensor:
+    """``A`` when it holds the activations of exactly the images ``x`` (same count), else ParameterError."""
+    if not isinstance(A, torch.Tensor) or A.ndim < 2:
+        raise ParameterError(f"A must be the activations g(x) as a tensor [N, ...], got {type(A).__name__}")
+    if A.shape[0] != x.shape[0]:
+        raise ParameterError(f"A holds the activations of {A.shape[0]} images but x has {x.shape[0]}; "
+                             "pass A = split.g(x) of the same images (or leave A out)")
+    return A
+
+
 class ConceptExplainer:
     """Find concepts in a layer, weigh them for a class, and explain images with them (ICE and peers).
 
@@ -192,8 +203,12 @@ class ConceptExplainer:
                 raise ParameterError("split must be a ModelSplit or an nn.Module, got "
                                      f"{type(split).__name__}")
         self.split = split
+        for name, v in (("method", method), ("importance", importance)):
+            if not isinstance(v, str):
+                raise ParameterError(f"{name} must be a name (str), got {v!r}; e.g. method='nmf', "
+                                     "importance='auto' (see conceptlens.decompose.available())")
         self.method = method.lower()
-        decompose.get(self.method)  # validate the name early
+        dcls = decompose.get(self.method)  # validate the name early
         if importance != "auto":
             importance_mod.get(importance)
         if not isinstance(n_concepts, int) or isinstance(n_concepts, bool) or n_concepts < 1:
@@ -207,6 +222,16 @@ class ConceptExplainer:
         self.n_concepts = n_concepts
         self.importance = importance
         self.seed = seed
+        if method_params is not None and not isinstance(method_params, Mapping):
+            raise ParameterError(f"method_params must be a dict, got {type(method_params).__name__}")
+        if importance_params is not None and not isinstance(importance_params, Mapping):
+            raise ParameterError(f"importance_params must be a dict, got {type(importance_params).__name__}")
+        accepted = set(inspect.signature(dcls.__init__).parameters) - {"self", "n_concepts", "seed"}
+        unknown = sorted(set(method_params or {}) - accepted)
+        if unknown:
+            raise ParameterError(f"method {self.method!r} has no parameter(s) {unknown}; it accepts "
+                                 f"{', '.join(sorted(accepted)) or 'none'} (n_concepts and seed are the "
+                                 "explainer's own)")
         self.method_params = dict(method_params or {})
         self.importance_params = dict(importance_params or {})
         self.progress = progress
@@ -300,7 +325,7 @@ class ConceptExplainer:
                                  "at (see `conceptlens layers` or split.layers())")
         if layers and not recursive:
             raise ParameterError("layers=… is only used with recursive=True")
-        A = self.activations(x) if A is None else A
+        A = self.activations(x) if A is None else _matching(A, x)
         with torch.no_grad():
             logits = self.split.h(A)
         n_out = logits.shape[1]
@@ -398,7 +423,7 @@ class ConceptExplainer:
         self._check_images(x)
         if maps not in ("upsample", "implicit", "none"):
             raise ParameterError(f"maps must be 'upsample', 'implicit' or 'none', got {maps!r}")
-        A = self.activations(x) if A is None else A
+        A = self.activations(x) if A is None else _matching(A, x)
         d = self.decomposition_
         U = d.encode(A)
         s = spatial_scores(U)

@@ -473,6 +473,10 @@ def sobol_importance(ctx: Context) -> Importance:
             f"unknown option(s) {sorted(unknown)} for importance='sobol'; known: n_designs, batch_size, "
             "n_boot, exact"
         )
+    # validated whichever path runs (the closed form does not use n_designs, but a bad value is a mistake)
+    check_int("n_designs", opts.get("n_designs", 32), 1, hint="design rows per image, e.g. 32")
+    check_int("batch_size", opts.get("batch_size", 4096), 1)
+    check_int("n_boot", opts.get("n_boot", 1000), 0)
     D, offset = concept_directions(ctx.decomposition)
     head = ctx.split.linear_head()
     n_boot = opts.get("n_boot", 1000)

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from conceptlens.errors import ParameterError
+from conceptlens.errors import NotFittedError, ParameterError
 
 __all__ = ["fidelity", "fid_r", "fid_c", "reconstruction_error", "sparsity", "evaluate"]
 
@@ -79,6 +79,8 @@ def evaluate(
         ``fid_c``, ``fid_r``, ``accuracy`` (top-1 of ``F̂`` equal to the target class, a fraction),
         ``model_accuracy`` (same for ``F``), ``reconstruction_error``, ``sparsity``, ``n_images``.
     """
+    if getattr(ex, "decomposition_", None) is None:
+        raise NotFittedError("the explainer is not fitted: call ex.fit(x, target) before measuring its fidelity")
     A = ex.activations(x) if A is None else A
     c = ex.target_ if target is None else target
     d = ex.decomposition_

@@ -35,6 +35,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from conceptlens._check import check_int
 from conceptlens.errors import LayerError, ParameterError, SplitError, nearest
 from conceptlens.progress import progress_bar
 from conceptlens.split.sites import _first_tensor, call_order
@@ -150,10 +151,8 @@ class ModelSplit:
             model.eval()
         if mode not in ("auto", "fx", "hooks"):
             raise ParameterError(f"mode must be 'auto', 'fx' or 'hooks', got {mode!r}")
-        if batch_size < 1:
-            raise ParameterError(f"batch_size must be ≥ 1, got {batch_size}")
         self.model = model
-        self.batch_size = batch_size
+        self.batch_size = check_int("batch_size", batch_size, 1, hint="images per forward pass")
         self.progress = progress
         self.preset = getattr(model, "preset", None)
         param = next(model.parameters(), None)
