@@ -33,13 +33,12 @@ from conceptlens.errors import (
     ImageError,
     NotFittedError,
     ParameterError,
-    TargetError,
-    nearest,
 )
 from conceptlens.importance.base import Context, Importance, concept_directions
 from conceptlens.importance.linear import scores as spatial_scores
 from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
+from conceptlens.split.sites import resolve_target
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
            "upsample_maps", "SCHEMA", "read_saved"]
@@ -81,29 +80,6 @@ class LocalExplanation:
     logits: torch.Tensor
     maps: torch.Tensor
     target: int
-
-
-def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int:
-    """Class index from an index or a class name (case-insensitive); TargetError otherwise."""
-    if isinstance(target, bool):
-        raise TargetError(f"target must be a class index or name, got {target!r}")
-    if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
-        t = int(target)
-        if not 0 <= t < n_outputs:
-            raise TargetError(f"target class {t} is out of range: the model has {n_outputs} classes "
-                              f"(0–{n_outputs - 1})")
-        return t
-    if isinstance(target, str):
-        low = [c.lower() for c in classes]
-        if target.lower() in low:
-            return low.index(target.lower())
-        hint = nearest(target.lower(), low)
-        raise TargetError(
-            f"unknown class name {target!r}"
-            + (f"; did you mean {', '.join(repr(classes[low.index(h)]) for h in hint)}?" if hint else "")
-            + " (or pass the class index)"
-        )
-    raise TargetError(f"target must be a class index or name, got {type(target).__name__}")
 
 
 def check_images(x: Any) -> None:

@@ -40,7 +40,7 @@ from conceptlens.errors import ImageError, LayerError, ParameterError, SplitErro
 
 __all__ = ["CallSite", "call_order", "activation_sites", "default_layers", "resolve_layers", "find_site",
            "forward_hooks", "capture", "logits_of", "forward_chunks", "check_images", "check_target_length",
-           "slice_target", "resolve_targets"]
+           "slice_target", "resolve_target", "resolve_targets"]
 
 #: The authors' ResNet-18 layer weights (relu, layer1, layer2, layer3, layer4), aligned at the deepest layer.
 _AUTHOR_ALPHAS = (1.0, 2.0, 2.0, 4.0, 8.0)
@@ -368,6 +368,32 @@ def slice_target(target: Any, offset: int, n: int) -> Any:
     return target[offset: offset + n]
 
 
+def resolve_target(target: int | str, classes: list[str], n_outputs: int) -> int:
+    """Class index from an index (an int, a digit string or a 0-d tensor) or a class name
+    (case-insensitive); TargetError, with the nearest names, otherwise."""
+    if isinstance(target, torch.Tensor) and target.numel() == 1 and not target.is_floating_point():
+        target = int(target.item())
+    if isinstance(target, bool):
+        raise TargetError(f"target must be a class index or name, got {target!r}")
+    if isinstance(target, int) or (isinstance(target, str) and target.lstrip("-").isdigit()):
+        t = int(target)
+        if not 0 <= t < n_outputs:
+            raise TargetError(f"target class {t} is out of range: the model has {n_outputs} classes "
+                              f"(0–{n_outputs - 1})")
+        return t
+    if isinstance(target, str):
+        low = [c.lower() for c in classes]
+        if target.lower() in low:
+            return low.index(target.lower())
+        hint = nearest(target.lower(), low)
+        raise TargetError(
+            f"unknown class name {target!r}"
+            + (f"; did you mean {', '.join(repr(classes[low.index(h)]) for h in hint)}?" if hint else "")
+            + " (or pass the class index)"
+        )
+    raise TargetError(f"target must be a class index or name, got {type(target).__name__}")
+
+
 def resolve_targets(model: nn.Module, target: Any, logits: torch.Tensor) -> torch.Tensor:
     """``[N]`` long class indices from None (top-1 of ``logits [N,K]``), one index / name, or one per image.
 
@@ -384,23 +410,7 @@ def resolve_targets(model: nn.Module, target: Any, logits: torch.Tensor) -> torc
     classes = list(getattr(getattr(model, "preset", None), "classes", []) or [])
 
     def one(t: Any) -> int:
-        if isinstance(t, torch.Tensor) and t.numel() == 1:
-            t = int(t.item())
-        if isinstance(t, bool):
-            raise TargetError(f"target must be a class index or name, got {t!r}")
-        if isinstance(t, int):
-            if not 0 <= t < k:
-                raise TargetError(f"target class {t} is out of range: the model has {k} classes (0–{k - 1})")
-            return t
-        if isinstance(t, str):
-            low = [c.lower() for c in classes]
-            if t.lower() in low:
-                return low.index(t.lower())
-            hint = nearest(t.lower(), low)
-            raise TargetError(f"unknown class name {t!r}"
-                              + (f"; did you mean {', '.join(repr(h) for h in hint)}?" if hint else "")
-                              + " (or pass the class index)")
-        raise TargetError(f"target must be a class index or name, got {type(t).__name__}")
+        return resolve_target(t, classes, k)
 
     if isinstance(target, (int, str)) or (isinstance(target, torch.Tensor) and target.ndim == 0):
         return torch.full((n,), one(target), dtype=torch.long, device=logits.device)
