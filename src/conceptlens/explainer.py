@@ -83,12 +83,22 @@ class LocalExplanation:
 
 
 def check_images(x: Any) -> None:
-    """Raise ImageError unless ``x`` is a tensor ``[N,3,H,W]`` with ``N ≥ 1``."""
+    """Raise ImageError unless ``x`` is a floating-point tensor ``[N,3,H,W]`` with ``N ≥ 1``.
+
+    Nothing is converted here (the callers keep their own ``x``): integer pixels get an error saying how to
+    convert them; the channel layout is checked against the model by the split (``ModelSplit.g``), and a
+    float64 / float16 ``x`` is cast there to the model's dtype."""
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
         shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ImageError(
             f"expected images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
             "load them with cl.data.load_images(path, preset=model.preset)"
+        )
+    if not x.is_floating_point():
+        raise ImageError(
+            f"expected normalised float images [N,3,H,W], got dtype {x.dtype} of shape {list(x.shape)}; "
+            "convert them with cl.data.load_images(x, preset=model.preset) (uint8 0–255 pixels are scaled "
+            "and normalised) or x.float() if they already are"
         )
 
 

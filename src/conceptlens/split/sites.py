@@ -74,8 +74,14 @@ def _first_tensor(out: Any, error: type[Exception] = SplitError) -> torch.Tensor
         return out
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         return out[0]
-    if isinstance(out, dict) and "logits" in out:
+    if isinstance(out, Mapping) and "logits" in out:
         return out["logits"]
+    if isinstance(out, Mapping):
+        raise error(
+            f"the model returned a dict without a 'logits' entry (keys: {', '.join(map(repr, out))}); "
+            "wrap it so that it returns the logits tensor [N, K], e.g. a module whose forward is "
+            "`return model(x)[key]` with the key you mean"
+        )
     raise error(f"the model returned {type(out).__name__}; conceptlens needs a logits tensor [N, K]")
 
 
