@@ -80,7 +80,8 @@ def evaluate(
         ``model_accuracy`` (same for ``F``), ``reconstruction_error``, ``sparsity``, ``n_images``.
     """
     if getattr(ex, "decomposition_", None) is None:
-        raise NotFittedError("the explainer is not fitted: call ex.fit(x, target) before measuring its fidelity")
+        raise NotFittedError("the explainer is not fitted: call ex.fit(x, target) before measuring its "
+                             "fidelity")
     A = ex.activations(x) if A is None else A
     c = ex.target_ if target is None else target
     d = ex.decomposition_
