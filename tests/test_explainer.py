@@ -59,7 +59,8 @@ def test_gradient_importance_on_the_same_explainer(lite0_split, photos, photo_ac
 
 def test_central_differences_agree(lite0_split, photo_acts) -> None:
     """ICE's own code uses central differences with ε = 1e-4: autograd must agree to about that."""
-    ex = cl.ConceptExplainer(lite0_split, "nmf", 3).fit(torch.zeros(1, 3, 8, 8), CAT, A=photo_acts)
+    x = torch.zeros(photo_acts.shape[0], 3, 8, 8)  # not used when A is given, but one image per row of A
+    ex = cl.ConceptExplainer(lite0_split, "nmf", 3).fit(x, CAT, A=photo_acts)
     # the weights are derivatives at the reconstructed fit activations: differentiate at the same point
     A = ex.decomposition_.decode(ex.encode(photo_acts)).double()
     W = ex.concepts_.double()

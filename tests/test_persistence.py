@@ -162,3 +162,16 @@ def test_fuzzed_files_load_identically_or_raise_a_conceptlens_error(tmp_path) ->
         assert e.bias == ref.bias and back.target_ == ex.target_
 
     check()
+
+
+def test_dtypes_and_crop_shapes_are_validated(tmp_path) -> None:
+    path, _, _ = _saved(tmp_path, "helpers:TinyNet")
+    bad = _resign(path, tmp_path / "int.cl", edit_tensors=lambda t: t.update(weights=t["weights"].long()))
+    with pytest.raises(SavedFileError, match="dtype"):
+        cl.ConceptExplainer.load(bad, model=TinyNet())
+    long = torch.long
+    crops = {"crops.image_index": torch.zeros(3, dtype=long), "crops.boxes": torch.zeros(3, 4, dtype=long),
+             "crops.scores": torch.zeros(3, 5), "crops.predicted": torch.zeros(3, dtype=long)}
+    bad = _resign(path, tmp_path / "crops.cl", edit_tensors=lambda t: t.update(crops))  # scores [3, 5], k = 3
+    with pytest.raises(SavedFileError, match="crops"):
+        cl.ConceptExplainer.load(bad, model=TinyNet())

@@ -350,8 +350,23 @@ def validate(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], p: Path
     if missing or not any(n in tensors for n in fields):
         raise _fail(p, f"missing tensors {missing or sorted(fields)}")
     for name, t in tensors.items():
+        integral = name in ("crops.image_index", "crops.boxes", "crops.predicted") \
+            or name.endswith(".crop_ids")
+        floating = not integral and not name.endswith(".prototypes")  # prototypes: pictures (uint8 or float)
+        wrong_int = integral and (t.is_floating_point() or t.dtype == torch.bool)
+        if wrong_int or (floating and not t.is_floating_point()):
+            raise _fail(p, f"tensor {name!r} has dtype {t.dtype}, expected "
+                           f"{'integers' if integral else 'floating point'}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise _fail(p, f"tensor {name!r} holds NaN or Inf")
+    crops = {n: tensors[f"crops.{n}"] for n in ("image_index", "boxes", "scores", "predicted")
+             if f"crops.{n}" in tensors}
+    if crops:
+        m = crops["image_index"].shape[0] if "image_index" in crops else -1
+        want = {"image_index": (m,), "boxes": (m, 4), "scores": (m, k), "predicted": (m,)}
+        if len(crops) != 4 or any(tuple(crops[n].shape) != want[n] for n in want):
+            raise _fail(p, "the saved crops are incomplete or their shapes disagree "
+                           f"({ {n: tuple(v.shape) for n, v in crops.items()} })")
     shapes = {"importance": (k,), "weights": (k,), "importance_ci_low": (k,), "importance_ci_high": (k,)}
     for name, shape in shapes.items():
         if name in tensors and tuple(tensors[name].shape) != shape:

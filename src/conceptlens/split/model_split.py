@@ -22,7 +22,8 @@ Two ways to cut:
 At construction ``h(g(x)) == model(x)`` is checked on a probe input; a mismatch is a :class:`SplitError`.
 
 A float64 / float16 / bfloat16 model runs as it is: images and activations are cast to the model's dtype on
-the way in, and ``g`` / ``h`` return float32 (the dtype every other part of conceptlens computes in).
+the way in; ``g`` / ``h`` return float32 for half-precision models (the dtype the rest of conceptlens computes
+in) and the model's own dtype otherwise (a float64 model keeps its precision).
 """
 
 from __future__ import annotations
@@ -425,7 +426,7 @@ class ModelSplit:
         """
         x = self._input(x)
         if grad:
-            return _to_channels_last(self._g_raw(x)).float()
+            return _widen(_to_channels_last(self._g_raw(x)))
         bs = batch_size or self.batch_size
         chunks = range(0, x.shape[0], bs)
         outs = []
@@ -433,7 +434,7 @@ class ModelSplit:
             for i in progress_bar(chunks, desc=f"activations at {self.layer}",
                                   enable=self.progress if progress is None else progress,
                                   min_items=2):
-                outs.append(_to_channels_last(self._g_raw(x[i : i + bs])).float().contiguous())
+                outs.append(_widen(_to_channels_last(self._g_raw(x[i : i + bs]))).contiguous())
         return torch.cat(outs) if outs else torch.empty(0, *self.activation_shape)
 
     def h(self, A: torch.Tensor) -> torch.Tensor:
@@ -456,10 +457,10 @@ class ModelSplit:
             )
         raw = _from_channels_last(A).to(self._dtype)
         if self.mode == "fx":
-            return _first_tensor(cast(fx.GraphModule, self._h_fx)(raw)).float()
+            return _widen(_first_tensor(cast(fx.GraphModule, self._h_fx)(raw)))
         zeros = torch.zeros(raw.shape[0], *self._probe_shape, device=raw.device, dtype=raw.dtype)
         with self._hook(lambda _out: raw):
-            return _first_tensor(self.model(zeros)).float()
+            return _widen(_first_tensor(self.model(zeros)))
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the model's device and in its dtype; an ImageError for integer pixels or a channel count
@@ -492,7 +493,7 @@ class ModelSplit:
         The tolerance is ``atol`` times ``max(1, max|logit|)`` (float32 re-association across the cut).
         """
         with torch.no_grad():
-            ref = _first_tensor(self.model(self._input(x))).float()
+            ref = _widen(_first_tensor(self.model(self._input(x))))
             got = self.h(self.g(x))
         if got.shape != ref.shape:
             raise SplitError(f"h(g(x)) has shape {list(got.shape)} but model(x) has {list(ref.shape)}")
@@ -528,10 +529,10 @@ class ModelSplit:
             cand = linears[-1] if linears else None
         if cand is None or cand.in_features != self.activation_shape[-1]:
             return None
-        w = cand.weight.detach().float()
-        b = cand.bias.detach().float() if cand.bias is not None else torch.zeros(w.shape[0], device=w.device)
+        w = _widen(cand.weight.detach())
+        b = _widen(cand.bias.detach()) if cand.bias is not None else torch.zeros(w.shape[0], device=w.device)
         gen = torch.Generator().manual_seed(1)
-        A = torch.rand(3, *self.activation_shape, generator=gen).to(w.device) * 2
+        A = torch.rand(3, *self.activation_shape, generator=gen).to(w.device, w.dtype) * 2
         with torch.no_grad():
             got = self.h(A)
             mean = A.reshape(3, -1, A.shape[-1]).mean(1)
@@ -544,6 +545,11 @@ class ModelSplit:
     def __repr__(self) -> str:
         return (f"ModelSplit({type(self.model).__name__}, layer={self.layer!r}, mode={self.mode!r}, "
                 f"A=[N, {', '.join(map(str, self.activation_shape))}])")
+
+
+def _widen(t: torch.Tensor) -> torch.Tensor:
+    """Half-precision outputs as float32; float32 and float64 as they are."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _logits_arg(out: Any) -> Any:
