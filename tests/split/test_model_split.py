@@ -141,3 +141,26 @@ def test_h_is_differentiable(lite0_split: cl.ModelSplit, photo_acts: torch.Tenso
     A = photo_acts[:2].clone().requires_grad_(True)
     lite0_split.h(A)[:, 0].sum().backward()
     assert A.grad is not None and A.grad.abs().sum() > 0
+
+
+def test_a_head_linear_only_on_non_negative_activations_is_not_taken_for_gap_linear() -> None:
+    # #20: fc(GAP(relu(A))) cut before the ReLU sees negative activations; a probe in [0, 2] alone passed it
+    class ReluHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.relu = nn.ReLU()
+            self.pool = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.flatten(self.pool(self.relu(self.conv(x))), 1))
+
+    net = ReluHead().eval()
+    before = cl.ModelSplit(net, "conv")  # signed activations
+    assert float(before.g(torch.randn(2, 3, 8, 8)).min()) < 0
+    assert before.linear_head() is None
+    after = cl.ModelSplit(net, "relu")  # after the ReLU the head is GAP + linear, exactly
+    lh = after.linear_head()
+    assert lh is not None and torch.equal(lh.weight, net.fc.weight.detach())

@@ -494,7 +494,9 @@ class ModelSplit:
         """
         with torch.no_grad():
             ref = _widen(_first_tensor(self.model(self._input(x))))
-            got = self.h(self.g(x))
+            A = self.g(x)
+            got = self.h(A)
+        self._act_scale = float(A.abs().max()) if A.numel() else 1.0
         if got.shape != ref.shape:
             raise SplitError(f"h(g(x)) has shape {list(got.shape)} but model(x) has {list(ref.shape)}")
         err = float((got - ref).abs().max())
@@ -511,6 +513,8 @@ class ModelSplit:
 
     def linear_head(self) -> LinearHead | None:
         """The exact ``(weight [K,C], bias [K])`` when ``h(A) = mean_hw(A) @ weight.T + bias``, else None.
+
+        Checked on probes of both signs at the layer's scale (see the comment in the body).
 
         Detected automatically: the last ``nn.Linear`` after the layer is taken as the candidate and the
         identity is verified numerically on random activations (relative error < 1e-4).
@@ -531,11 +535,17 @@ class ModelSplit:
             return None
         w = _widen(cand.weight.detach())
         b = _widen(cand.bias.detach()) if cand.bias is not None else torch.zeros(w.shape[0], device=w.device)
+        # Probes at the layer's real scale (the largest |activation| of the construction probe), both signs:
+        # a head such as fc(GAP(relu(A))) is linear on non-negative activations only, and a split before
+        # that ReLU has negative ones; a probe in [0, 2] alone would take it for GAP + linear.
         gen = torch.Generator().manual_seed(1)
-        A = torch.rand(3, *self.activation_shape, generator=gen).to(w.device, w.dtype) * 2
+        s = max(getattr(self, "_act_scale", 2.0), 1e-6)
+        pos = torch.rand(3, *self.activation_shape, generator=gen) * s
+        signed = (torch.rand(3, *self.activation_shape, generator=gen) * 2 - 1) * s
+        A = torch.cat([pos, signed]).to(w.device, w.dtype)
         with torch.no_grad():
             got = self.h(A)
-            mean = A.reshape(3, -1, A.shape[-1]).mean(1)
+            mean = A.reshape(A.shape[0], -1, A.shape[-1]).mean(1)
             exp = mean @ w.T + b
         rel = float((got - exp).abs().max() / exp.abs().max().clamp_min(1e-12))
         if rel < 1e-4:
