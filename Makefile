@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml README.md
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/conceptlens demo --out report
+	$(VENV)/bin/conceptlens demo --out report --table bench/results/demo.md --readme README.md
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -79,19 +79,23 @@ def demo(
     sweep: str = typer.Option("0,0.1,1", "--kl-weights",
                               help="FACE's λ values for the report's λ curve ('' for none)."),
     seed: int = typer.Option(0, help="Random seed."),
+    table: Optional[Path] = typer.Option(None, help="Also write the markdown table here."),  # noqa: UP045
+    readme: Optional[Path] = typer.Option(  # noqa: UP045
+        None, help="Put the table between this README's demo-table markers (make demo: README.md)."),
 ) -> None:
     """Every method compared on EfficientNet-Lite0 and the bundled sample photos, for the class it predicts
     on 'chelsea' (the cat).
 
     The images are the 13 photos and their crops; writes OUT/index.html (the comparison, with each method's
-    own report in OUT/<method>/) and OUT/compare.csv, and prints the table. To fit in a few minutes on a
-    laptop CPU, CRAFT's crops are the demo's crops, EDDP runs 300 steps without its alignment term, and the
-    masks explain the first --masks photos.
+    own report in OUT/<method>/), OUT/compare.csv and OUT/compare.md, and prints the table. To fit in a few
+    minutes on a laptop CPU, CRAFT's crops are the demo's crops, EDDP runs 300 steps without its alignment
+    term, and the masks explain the first --masks photos.
     """
     from conceptlens.workflows.demo import DEMO_METHODS, run_demo
 
     with _reported():
-        run_demo(out, methods or DEMO_METHODS, n_concepts, patch, masks, sweep, seed, echo=typer.echo)
+        run_demo(out, methods or DEMO_METHODS, n_concepts, patch, masks, sweep, seed, echo=typer.echo,
+                 table=table, readme=readme)
 
 
 @app.command()

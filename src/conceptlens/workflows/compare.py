@@ -47,8 +47,8 @@ from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
 
 __all__ = ["compare", "CompareResult", "METRIC_COLUMNS", "METRICS", "COLUMNS", "PRINTED", "ALIASES",
-           "check_methods", "method_label", "reading", "summary_section", "side_by_side_section",
-           "print_table", "write_report"]
+           "markdown_table", "check_methods", "method_label", "reading", "summary_section",
+           "side_by_side_section", "print_table", "write_report"]
 
 #: Every metric column: how it is shown and its direction (``better``: "max" = larger is better, "min" =
 #: smaller is better). The one spec of the HTML summary, the CSV and the terminal table.
@@ -480,6 +480,18 @@ def side_by_side_section(
 
     return compare_sections.side_by_side_section(result, x, indices, names=names, A=A, threshold=threshold,
                                                  label=method_label)
+
+
+def markdown_table(result: CompareResult) -> str:
+    """The :data:`PRINTED` columns as a markdown table (headers with ↑ / ↓, the best value of each column
+    in bold among the rows without an error, methods under their labels): what ``make demo`` writes to
+    ``bench/results/demo.md`` and the README shows."""
+    cols = sorted((c for c in METRIC_COLUMNS if c.key in PRINTED), key=lambda c: PRINTED.index(c.key))
+    arrows = [Column(c.key, f"{c.header} {'↑' if c.better == 'max' else '↓'}", kind=c.kind, digits=c.digits,
+                     better=c.better) for c in cols]
+    rows = [{**r, "label": method_label(str(r["method"]))} for r in result.rows]
+    ok = [i for i, r in enumerate(result.rows) if not r.get("error")]
+    return Table([Column("label", "method", kind="str"), *arrows], rows, best_of=ok).markdown() + "\n"
 
 
 def print_table(result: CompareResult, echo: Callable[[str], Any] = print) -> None:

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 
 from conceptlens import decompose
+from conceptlens._io import atomic_write
+from conceptlens.errors import ParameterError
 from conceptlens.report.base import Section
 from conceptlens.split.model_split import ModelSplit
 from conceptlens.workflows.compare import (
@@ -31,11 +33,14 @@ from conceptlens.workflows.compare import (
     CompareResult,
     check_methods,
     compare,
+    markdown_table,
     print_table,
+    reading,
     write_report,
 )
 
-__all__ = ["DEMO_METHODS", "DemoResult", "demo_params", "run_demo", "sweep_sections"]
+__all__ = ["DEMO_METHODS", "DemoResult", "demo_params", "run_demo", "sweep_sections", "splice_readme",
+           "README_MARKERS"]
 
 #: The methods the demo compares, in table order.
 DEMO_METHODS = "ice,pca,kmeans,craft,face,eddp,masks"
@@ -134,6 +139,9 @@ def run_demo(
     kl_weights: str = "0,0.1,1",
     seed: int = 0,
     echo: Callable[[str], Any] = print,
+    *,
+    table: str | os.PathLike[str] | None = None,
+    readme: str | os.PathLike[str] | None = None,
 ) -> DemoResult:
     """Compare every method on the bundled photos and their crops; write the report, print the table.
 
@@ -155,6 +163,11 @@ def run_demo(
         Seed of every method and metric.
     echo
         Prints one line (the command line passes ``typer.echo``).
+    table
+        Also write the markdown table (``OUT/compare.md``) here (``make demo``: ``bench/results/demo.md``).
+    readme
+        Replace the table between the README's :data:`README_MARKERS` with it (``make demo``: README.md),
+        so that the README shows what the command measured.
 
     Returns
     -------
@@ -182,6 +195,31 @@ def run_demo(
     path = write_report(res, x, out, names=all_names, A=A, side_by_side=range(min(4, len(names))),
                         extra_sections=extra)
     print_table(res, echo)
+    md = markdown_table(res) + "\n" + " ".join(reading(res)) + "\n"
+    atomic_write(Path(out) / "compare.md", md)
+    if table is not None:
+        atomic_write(table, md)
+    if readme is not None:
+        splice_readme(readme, md)
     seconds = time.time() - t0
     echo(f"report: {Path(path).resolve()}  ({seconds:.0f} s)")
     return DemoResult(compare=res, path=Path(path), seconds=seconds)
+
+
+#: The lines between which the README holds the demo's table (written by :func:`splice_readme`).
+README_MARKERS = ("<!-- demo-table: written by `make demo` (bench/results/demo.md); do not edit -->",
+                  "<!-- end demo-table -->")
+
+
+def splice_readme(readme: str | os.PathLike[str], table_md: str) -> Path:
+    """Put ``table_md`` between the :data:`README_MARKERS` of ``readme`` (atomically); ParameterError when
+    the markers are missing."""
+    p = Path(readme)
+    text = p.read_text()
+    start, end = README_MARKERS
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ParameterError(f"{str(p)!r} has no demo-table markers ({start!r} … {end!r}); add them where "
+                             "the table belongs")
+    return atomic_write(p, text[: i + len(start)] + "\n" + table_md + text[j:])
+
