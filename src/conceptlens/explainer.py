@@ -70,6 +70,11 @@ class LocalExplanation:
         ``[n, k, H, W]`` concept maps at the image's resolution.
     target : int
         The class explained.
+    exact : bool
+        True when the head after the layer is GAP + linear (checked on activations of both signs at the
+        layer's scale): the weights are exact and the residual is computed independently, so the sum is an
+        identity. False otherwise: the weights are autograd directional derivatives (TCAV-style) and the
+        residual is, by construction, what they leave of the logit.
     """
 
     scores: torch.Tensor
@@ -80,6 +85,7 @@ class LocalExplanation:
     logits: torch.Tensor
     maps: torch.Tensor
     target: int
+    exact: bool = True
 
 
 def check_images(x: Any) -> None:
@@ -436,7 +442,7 @@ class ConceptExplainer:
         else:
             m = torch.zeros(U.shape[0], U.shape[-1], 0, 0)
         return LocalExplanation(scores=s, weights=w, contributions=contrib, residual=residual, bias=bias,
-                                logits=logits, maps=m, target=self.target_)
+                                logits=logits, maps=m, target=self.target_, exact=head is not None)
 
     # ------------------------------------------------------------------ edits
     def edit_activations(

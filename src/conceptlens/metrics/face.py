@@ -161,7 +161,7 @@ def _accuracy_curve(
     k = U.shape[-1]
     if W.ndim != 2 or W.shape[0] != k:
         raise ParameterError(f"W must be [k, C] with k={k} (U's last axis), got {list(W.shape)}")
-    imp = torch.as_tensor(importance, dtype=torch.float64).flatten()
+    imp = torch.as_tensor(importance, dtype=torch.float64).detach().cpu().flatten()  # ranks on the CPU
     if imp.numel() != k:
         raise ParameterError(f"importance must have k={k} entries, got {imp.numel()}")
     check_int("batch_size", batch_size, 1)

@@ -327,6 +327,7 @@ class _Data:
     classes: list[str]
     threshold: float
     dim: float
+    exact: bool = True  # the head is GAP + linear (see LocalExplanation.exact)
 
     @property
     def has_ci(self) -> bool:
@@ -356,6 +357,7 @@ def _collect(ex: Any, x: torch.Tensor, A: torch.Tensor, e: Any, names: list[str]
         residual=e.residual.detach().cpu().numpy(),
         logits=e.logits.detach().cpu().numpy(),
         bias=float(e.bias),
+        exact=bool(e.exact),
         importance=importance,
         weights=ex.weights_.detach().cpu().numpy().astype(np.float64),
         imp_method=getattr(imp, "method", str(ex.importance)),
@@ -423,6 +425,7 @@ def _local_job(d: _Data, out: Path, page: dict[str, Any], i: int) -> None:
         "equation": _sum_line([float(contrib[i].sum()), float(d.residual[i]), d.bias], total),
         "logit": minus(f"{logit:.3f}"),
         "mismatch": abs(total - logit) > 1e-3 * max(1.0, abs(logit)),
+        "exact": d.exact,
         "top": [{"label": labels[j], "value": signed(float(contrib[i, j]))}
                 for j in np.argsort(-np.abs(contrib[i]), kind="stable")[:3]],
     })
