@@ -56,18 +56,18 @@ def test_bad_models(tmp_path) -> None:
 
 
 class _Evil:
-    def __reduce__(self):  # executing this would create a marker file
-        return (open, ("/tmp/conceptlens_pwned", "w"))
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # executing this would create the marker file
+        return (open, (self.marker, "w"))
 
 
 def test_pickled_code_is_never_executed(tmp_path) -> None:
+    marker = tmp_path / "pwned"
     bad = tmp_path / "evil.pth"
     with open(bad, "wb") as f:
-        pickle.dump({"w": _Evil()}, f)
-    import os
-
-    if os.path.exists("/tmp/conceptlens_pwned"):
-        os.remove("/tmp/conceptlens_pwned")
+        pickle.dump({"w": _Evil(str(marker))}, f)
     with pytest.raises(ModelError, match="safely"):
         cl.models.load("torchvision:resnet18", weights=bad)
-    assert not os.path.exists("/tmp/conceptlens_pwned")
+    assert not marker.exists()

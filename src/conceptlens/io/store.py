@@ -100,7 +100,7 @@ class ActivationStore:
 
     Examples
     --------
-    >>> store = ActivationStore("/tmp/acts")
+    >>> store = ActivationStore("acts/")
     >>> store.append(A)                       # A [..., C]: rows are A.reshape(-1, C)
     >>> for batch in store.iter_batches(4096):  # [≤ 4096, C]
     ...     ...
