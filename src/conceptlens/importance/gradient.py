@@ -4,6 +4,11 @@ Concept ``j``'s weight is the derivative of the target logit when the concept di
 at every position, averaged over the fit images:
 ``weight_j = mean_n Σ_p ∂h_c/∂A[n, p] · D_j`` (one backward pass per batch of images, no finite
 differences). For a GAP + linear head this equals the closed form ``D_j · w_c`` exactly.
+
+Where the derivatives are taken: the explainer evaluates them at the reconstruction ``Â = decode(U)`` of
+the fit activations, the point where ``F̂ = h(decode(encode(A)))`` (the model seen through the concepts)
+is explained; :func:`gradient_weights` takes any point, so ``gradient_weights(d, h, A, c)`` gives the
+weights at the activations themselves (they differ only for a non-linear head).
 """
 
 from __future__ import annotations
