@@ -11,6 +11,9 @@ from collections.abc import Iterable
 
 __all__ = [
     "ConceptLensError",
+    "ConceptLensWarning",
+    "ConvergenceWarning",
+    "DegenerateConceptsWarning",
     "LayerError",
     "ActivationError",
     "StoreError",
@@ -25,6 +28,18 @@ __all__ = [
     "HeadError",
     "nearest",
 ]
+
+
+class ConceptLensWarning(UserWarning):
+    """Base class of the warnings conceptlens gives about results a user should look at."""
+
+
+class ConvergenceWarning(ConceptLensWarning):
+    """A solver reached its iteration budget before its stopping rule was met."""
+
+
+class DegenerateConceptsWarning(ConceptLensWarning):
+    """Concepts that are never used (all-zero codes) or that duplicate another concept."""
 
 
 class ConceptLensError(Exception):

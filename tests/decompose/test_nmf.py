@@ -440,3 +440,22 @@ def test_encode_in_row_blocks_equals_one_block(monkeypatch):
     monkeypatch.setattr(_nmf_solvers, "ENCODE_ELEMS", 6 * 256)  # 256 rows a block: 3 blocks, the last ragged
     torch.testing.assert_close(nnls_codes(A, W), one, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(nnls_codes(A, W, "mu"), one, rtol=0, atol=1e-3 * float(one.max()))
+
+
+def test_non_convergence_and_degenerate_concepts_are_warned_about() -> None:
+    # #20 item 3: reaching max_iter and unused / duplicated concepts used to pass in silence
+    from conceptlens.errors import ConceptLensWarning, ConvergenceWarning, DegenerateConceptsWarning
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(200, 3, generator=g) @ torch.rand(3, 12, generator=g)  # rank 3
+    with pytest.warns(ConvergenceWarning, match="max_iter=2"):
+        d = NMF(3, max_iter=2, seed=0).fit(A)
+    assert d.converged_ is False and issubclass(ConvergenceWarning, ConceptLensWarning)
+    two = torch.zeros(200, 12)
+    two[:, :2] = torch.rand(200, 2, generator=g)  # two directions only, six concepts asked for
+    with pytest.warns(DegenerateConceptsWarning, match=r"k=6: concept pairs \[\(2, 3\)"):
+        NMF(6, seed=0, max_iter=500).fit(two)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConceptLensWarning)
+        d = NMF(3, seed=0, max_iter=2000).fit(A)  # a well-posed fit: no warning
+    assert d.converged_ is True

@@ -63,7 +63,7 @@ from conceptlens.decompose._nmf_tuning import (
     STORE_BATCH,
 )
 from conceptlens.decompose.base import Decomposition, as_rows, check_finite, register
-from conceptlens.errors import ActivationError, ParameterError
+from conceptlens.errors import ActivationError, ConvergenceWarning, DegenerateConceptsWarning, ParameterError
 
 __all__ = [
     "NMF",
@@ -142,6 +142,10 @@ class NMF(Decomposition):
         The concept bank ``W``, non-negative, rows of unit ℓ2 norm.
     n_iter_ : int
         Outer iterations run.
+    converged_ : bool
+        The stopping rule ended the fit (False: ``max_iter`` did, with a :class:`ConvergenceWarning`;
+        concepts never used or duplicated give a :class:`DegenerateConceptsWarning`; ``fit_encode`` returns
+        the fit's own codes).
     reconstruction_err_ : float
         Relative Frobenius error ``‖A − UW‖_F / ‖A‖_F`` on the training data.
     history_ : list of float
@@ -357,7 +361,32 @@ class NMF(Decomposition):
         self.reconstruction_err_ = self._final_error(X, data, Ut, W, normA2, R)
         if self.verbose:
             print(f"NMF: {it} iterations, relative error {self.reconstruction_err_:.6f}")
+        self.converged_ = converged(self.history_, self.tol) or (
+            stop_below is not None and bool(self.history_) and self.history_[-1] <= stop_below)
+        self._warn(Ut, W)
         return Ut, lead
+
+    def _warn(self, Ut: torch.Tensor, W: torch.Tensor) -> None:
+        """ConvergenceWarning when ``max_iter`` ended the fit; DegenerateConceptsWarning for concepts whose
+        codes ``Ut [k, n]`` are zero on every row or whose bank rows ``W [k, C]`` repeat another's."""
+        if not self.converged_ and self.n_iter_ >= self.max_iter and len(self.history_) > 1:
+            drop = self.history_[-2] - self.history_[-1]
+            warnings.warn(f"NMF stopped at max_iter={self.max_iter} before its stopping rule "
+                          f"(tol={self.tol}) was met: the relative error {self.history_[-1]:.5f} still fell "
+                          f"by {drop:.2e} in the last iteration; raise max_iter for a converged bank",
+                          ConvergenceWarning, stacklevel=4)
+        dead = torch.nonzero(Ut.amax(1) <= 0).flatten().tolist()
+        norms = W.norm(dim=1, keepdim=True).clamp_min(1e-30)
+        cos = (W / norms) @ (W / norms).T
+        cos.fill_diagonal_(0)
+        dup = sorted({(min(i, j), max(i, j)) for i, j in torch.nonzero(cos > 0.999).tolist()})
+        if dead or dup:
+            warnings.warn(f"NMF with k={W.shape[0]}: "
+                          + (f"concepts {dead} have zero codes on every row (k may exceed the data's rank; "
+                             "their bank rows are arbitrary)" if dead else "")
+                          + ("; " if dead and dup else "")
+                          + (f"concept pairs {dup} are duplicates (cosine > 0.999)" if dup else "")
+                          + " — use fewer concepts", DegenerateConceptsWarning, stacklevel=4)
 
     @staticmethod
     def _final_error(
