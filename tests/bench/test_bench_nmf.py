@@ -87,3 +87,15 @@ print(total, grew, peak_rss_growth(lambda: None)[1])
     assert total == 100 * 2**20 // 8
     assert 80 <= grew <= 200  # the 100 MB call, not 0 and not the 300 MB peak
     assert idle < 20
+
+
+def test_a_missing_peer_is_a_clear_error(monkeypatch) -> None:
+    import sys
+
+    from conceptlens.bench import peer
+    from conceptlens.errors import ParameterError
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # as if scikit-learn were not installed
+    monkeypatch.setitem(sys.modules, "sklearn.decomposition", None)
+    with pytest.raises(ParameterError, match="pip install scikit-learn"):
+        peer("sklearn.decomposition", "scikit-learn")

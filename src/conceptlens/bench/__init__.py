@@ -35,7 +35,7 @@ from conceptlens._io import write_json as _write_json
 from conceptlens._version import __version__
 from conceptlens.errors import ParameterError
 
-__all__ = ["run", "write_json", "env", "BENCHES"]
+__all__ = ["run", "write_json", "env", "peer", "BENCHES"]
 
 #: Benchmark name → (module, entry function ``f(quick=…, out=…) -> payload``); modules load on demand.
 BENCHES: dict[str, tuple[str, str]] = {
@@ -45,6 +45,15 @@ BENCHES: dict[str, tuple[str, str]] = {
     "face": ("conceptlens.bench.face", "run_benchmark"),
     "masks": ("conceptlens.bench.masks", "run_benchmark"),
 }
+
+
+def peer(module: str, package: str) -> Any:
+    """Import a peer library the benchmarks compare against, or say how to install it (ParameterError)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ParameterError(f"this benchmark compares against {package}, which is not installed: "
+                             f"pip install {package} (or pip install -e '.[dev]')") from exc
 
 
 def env() -> dict[str, Any]:

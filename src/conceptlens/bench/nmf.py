@@ -150,7 +150,9 @@ def _settle() -> None:
 
 
 def _sk(A: np.ndarray, k: int, solver: str) -> dict[str, Any]:
-    from sklearn.decomposition import NMF as SkNMF
+    from conceptlens.bench import peer
+
+    SkNMF = peer("sklearn.decomposition", "scikit-learn").NMF  # noqa: N806 - scikit-learn's class
 
     _settle()
     with warnings.catch_warnings():
