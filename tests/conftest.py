@@ -10,6 +10,8 @@ from torch import nn
 import conceptlens as cl
 from helpers import TinyNet
 
+pytest_plugins = ["shared_fixtures"]
+
 #: Fixtures that load the real model or the world CNN: a test that uses one (directly or through another
 #: fixture) is a ``slow`` test, whatever its own markers say.
 HEAVY_FIXTURES = frozenset({"lite0", "lite0_split", "photos", "photo_acts", "world_model"})

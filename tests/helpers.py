@@ -28,3 +28,15 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class GapLinear(torch.nn.Module):
+    """``h(A) = mean_hw(A) @ w.T + b`` on ``A [B, ..., C]``: the head for which the closed forms are exact."""
+
+    def __init__(self, C: int, K: int, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc = torch.nn.Linear(C, K)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        return self.fc(a.reshape(a.shape[0], -1, a.shape[-1]).mean(1))

@@ -48,14 +48,7 @@ def object_images(n: int) -> torch.Tensor:
     return x
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request: pytest.FixtureRequest):
-    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine (several times faster there)
-    n = torch.get_num_threads()
-    if request.node.get_closest_marker("slow") is None:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_unless_slow")
 
 
 # ----------------------------------------------------------------------------------------- the explainer

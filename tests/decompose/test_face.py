@@ -8,8 +8,6 @@ tests/metrics/test_face_metrics.py, its λ sweep in tests/workflows/test_sweep.p
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -19,36 +17,28 @@ from conceptlens.decompose import get
 from conceptlens.decompose.face import FACE, KLTerm, face_objective
 from conceptlens.decompose.nmf import NMF, nndsvd_init
 from conceptlens.errors import HeadError, ParameterError
-from face_world import C, GapMLP, K, S, make_world, single_thread
+from face_world import C, K, S, make_world
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    yield from single_thread()
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def world() -> tuple[torch.Tensor, GapMLP]:
-    return make_world()
-
-
-@pytest.fixture(scope="module")
-def nmf_fit(world) -> tuple[torch.Tensor, torch.Tensor]:
-    A, _ = world
+def nmf_fit(face_toy) -> tuple[torch.Tensor, torch.Tensor]:
+    A, _ = face_toy
     d = NMF(3, seed=0, tol=1e-5)  # converged: FACE at λ = 0 must reach NMF's optimum
     U = d.fit_encode(A)
     return U, d.components_
 
 
 @pytest.fixture(scope="module")
-def face_fit(world) -> FACE:
-    A, head = world
+def face_fit(face_toy) -> FACE:
+    A, head = face_toy
     return FACE(3, kl_weight=0.05, head=head, seed=0).fit(A)
 
 
 # ------------------------------------------------------------------------------------------------ FACE
-def test_registered_and_head_protocol(world) -> None:
-    A, head = world
+def test_registered_and_head_protocol(face_toy) -> None:
+    A, head = face_toy
     assert get("face") is FACE and FACE.nonnegative and FACE.needs_head
     d = FACE(3, kl_weight=1.0)
     assert d.set_head(head) is d and d.head is head
@@ -56,18 +46,18 @@ def test_registered_and_head_protocol(world) -> None:
     assert "head" not in p and p["kl_weight"] == 1.0 and p["n_concepts"] == 3
 
 
-def test_default_nmf_on_this_slowly_converging_toy_ends_within_1pc(world) -> None:
+def test_default_nmf_on_this_slowly_converging_toy_ends_within_1pc(face_toy) -> None:
     # k = 3 on 432 × 12 converges slowly (~150 iterations): the default stopping rule must not stop on the
     # way (tol = 1e-3 stops it after 31 iterations, 4 % above)
-    A, _ = world
+    A, _ = face_toy
     converged = NMF(3, seed=0, tol=0.0, max_iter=1000).fit(A).reconstruction_err_
     d = NMF(3, seed=0).fit(A)
     assert d.reconstruction_err_ <= 1.01 * converged
     assert NMF(3, seed=0, tol=1e-3).fit(A).reconstruction_err_ > 1.03 * converged
 
 
-def test_lambda_zero_is_nmf(world, nmf_fit) -> None:
-    A, head = world
+def test_lambda_zero_is_nmf(face_toy, nmf_fit) -> None:
+    A, head = face_toy
     U0, W0 = nmf_fit
     nmf_obj = face_objective(A, U0, W0, head, 0.0)
     d = FACE(3, kl_weight=0.0, head=head, seed=0)
@@ -79,8 +69,8 @@ def test_lambda_zero_is_nmf(world, nmf_fit) -> None:
 
 
 @pytest.mark.parametrize("lam", [0.05, 1.0])
-def test_kl_below_nmf_and_objective_monotone(world, nmf_fit, lam) -> None:
-    A, head = world
+def test_kl_below_nmf_and_objective_monotone(face_toy, nmf_fit, lam) -> None:
+    A, head = face_toy
     U0, W0 = nmf_fit
     nmf_obj = face_objective(A, U0, W0, head, lam)
     d = FACE(3, kl_weight=lam, head=head, seed=0)
@@ -96,8 +86,8 @@ def test_kl_below_nmf_and_objective_monotone(world, nmf_fit, lam) -> None:
     assert {"iter", "mse", "kl", "total", "time"} <= set(d.history_[0])
 
 
-def test_same_seed_same_bank(world) -> None:
-    A, head = world
+def test_same_seed_same_bank(face_toy) -> None:
+    A, head = face_toy
     a = FACE(3, kl_weight=0.05, head=head, seed=3).fit(A).components_
     b = FACE(3, kl_weight=0.05, head=head, seed=3).fit(A).components_
     assert torch.equal(a, b)
@@ -123,8 +113,8 @@ def test_kl_gradient_matches_finite_differences() -> None:
         assert float(fd) == pytest.approx(float((gW * V).sum()), rel=1e-6, abs=1e-10)
 
 
-def test_encode_new_images_nonnegative_and_kl_aware(world, face_fit) -> None:
-    A, head = world
+def test_encode_new_images_nonnegative_and_kl_aware(face_toy, face_fit) -> None:
+    A, head = face_toy
     A_new, _ = make_world(seed=7, n=10)
     d = face_fit
     U_kl = d.encode(A_new)
@@ -177,14 +167,14 @@ def _half_detached(head: nn.Module):
 
 
 @pytest.mark.parametrize("wrap", [_Detached, _no_grad_head, _argmax_head, _half_detached])
-def test_non_differentiable_head_is_a_head_error(world, wrap) -> None:
-    A, head = world
+def test_non_differentiable_head_is_a_head_error(face_toy, wrap) -> None:
+    A, head = face_toy
     with pytest.raises(HeadError, match="differentiab"):
         FACE(3, kl_weight=0.1, head=wrap(head)).fit(A)
 
 
-def test_missing_or_broken_head(world) -> None:
-    A, head = world
+def test_missing_or_broken_head(face_toy) -> None:
+    A, head = face_toy
     with pytest.raises(HeadError, match="split.h"):
         FACE(3).fit(A)
     with pytest.raises(HeadError, match=r"shape \[2, 12\]"):  # rows instead of images
@@ -199,8 +189,8 @@ def test_missing_or_broken_head(world) -> None:
         FACE(3, head=head, solver="sgd").fit(A)
 
 
-def test_ours_beats_adam_at_equal_wall_time(world) -> None:
-    A, head = world
+def test_ours_beats_adam_at_equal_wall_time(face_toy) -> None:
+    A, head = face_toy
     lam, budget = 0.05, 1.0
     FACE(3, kl_weight=lam, head=head, solver="adam", max_iter=2).fit(A)  # warm-up (lazy imports)
     ours = FACE(3, kl_weight=lam, head=head, seed=0, max_time=budget).fit(A)
@@ -212,9 +202,9 @@ def test_ours_beats_adam_at_equal_wall_time(world) -> None:
     assert adam.objective_["total"] < adam.history_[0]["total"]
 
 
-def test_adam_baseline_is_torch_adam_on_the_authors_loss(world) -> None:
+def test_adam_baseline_is_torch_adam_on_the_authors_loss(face_toy) -> None:
     # Oracle: torch.optim.Adam + autograd on mean MSE + λ·batchmean KL, clamped after each step.
-    A, head = world
+    A, head = face_toy
     lam, steps = 0.05, 60
     d = FACE(3, kl_weight=lam, head=head, solver="adam", max_iter=steps, tol=0.0).fit(A)
     X = A.reshape(-1, C)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from conceptlens.errors import ActivationError, ConceptLensError, ParameterError, TargetError
 from conceptlens.importance import sobol
 from conceptlens.importance.base import Context
+from helpers import GapLinear
 
 ISHIGAMI_TOTAL = torch.tensor([0.5576, 0.4424, 0.2437], dtype=torch.float64)
 ISHIGAMI_FIRST = torch.tensor([0.3139, 0.4424, 0.0], dtype=torch.float64)
@@ -22,18 +23,6 @@ ISHIGAMI_FIRST = torch.tensor([0.3139, 0.4424, 0.0], dtype=torch.float64)
 def ishigami(u: torch.Tensor, a: float = 7.0, b: float = 0.1) -> torch.Tensor:
     x = -math.pi + 2 * math.pi * u.double()
     return torch.sin(x[:, 0]) + a * torch.sin(x[:, 1]) ** 2 + b * x[:, 2] ** 4 * torch.sin(x[:, 0])
-
-
-class GapLinear(torch.nn.Module):
-    """``h(A) = mean_hw(A) @ w.T + b``: the head for which the closed form is exact."""
-
-    def __init__(self, C: int, K: int, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc = torch.nn.Linear(C, K)
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.fc(a.reshape(a.shape[0], -1, a.shape[-1]).mean(1))
 
 
 class Counting:

@@ -12,21 +12,12 @@ from scipy.stats import spearmanr
 import conceptlens as cl
 from conceptlens.errors import ConceptLensError, ParameterError
 from conceptlens.metrics import craft as mh
+from helpers import GapLinear
 
 
 def summing_head(A: torch.Tensor) -> torch.Tensor:
     """The model's (single) output is the sum of its activations: with W = I, the sum of the concepts."""
     return A.reshape(A.shape[0], -1).sum(1, keepdim=True)
-
-
-class GapLinear(torch.nn.Module):
-    def __init__(self, C: int, K: int, seed: int = 0) -> None:
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc = torch.nn.Linear(C, K)
-
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        return self.fc(a.reshape(a.shape[0], -1, a.shape[-1]).mean(1))
 
 
 # -------------------------------------------------------------------------------------------- known values

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -21,17 +19,8 @@ from conceptlens.metrics.face import (
     stability,
 )
 from conceptlens.metrics.ice import sparsity
-from face_world import GapMLP, make_world, single_thread
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    yield from single_thread()
-
-
-@pytest.fixture(scope="module")
-def world() -> tuple[torch.Tensor, GapMLP]:
-    return make_world()
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def test_gini_known_values() -> None:
@@ -115,8 +104,8 @@ def test_curves_match_a_loop_oracle() -> None:
         assert got.tolist() == pytest.approx(expect)
 
 
-def test_reconstruction_accuracy_and_sparsity(world) -> None:
-    A, head = world
+def test_reconstruction_accuracy_and_sparsity(face_toy) -> None:
+    A, head = face_toy
     assert reconstruction_accuracy(head, A, A) == 1.0
     pred = head(A).argmax(1)
     c = int(pred.mode().values)

@@ -28,19 +28,7 @@ class RegionFraction(nn.Module):
         return torch.stack([f.log(), (1 - f).log()], 1) + 0 * self.dummy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request: pytest.FixtureRequest):
-    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine (several times faster there)
-    n = torch.get_num_threads()
-    if request.node.get_closest_marker("slow") is None:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture()
-def positive_images() -> torch.Tensor:
-    return torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) + 0.5
+pytestmark = pytest.mark.usefixtures("one_thread_unless_slow")
 
 
 # ----------------------------------------------------------------------------------------- metrics

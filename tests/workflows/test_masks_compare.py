@@ -13,14 +13,7 @@ from conceptlens.workflows.masks import compare_at_equal_area
 from helpers import TinyNet
 
 FAST = dict(steps=30, size=8)
-@pytest.fixture(autouse=True)
-def _one_thread(request: pytest.FixtureRequest):
-    # tiny tensors: one thread avoids OpenMP spin-waiting on a busy machine (several times faster there)
-    n = torch.get_num_threads()
-    if request.node.get_closest_marker("slow") is None:
-        torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_unless_slow")
 
 
 # ----------------------------------------------------------------------------------------- comparison, report

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
 from conceptlens.errors import ParameterError, TargetError
 from conceptlens.workflows.sweep import sweep
-from face_world import GapMLP, K, make_world, single_thread
+from face_world import K
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    yield from single_thread()
-
-
-@pytest.fixture(scope="module")
-def world() -> tuple[torch.Tensor, GapMLP]:
-    return make_world()
-
-
-def test_sweep_on_the_tiny_world(world) -> None:
-    A, head = world
+def test_sweep_on_the_tiny_world(face_toy) -> None:
+    A, head = face_toy
     c = int(head(A).argmax(1).mode().values)
     rows = sweep(A, head, c, kl_weights=(0.0, 0.05), n_concepts=3, n_designs=16, with_stability=True,
                  max_iter=50)
@@ -36,8 +26,8 @@ def test_sweep_on_the_tiny_world(world) -> None:
     assert face["accuracy"] >= nmf["accuracy"]
 
 
-def test_sweep_over_several_classes_is_the_mean(world) -> None:
-    A, head = world
+def test_sweep_over_several_classes_is_the_mean(face_toy) -> None:
+    A, head = face_toy
     counts = torch.bincount(head(A).argmax(1), minlength=K)
     c1, c2 = torch.argsort(counts, descending=True)[:2].tolist()
     both = sweep(A, head, [c1, c2], kl_weights=(0.0,), n_concepts=3, n_designs=16)[0]
@@ -56,10 +46,10 @@ def _tiny_crops(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def tiny_sweep(world):
+def tiny_sweep(face_toy):
     from conceptlens.workflows.sweep import face_sweep
 
-    A, head = world
+    A, head = face_toy
     c = int(head(A).argmax(1).mode().values)
     crops, index = _tiny_crops(A)
     res = face_sweep(A, head, c, "0, 1", n_concepts=3, n_designs=16, craft_A=crops, craft_index=index,
@@ -67,7 +57,7 @@ def tiny_sweep(world):
     return res, c
 
 
-def test_face_sweep_rows_references_and_kl(tiny_sweep, world) -> None:
+def test_face_sweep_rows_references_and_kl(tiny_sweep, face_toy) -> None:
     from conceptlens.workflows.sweep import SWEEP_COLUMNS
 
     res, c = tiny_sweep
@@ -81,7 +71,7 @@ def test_face_sweep_rows_references_and_kl(tiny_sweep, world) -> None:
     for r in res.rows:
         assert 0 <= r["accuracy"] <= 1 and 0 <= r["c_ins"] <= 1 and 0 <= r["sparsity"] <= 1
         assert 0 < r["stability"] <= 1 + 1e-9  # CRAFT's refits split its crops by image
-        assert r["n_images"] == int((world[1](world[0]).argmax(1) == c).sum())  # the class's images
+        assert r["n_images"] == int((face_toy[1](face_toy[0]).argmax(1) == c).sum())  # the class's images
     # CRAFT's bank comes from the crops (one averaged row each), not from the per-position rows.
     assert craft["mse"] != pytest.approx(ice["mse"], rel=1e-3)
     assert res.config["targets"] == [c] and res.config["dataset"] == "tiny <world>"
@@ -109,10 +99,10 @@ def test_face_sweep_files_round_trip(tiny_sweep, tmp_path) -> None:
         assert im.format == "PNG" and im.size[0] > 600
 
 
-def test_face_sweep_validation(world) -> None:
+def test_face_sweep_validation(face_toy) -> None:
     from conceptlens.workflows.sweep import face_sweep, parse_kl_weights
 
-    A, head = world
+    A, head = face_toy
     assert parse_kl_weights("0, 1e-5,10,0") == (0.0, 1e-5, 10.0)
     assert parse_kl_weights([0, 2]) == (0.0, 2.0)
     for bad in ("-1", "abc", "", "0,nan", "inf", ",", [True]):
