@@ -100,24 +100,42 @@ def report(fitted: cl.ConceptExplainer, images: torch.Tensor,
 
 
 # ------------------------------------------------------------------------------------------------ heatmap
-def test_heatmap_overlay_keeps_exactly_the_pixels_above_half_the_max() -> None:
+def test_heatmap_overlay_keeps_exactly_the_pixels_above_half_the_range() -> None:
     img = np.stack([np.full((2, 3), 0.8), np.full((2, 3), 0.5), np.full((2, 3), 1.0)]).astype(np.float32)
-    m = np.array([[0.0, 1.0, 2.0], [2.2, 4.0, -1.0]], dtype=np.float32)  # max 4: kept where m > 2 (strict)
+    # min -1, max 4: min-max normalised (m + 1) / 5 > 0.5 ⇔ m > 1.5 (ICE's rule); m / max > 0.5 ⇔ m > 2
+    m = np.array([[0.0, 1.0, 1.6], [2.2, 4.0, -1.0]], dtype=np.float32)
     out = figures.heatmap_overlay(img, m, threshold=0.5, dim=0.3)
     assert out.shape == (2, 3, 3) and out.dtype == np.float32
-    keep = np.array([[False, False, False], [True, True, False]])
+    keep = np.array([[False, False, True], [True, True, False]])
     pix = img.transpose(1, 2, 0)
     np.testing.assert_array_equal(out[keep], pix[keep])  # full value, bit for bit
     np.testing.assert_allclose(out[~keep], pix[~keep] * 0.3, rtol=1e-6)
-    # the boundary value m/max == 0.5 exactly is dimmed
-    assert out[0, 2, 0] == pytest.approx(0.8 * 0.3)
+    # the peak-relative rule is still there on request: 1.6 / 4 = 0.4 is out
+    keep_max = np.array([[False, False, False], [True, True, False]])
+    np.testing.assert_array_equal(figures.keep_mask(m, 0.5, normalise="max"), keep_max)
+    # the boundary value exactly at the threshold is dimmed: (1.5 + 1) / 5 == 0.5
+    np.testing.assert_array_equal(figures.keep_mask(np.array([[-1.0, 1.5, 4.0]]), 0.5), [[False, False, True]])
+
+
+def test_signed_pca_map_region_is_judged_on_its_whole_range() -> None:
+    # an entirely negative map (a PCA direction's sign is arbitrary): min-max still finds its high end,
+    # where the peak rule has no region at all
+    m = np.array([[-3.0, -2.0], [-1.0, -0.5]])
+    np.testing.assert_array_equal(figures.keep_mask(m, 0.5), [[False, False], [True, True]])
+    assert not figures.keep_mask(m, 0.5, normalise="max").any()
+    # a shift of a map does not move its min-max region
+    rng = np.random.default_rng(0)
+    r = rng.normal(size=(6, 7))
+    np.testing.assert_array_equal(figures.keep_mask(r, 0.3), figures.keep_mask(r + 5.0, 0.3))
+    with pytest.raises(ParameterError, match="normalise"):
+        figures.keep_mask(r, 0.3, normalise="l2")
 
 
 def test_heatmap_overlay_torch_input_and_other_threshold() -> None:
     img = torch.rand(3, 4, 4, generator=torch.Generator().manual_seed(0))
     m = torch.arange(16, dtype=torch.float32).reshape(4, 4)  # max 15
     out = figures.heatmap_overlay(img, m, threshold=0.8, dim=0.0)
-    keep = (m / 15 > 0.8).numpy()
+    keep = (m / 15 > 0.8).numpy()  # min 0: min-max equals m / max
     np.testing.assert_array_equal(out[keep], img.permute(1, 2, 0).numpy()[keep])
     assert (out[~keep] == 0).all()
     assert keep.sum() == 3  # 13, 14, 15

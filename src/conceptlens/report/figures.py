@@ -85,34 +85,46 @@ def _value_axis(ax: Any, xlabel: str) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def keep_mask(map: Any, threshold: float = 0.5) -> np.ndarray:  # noqa: A002 - ICE's own word
-    """ICE's region of a concept: pixels whose value divided by the map's maximum exceeds ``threshold``.
+def keep_mask(map: Any, threshold: float = 0.5, normalise: str = "minmax") -> np.ndarray:  # noqa: A002
+    """ICE's region of a concept: pixels whose normalised value exceeds ``threshold``.
 
     Parameters
     ----------
     map
-        ``[H, W]`` one concept's map (numpy or torch). NaN counts as 0.
+        ``[H, W]`` one concept's map (numpy or torch). NaN and ±inf count as 0.
     threshold
-        In [0, 1]; a pixel is kept when ``map / max(map) > threshold`` (strictly).
+        In [0, 1]; a pixel is kept when its normalised value is ``> threshold`` (strictly).
+    normalise
+        ``"minmax"`` (the ICE paper's rule, the default): ``(map − min) / (max − min)``; a signed PCA map
+        is judged on its whole range. ``"max"``: ``map / max(map)``, the region of a non-negative map
+        relative to its peak; a map whose maximum is ≤ 0 then has no region (dividing by a negative
+        maximum would flip it). The two agree on non-negative maps whose minimum is 0.
 
     Returns
     -------
     np.ndarray
-        ``[H, W]`` bool. All False when the maximum is ≤ 0 (the concept is absent from the image; a
-        PCA map can be entirely negative, and dividing by a negative maximum would flip the region).
+        ``[H, W]`` bool. All False for a constant map (the concept is the same everywhere, or absent).
     """
     m = np.nan_to_num(_as_array(map, "map"), nan=0.0, posinf=0.0, neginf=0.0)
     if m.ndim != 2:
         raise ParameterError(f"map must be [H, W], got shape {tuple(m.shape)}")
     if not 0.0 <= threshold <= 1.0:
         raise ParameterError(f"threshold must be in [0, 1], got {threshold!r}")
-    mx = float(m.max()) if m.size else 0.0
-    if mx <= 0.0:
+    if normalise not in ("minmax", "max"):
+        raise ParameterError(f"normalise must be 'minmax' (ICE's rule) or 'max', got {normalise!r}")
+    if not m.size:
         return np.zeros(m.shape, dtype=bool)
-    return (m / mx) > threshold
+    mx, mn = float(m.max()), float(m.min())
+    if normalise == "max":
+        return (m / mx) > threshold if mx > 0.0 else np.zeros(m.shape, dtype=bool)
+    if mx - mn <= 0.0:
+        return np.zeros(m.shape, dtype=bool)
+    return ((m - mn) / (mx - mn)) > threshold
 
 
-def heatmap_overlay(img: Any, map: Any, threshold: float = 0.5, dim: float = 0.3) -> np.ndarray:  # noqa: A002
+def heatmap_overlay(  # noqa: A002 - ICE's own word
+    img: Any, map: Any, threshold: float = 0.5, dim: float = 0.3, normalise: str = "minmax"
+) -> np.ndarray:
     """ICE's heatmap: the concept's region at full brightness, the rest of the picture dimmed.
 
     Parameters
@@ -122,9 +134,11 @@ def heatmap_overlay(img: Any, map: Any, threshold: float = 0.5, dim: float = 0.3
     map
         ``[H, W]`` the concept's map at the picture's resolution (e.g. ``explain(x).maps[i, j]``).
     threshold
-        A pixel belongs to the region when ``map / max(map) > threshold`` (see :func:`keep_mask`).
+        A pixel belongs to the region when its min-max normalised value is ``> threshold``.
     dim
         Brightness factor in [0, 1] of the pixels outside the region.
+    normalise
+        ``"minmax"`` (ICE's rule) or ``"max"`` (see :func:`keep_mask`).
 
     Returns
     -------
@@ -136,7 +150,7 @@ def heatmap_overlay(img: Any, map: Any, threshold: float = 0.5, dim: float = 0.3
         raise ParameterError(f"img must be [3, H, W] in [0, 1], got shape {tuple(im.shape)}")
     if not 0.0 <= dim <= 1.0:
         raise ParameterError(f"dim must be in [0, 1], got {dim!r}")
-    keep = keep_mask(map, threshold)
+    keep = keep_mask(map, threshold, normalise)
     if keep.shape != im.shape[1:]:
         raise ParameterError(
             f"map {tuple(keep.shape)} and img {tuple(im.shape[1:])} differ in size; upsample the map to the "

@@ -32,7 +32,7 @@ def maps_section(
 
     For the first ``n_images`` images and the ``n_concepts`` most important concepts, one strip per image:
     for each concept, its upsampled code map next to its implicit-differentiation map (ICE heatmaps: the
-    region above half the map's maximum bright, the rest dimmed).
+    region above half the map's min-max range bright, the rest dimmed).
 
     Parameters
     ----------
