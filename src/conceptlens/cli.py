@@ -40,6 +40,22 @@ _TRUST = typer.Option(False, "--trust-model-factory",
 _DEBUG = False
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from conceptlens._version import __version__
+
+        typer.echo(f"conceptlens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print conceptlens's version and exit."),
+) -> None:
+    pass
+
+
 def _fail(exc: Exception) -> None:
     if _DEBUG:
         raise exc
