@@ -12,6 +12,15 @@
 ``load("torchvision:resnet50", weights="file.pth")``
     Any torchvision classification architecture by name, with a local state-dict file loaded with
     ``torch.load(..., weights_only=True)`` (never pickle code). Without ``weights`` the network is random.
+``load("timm:resnet50", weights="r50.safetensors")``
+    Any timm architecture (the ``timm`` extra), built with ``pretrained=False`` (timm never downloads) and a
+    local weights file; the preset (input size, mean, std) comes from the model's ``pretrained_cfg`` and the
+    class names from timm's ImageNet label info when the head has the 1,000 / 11k / 22k ImageNet classes.
+``load("hf:/path/to/folder")``
+    A Hugging Face ``transformers`` image classifier saved with ``save_pretrained`` (the ``hf`` extra): the
+    architecture is built from ``config.json`` (a model type transformers knows: no remote code) and the
+    weights read from the folder's ``*.safetensors`` (or ``pytorch_model.bin`` with ``weights_only=True``);
+    the preset from ``preprocessor_config.json`` (``size``, ``image_mean``, ``image_std``) and ``id2label``.
 ``load("package.module:factory", **kwargs)``
     Any importable factory returning an ``nn.Module``; optional ``weights`` as above.
 
@@ -33,7 +42,8 @@ from conceptlens._check import check_int
 from conceptlens.errors import ModelError, nearest
 from conceptlens.io.presets import Preset
 
-__all__ = ["load", "available", "imagenet_classes", "IMAGENET_PRESET", "EFFICIENTNET_LITE_PRESET"]
+__all__ = ["load", "available", "resolve_device", "load_state", "imagenet_classes", "IMAGENET_PRESET",
+           "EFFICIENTNET_LITE_PRESET"]
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -55,23 +65,38 @@ EFFICIENTNET_LITE_PRESET = Preset(size=224, mean=(127 / 255,) * 3, std=(128 / 25
 SELF_CONTAINED: frozenset[str] = frozenset({"efficientnet_lite0"})
 
 
+_SOURCES = ("torchvision:", "timm:", "hf:")
+
+
 def is_zoo_name(name: str) -> bool:
-    """True for names :func:`load` resolves without importing anything a caller named: the bundled model
-    and ``"torchvision:<known arch>"``."""
+    """True for names :func:`load` resolves without importing anything a caller named: the bundled model,
+    ``"torchvision:<known arch>"`` and ``"timm:<known arch>"`` (when timm is installed)."""
     if name in SELF_CONTAINED:
         return True
-    if not isinstance(name, str) or not name.startswith("torchvision:"):
+    if not isinstance(name, str) or not name.startswith(("torchvision:", "timm:")):
         return False
+    source, arch = name.split(":", 1)
+    if source == "timm":
+        try:
+            import timm
+        except ImportError:
+            return False
+        return arch in timm.list_models()
     import torchvision.models as tvm
 
-    return name.split(":", 1)[1] in tvm.list_models(module=tvm)
+    return arch in tvm.list_models(module=tvm)
 
 
 def available() -> list[str]:
-    """Names :func:`load` understands (besides any ``"package.module:factory"``)."""
+    """Names :func:`load` understands (besides ``"hf:<folder>"`` and any ``"package.module:factory"``)."""
     import torchvision.models as tvm
 
-    return ["efficientnet_lite0"] + [f"torchvision:{n}" for n in tvm.list_models(module=tvm)]
+    names = ["efficientnet_lite0"] + [f"torchvision:{n}" for n in tvm.list_models(module=tvm)]
+    try:
+        import timm
+    except ImportError:
+        return names
+    return names + [f"timm:{n}" for n in timm.list_models()]
 
 
 def _with_classes(p: Preset, n: int) -> Preset:
@@ -79,8 +104,9 @@ def _with_classes(p: Preset, n: int) -> Preset:
     return Preset(size=p.size, mean=p.mean, std=p.std, classes=classes)
 
 
-def _load_state(model: nn.Module, weights: str | os.PathLike[str]) -> None:
-    path = Path(weights)
+def _read_state(path: Path) -> dict[str, Any]:
+    """The tensors of a weights file, read without executing anything it holds (safetensors, or
+    ``torch.load(weights_only=True)``); ModelError when it is missing, unreadable or not a state dict."""
     if not path.is_file():
         raise ModelError(f"weights file {str(path)!r} does not exist; pass the path of a saved state_dict")
     try:
@@ -99,10 +125,47 @@ def _load_state(model: nn.Module, weights: str | os.PathLike[str]) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ModelError(f"{str(path)!r} does not hold a state_dict (got {type(state).__name__})")
+    return state
+
+
+def _keys(names: list[str], n: int = 6) -> str:
+    shown = ", ".join(map(repr, names[:n]))
+    return shown + (f" … ({len(names)} in all)" if len(names) > n else "")
+
+
+def load_state(model: nn.Module, state: dict[str, Any], source: str) -> None:
+    """Load ``state`` into ``model`` strictly; a ModelError names the missing, unexpected and mis-shaped keys.
+
+    Parameters
+    ----------
+    model
+        The architecture.
+    state
+        ``{parameter or buffer name: tensor}``.
+    source
+        What the state came from (a file name), for the message.
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {list(state[k].shape)} (model: {list(own[k].shape)})" for k in own
+              if k in state and isinstance(state[k], torch.Tensor) and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"{label} keys: {_keys(names)}" for label, names in
+                 (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if names]
+        raise ModelError(
+            f"weights {source} do not fit the architecture {type(model).__name__}: " + "; ".join(parts)
+            + ". Check that the name (and num_classes) match the network the weights were saved from"
+        )
     try:
         model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ModelError(f"weights {str(path)!r} do not fit the architecture: {exc}") from exc
+    except RuntimeError as exc:  # e.g. a tensor of another dtype that cannot be copied
+        raise ModelError(f"weights {source} do not fit the architecture: {exc}") from exc
+
+
+def _load_state(model: nn.Module, weights: str | os.PathLike[str]) -> None:
+    path = Path(weights)
+    load_state(model, _read_state(path), repr(str(path)))
 
 
 def check_weights(model: nn.Module) -> None:
@@ -131,6 +194,97 @@ def _efficientnet_lite0() -> nn.Module:
     return model
 
 
+def _optional(module: str, extra: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelError(f"this model needs the package {module!r}: pip install 'conceptlens[{extra}]' "
+                         f"(or pip install {module})") from exc
+
+
+def _timm(arch: str, weights: str | os.PathLike[str] | None, num_classes: int | None) -> nn.Module:
+    """A timm architecture with random weights (``pretrained=False``: never a download), then ``weights``."""
+    timm = _optional("timm", "timm")
+    if arch not in timm.list_models():
+        hint = nearest(arch, timm.list_models(), n=3)
+        raise ModelError(f"unknown timm architecture {arch!r}; did you mean {', '.join(hint) or '(none)'}? "
+                         "(timm.list_models() lists them)")
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    model = timm.create_model(arch, pretrained=False, **kw)
+    if weights is not None:
+        _load_state(model, weights)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    size = int(cfg.get("input_size", (3, 224, 224))[-2])
+    n = int(getattr(model, "num_classes", 0) or num_classes or 1000)
+    model.preset = Preset(size=size, mean=tuple(cfg.get("mean", _IMAGENET_MEAN)),
+                          std=tuple(cfg.get("std", _IMAGENET_STD)), classes=_timm_classes(model, n))
+    return model
+
+
+def _timm_classes(model: nn.Module, n: int) -> list[str]:
+    """Class names of a timm model's head: ImageNet's when its ``pretrained_cfg`` says so, else indices."""
+    if n == 1000:
+        return imagenet_classes()
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        subset = infer_imagenet_subset(model)
+        if subset:
+            names = [d.split(",")[0] for d in ImageNetInfo(subset).label_descriptions()]
+            if len(names) == n:
+                return names
+    except Exception:  # noqa: BLE001 - label info is a nicety; indices are always right
+        pass
+    return [str(i) for i in range(n)]
+
+
+def _hf(folder: str, weights: str | os.PathLike[str] | None) -> nn.Module:
+    """A transformers image classifier from a local ``save_pretrained`` folder, without running its code."""
+    import json
+
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise ModelError(f"'hf:{folder}' is not a folder saved with save_pretrained (no config.json in "
+                         f"{str(path)!r}); give the local folder (nothing is downloaded)")
+    tf = _optional("transformers", "hf")
+    safetensors = any(path.glob("*.safetensors"))
+    if weights is None and not safetensors and not any(path.glob("pytorch_model*.bin")):
+        raise ModelError(f"no weights in {str(path)!r} (model*.safetensors or pytorch_model.bin); "
+                         "save the model with save_pretrained or pass weights=")
+    try:
+        config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        if weights is not None:
+            model, info = tf.AutoModelForImageClassification.from_config(config), {}
+        else:  # transformers maps older checkpoint key names; .bin files are read with weights_only=True
+            model, info = tf.AutoModelForImageClassification.from_pretrained(
+                str(path), local_files_only=True, trust_remote_code=False,
+                use_safetensors=safetensors or None, output_loading_info=True)
+    except Exception as exc:  # unknown model_type, a config that needs remote code, a corrupt file …
+        raise ModelError(f"transformers cannot build an image classifier from {str(path)!r} "
+                         f"({type(exc).__name__}: {exc}); conceptlens only builds model types transformers "
+                         "ships (no trust_remote_code) from files saved with save_pretrained") from exc
+    if weights is not None:
+        _load_state(model, weights)
+    bad = {k: [str(v[0]) if isinstance(v, tuple) else str(v) for v in info.get(k) or []]
+           for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
+        raise ModelError(f"weights in {str(path)!r} do not fit the architecture {type(model).__name__}: "
+                         + "; ".join(f"{k.replace('_', ' ')}: {_keys(v)}" for k, v in bad.items() if v)
+                         + ". Save the folder again with model.save_pretrained(folder)")
+    proc: dict[str, Any] = {}
+    if (path / "preprocessor_config.json").is_file():
+        proc = json.loads((path / "preprocessor_config.json").read_text())
+    size_cfg = proc.get("size", getattr(config, "image_size", 224))
+    if isinstance(size_cfg, dict):
+        size_cfg = size_cfg.get("height", size_cfg.get("shortest_edge", getattr(config, "image_size", 224)))
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    n = int(getattr(config, "num_labels", len(id2label)) or len(id2label))
+    model.preset = Preset(size=int(size_cfg), mean=tuple(proc.get("image_mean", _IMAGENET_MEAN)),
+                          std=tuple(proc.get("image_std", _IMAGENET_STD)),
+                          classes=[id2label.get(i, str(i)) for i in range(n)])
+    return model
+
+
 def load(
     name: str | nn.Module = "efficientnet_lite0",
     *,
@@ -145,16 +299,20 @@ def load(
     Parameters
     ----------
     name
-        ``"efficientnet_lite0"``, ``"torchvision:<arch>"`` or ``"package.module:factory"`` (or an
-        ``nn.Module``, returned in eval mode with a default ImageNet preset if it has none).
+        ``"efficientnet_lite0"``, ``"torchvision:<arch>"``, ``"timm:<arch>"``, ``"hf:<folder>"`` or
+        ``"package.module:factory"`` (or an ``nn.Module``, returned in eval mode with a default ImageNet
+        preset if it has none).
     weights
-        A local state-dict file (``.pth``/``.pt`` loaded with ``weights_only=True``, or ``.safetensors``).
+        A local state-dict file (``.pth``/``.pt`` loaded with ``weights_only=True``, or ``.safetensors``);
+        keys and shapes must match the architecture exactly. For ``"hf:<folder>"`` it replaces the folder's
+        own weights.
     num_classes
-        Number of outputs for torchvision architectures (default 1000).
+        Number of outputs for torchvision and timm architectures (default 1000).
     preset
         Override the input preset (size, mean, std, class names).
     device
-        Where to put the model (default: CPU).
+        Where to put the model: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (default: CPU); see
+        :func:`resolve_device`.
     **kwargs
         Passed to the factory of ``"package.module:factory"`` models; refused for the other names.
 
@@ -167,7 +325,9 @@ def load(
     ------
     ModelError
         An unknown name or one that is not a string, keyword arguments a zoo model does not take,
-        ``num_classes`` for EfficientNet-Lite0 (1000 classes), or a model without weights (``meta`` device).
+        ``num_classes`` for EfficientNet-Lite0 (1000 classes), a model without weights (``meta`` device),
+        a weights file that does not fit (the message names the missing / unexpected keys), a missing
+        optional package (timm, transformers), or a CUDA device on a machine without one.
     ParameterError
         ``num_classes`` that is not a positive integer.
     """
@@ -178,7 +338,7 @@ def load(
         )
     if num_classes is not None:
         num_classes = check_int("num_classes", num_classes, 1, hint="the number of the model's outputs")
-    factory_name = isinstance(name, str) and ":" in name and not name.startswith("torchvision:")
+    factory_name = isinstance(name, str) and ":" in name and not name.startswith(_SOURCES)
     if kwargs and not factory_name:
         what = "a torch.nn.Module" if isinstance(name, nn.Module) else repr(name)
         raise ModelError(
@@ -215,6 +375,13 @@ def load(
             _load_state(model, weights)
         model.preset = _with_classes(IMAGENET_PRESET, n)
         label = name
+    elif name.startswith("timm:"):
+        model, label = _timm(name.split(":", 1)[1], weights, num_classes), name
+    elif name.startswith("hf:"):
+        if num_classes is not None:
+            raise ModelError("num_classes does not apply to 'hf:<folder>' models: the folder's config.json "
+                             "fixes the classes (id2label)")
+        model, label = _hf(name.split(":", 1)[1], weights), name
     elif ":" in name:
         mod_name, fn_name = name.split(":", 1)
         try:
@@ -232,7 +399,8 @@ def load(
     else:
         raise ModelError(
             f"unknown model {name!r}; use 'efficientnet_lite0', 'torchvision:<arch>' (e.g. "
-            "'torchvision:resnet50' with weights='file.pth') or 'package.module:factory'"
+            "'torchvision:resnet50' with weights='file.pth'), 'timm:<arch>', 'hf:<saved folder>' or "
+            "'package.module:factory'"
         )
     if preset is not None:
         model.preset = preset
@@ -242,5 +410,31 @@ def load(
     model.cl_name = label
     model.eval()
     if device is not None:
-        model.to(device)
+        model.to(resolve_device(device))
     return model
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` … as a device.
+
+    Raises
+    ------
+    ModelError
+        A CUDA device asked for on a machine without one (or an index beyond the GPUs there), or a name
+        torch does not know.
+    """
+    if device is None or (isinstance(device, str) and device.lower() == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ModelError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU here; use "
+                             "--device cpu (or 'auto', which falls back to the CPU)")
+        if dev.index is not None and dev.index >= n:
+            raise ModelError(f"device {str(device)!r} asked for, but there are only {n} GPU(s) "
+                             f"(cuda:0…cuda:{n - 1})")
+    return dev
