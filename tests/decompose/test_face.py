@@ -117,12 +117,22 @@ def test_encode_new_images_nonnegative_and_kl_aware(face_toy, face_fit) -> None:
     A, head = face_toy
     A_new, _ = make_world(seed=7, n=10)
     d = face_fit
-    U_kl = d.encode(A_new)
-    d.encode_kl_steps = 0
+    # The default encode is the authors' projection: plain NNLS codes, nothing from the head.
+    assert d.encode_kl_steps == 0 and FACE.quick_params.get("encode_kl_steps", 0) == 0
+    U_nnls = d.encode(A_new)
+    from scipy.optimize import nnls
+
+    Wd = d.components_.double().numpy()
+    for a, u in zip(A_new.reshape(-1, C)[:20].double().numpy(), U_nnls.reshape(-1, 3)[:20].double(),
+                    strict=True):
+        best = nnls(Wd.T, a)[1]  # the least-squares residual norm at the NNLS optimum
+        assert float((torch.from_numpy(a) - u @ d.components_.double()).norm()) == pytest.approx(
+            best, rel=1e-4, abs=1e-6)
+    d.encode_kl_steps = 10
     try:
-        U_nnls = d.encode(A_new)
+        U_kl = d.encode(A_new)
     finally:
-        d.encode_kl_steps = 10
+        d.encode_kl_steps = 0
     assert U_kl.shape == (10, S, S, 3) and float(U_kl.min()) >= 0 and float(U_nnls.min()) >= 0
     # NNLS codes are optimal for the Frobenius part; the KL steps then lower the full objective.
     obj_kl = face_objective(A_new, U_kl, d.components_, head, d.kl_weight)

@@ -13,6 +13,7 @@ from conceptlens.metrics.face import (
     c_gini,
     c_ins,
     deletion_curve,
+    holdout_split,
     insertion_curve,
     matched_cosine,
     reconstruction_accuracy,
@@ -136,3 +137,26 @@ def test_stability_identical_and_permuted_banks() -> None:
     assert stability(lambda a: next(banks), A) < 0.99
     with pytest.raises(ParameterError):
         stability(fit_fn, A, n_folds=1)
+
+
+def test_holdout_split_is_seeded_stratified_and_disjoint() -> None:
+    shuffle = torch.randperm(14, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0] * 7 + [1] * 4 + [2] + [3] * 2)[shuffle]
+    fit, held = holdout_split(y, 0.5, seed=0)
+    assert not set(fit.tolist()) & set(held.tolist())
+    assert sorted(fit.tolist() + held.tolist()) == list(range(14))
+    assert fit.tolist() == sorted(fit.tolist()) and held.dtype == torch.long
+    # round(m / 2) of each label held out, at least one and never all; a lone image is fitted on
+    assert [int((y[held] == v).sum()) for v in range(4)] == [4, 2, 0, 1]
+    assert [int((y[fit] == v).sum()) for v in range(4)] == [3, 2, 1, 1]
+    assert [int((y[holdout_split(y, 0.01, seed=0)[1]] == v).sum()) for v in range(4)] == [1, 1, 0, 1]
+    assert [int((y[holdout_split(y, 0.99, seed=0)[1]] == v).sum()) for v in range(4)] == [6, 3, 0, 1]
+    # same seed, same split; another seed, another draw (same sizes)
+    assert all(torch.equal(a, b) for a, b in zip(holdout_split(y, 0.5, seed=0), (fit, held), strict=True))
+    other = holdout_split(y, 0.5, seed=1)[1]
+    assert not torch.equal(other, held) and other.numel() == held.numel()
+    for bad in (0.0, 1.0, -0.2, float("nan"), True):
+        with pytest.raises(ParameterError):
+            holdout_split(y, bad)
+    with pytest.raises(ParameterError, match="integer"):
+        holdout_split(y.double(), 0.5)

@@ -33,7 +33,7 @@ def test_method_params_come_from_the_declarations(quick: bool) -> None:
     if quick:
         assert gt.method_params("eddp", 64, True) == {"max_iter": 60, "polish_iter": 10, "n_init": 1,
                                                        "init_rows": 4000}
-        assert gt.method_params("face", 64, True) == {"max_iter": 20, "encode_kl_steps": 2}
+        assert gt.method_params("face", 64, True) == {"max_iter": 20}
         assert gt.method_params("nmf", 64, True) == {"max_iter": 100}
         assert gt.method_params("pca", 64, True) == gt.method_params("kmeans", 64, True) == {}
 

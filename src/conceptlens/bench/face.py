@@ -45,7 +45,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     if quick:
         lams: tuple[float, ...] = (0.0, 1e-1)
-        params: dict[str, Any] = {"max_iter": 15, "max_time": 5.0, "encode_kl_steps": 2}
+        params: dict[str, Any] = {"max_iter": 15, "max_time": 5.0}
         real = real_sweep_data(n_photos=3, progress=False)
         world = world_sweep_data(n_per_class=8, target=[0, 1], seed=0)
         plan = [("lite0", real, 5, "EfficientNet-Lite0, demo crops"),

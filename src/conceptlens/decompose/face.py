@@ -38,9 +38,11 @@ decreases the total objective (monotone, unlike Adam). The KL gradient is comput
 ``solver="adam"`` is the authors' optimiser, kept as a baseline: NNDSVD init, Adam on ``U`` and ``W``
 jointly (lr 5e-4), both clamped at 0 after each step.
 
-Encoding new activations solves the NMF non-negative least squares with ``W`` frozen and then, when a
-head is attached and ``kl_weight > 0``, a few of the same ``U`` steps of the fit (the fit solver with the
-bank frozen; ``U`` stays ≥ 0; never a pseudo-inverse projection).
+Encoding new activations solves the NMF non-negative least squares with ``W`` frozen (never a
+pseudo-inverse projection), as the authors project new images: no KL term, so that codes of new images
+owe nothing to the model's predictions on them. On request (``encode_kl_steps > 0``, a head attached,
+``kl_weight > 0``) a few of the fit's ``U`` steps on the full objective follow (the fit solver with the
+bank frozen; ``U`` stays ≥ 0).
 
 The KL term and the forward–backward step live in :mod:`~conceptlens.decompose._face_kl` (re-exported
 here: :class:`KLTerm`, :func:`face_objective`, :func:`check_head`).
@@ -115,7 +117,9 @@ class FACE(Decomposition):
         Wall-clock budget of ``fit`` in seconds (None: no limit); the NMF start counts.
     encode_kl_steps : int
         ``U`` steps taken on the full objective (``W`` frozen) after the NNLS encode, when a head is
-        attached and ``λ > 0``; 0 gives the plain NNLS codes.
+        attached and ``λ > 0``. 0 (the default, as the authors project new images): the plain NNLS
+        codes. Codes fitted against an image's own predictions keep them by construction, so scoring them
+        says little about the concepts (issue #20, item 4).
     progress : bool
         Show a tqdm bar over iterations.
 
@@ -149,7 +153,7 @@ class FACE(Decomposition):
     #: ``fit`` fails without a head (EDDP only uses one when it is there).
     needs_head: ClassVar[bool] = True
     sweep_param = "kl_weight"
-    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 20, "encode_kl_steps": 2}
+    quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 20}
 
     def __init__(
         self,
@@ -164,7 +168,7 @@ class FACE(Decomposition):
         lr: float = 5e-4,
         batch_images: int = 256,
         max_time: float | None = None,
-        encode_kl_steps: int = 10,
+        encode_kl_steps: int = 0,
         progress: bool = False,
     ) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
@@ -392,8 +396,8 @@ class FACE(Decomposition):
     def encode(self, A: torch.Tensor) -> torch.Tensor:
         """Coefficients ``U [N, *S, k] ≥ 0`` of ``A [N, *S, C]`` with the bank frozen.
 
-        The NNLS codes of NMF, followed, when a head is attached, ``kl_weight > 0`` and
-        ``encode_kl_steps > 0``, by that many monotone forward–backward steps on the full FACE
+        The NNLS codes of NMF (the default), followed, when a head is attached, ``kl_weight > 0`` and
+        ``encode_kl_steps > 0`` (opt-in), by that many monotone forward–backward steps on the full FACE
         objective in ``U`` (the fit's ``U`` step). The first axis of ``A`` must index images for those.
 
         Parameters

@@ -21,6 +21,10 @@ fractions over "the class's images": by default the images that ``h(A)`` classif
 * **stability**: split the images in ``n_folds`` folds (seed 42), fit a bank on each training split,
   L2-normalise its rows, match each pair of banks by the Hungarian method on ``1 − cosine`` and average
   the matched cosines, then average over the pairs.
+* **held-out split**, :func:`holdout_split`: the images a bank is *fitted* on and the images it is
+  *scored* on are disjoint (seeded, stratified by the model's predicted class), so that no number is
+  measured on the images whose own predictions shaped the codes (FACE's KL term sees ``h(A)`` of every
+  fitted image).
 
 All functions take tensors and call ``h`` in batches of whole images, without autograd. The λ sweep that
 uses them lives in :mod:`conceptlens.workflows.sweep`; its report section in
@@ -35,10 +39,12 @@ from typing import Any
 
 import torch
 
-from conceptlens._check import check_int
+from conceptlens._check import check_float, check_int
 from conceptlens.errors import ParameterError, TargetError
 
 __all__ = [
+    "holdout_split",
+    "HOLDOUT",
     "predictions",
     "correctly_classified",
     "reconstruction_accuracy",
@@ -54,6 +60,9 @@ __all__ = [
 ]
 
 Head = Callable[[torch.Tensor], torch.Tensor]
+
+#: Default fraction of the images held out for scoring (per predicted class; the rest is fitted on).
+HOLDOUT = 0.5
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,6 +88,59 @@ def predictions(h: Head, A: torch.Tensor, *, batch_size: int = 64) -> torch.Tens
         for i in range(0, A.shape[0], batch_size):
             out.append(h(A[i : i + batch_size]).argmax(1))
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long, device=A.device)
+
+
+def holdout_split(
+    labels: torch.Tensor | Sequence[int], fraction: float = HOLDOUT, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of ``N`` images into fit and held-out indices, stratified by ``labels``.
+
+    For each label value with ``m`` images, ``round(fraction · m)`` of them (at least 1 and at most
+    ``m − 1`` when ``m ≥ 2``; none when ``m = 1``) are drawn without replacement by a local
+    ``torch.Generator`` seeded with ``seed`` (labels in increasing order), the rest are fitted on.
+
+    Parameters
+    ----------
+    labels : Tensor ``[N]`` (int)
+        One label per image: FACE's metrics use the predicted class ``argmax h(A)``, so that each class's
+        correctly classified images are split between both sides.
+    fraction : float
+        Held-out fraction, ``0 < fraction < 1``.
+    seed : int
+        Seed of the draw; same seed, same split.
+
+    Returns
+    -------
+    fit, held_out : Tensor ``[N_fit]``, Tensor ``[N_held]`` (long, ascending, on ``labels``' device)
+        Disjoint; their union is ``0..N−1``.
+
+    Raises
+    ------
+    ParameterError
+        ``fraction`` not in ``(0, 1)``, or labels that are not a 1-D integer tensor.
+    """
+    f = check_float("fraction", fraction, 0.0, maximum=1.0, strict_min=True,
+                    hint="the held-out share of the images, e.g. 0.5")
+    if f >= 1.0:
+        raise ParameterError(f"fraction must be < 1 (some images must be fitted on), got {f}")
+    y = torch.as_tensor(labels)
+    if y.ndim != 1 or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ParameterError(
+            f"labels must be a 1-D integer tensor [N], got {y.dtype} of shape {list(y.shape)}"
+        )
+    y_cpu = y.detach().cpu().long()
+    gen = torch.Generator().manual_seed(int(seed))
+    held = []
+    for v in torch.unique(y_cpu).tolist():  # sorted: the draw does not depend on the order of the images
+        idx = torch.nonzero(y_cpu == v).flatten()
+        m = idx.numel()
+        n_held = 0 if m < 2 else min(max(round(f * m), 1), m - 1)
+        held.append(idx[torch.randperm(m, generator=gen)[:n_held]])
+    mask = torch.zeros(y_cpu.numel(), dtype=torch.bool)
+    if held:
+        mask[torch.cat(held)] = True
+    out = (torch.nonzero(~mask).flatten(), torch.nonzero(mask).flatten())
+    return out[0].to(y.device), out[1].to(y.device)
 
 
 def correctly_classified(h: Head, A: torch.Tensor, target: int, *, batch_size: int = 64) -> torch.Tensor:

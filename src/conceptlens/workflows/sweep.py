@@ -13,6 +13,13 @@ registry (``"ice"`` is an alias of NMF) and fitted where they declare (``fit_on`
 spatially averaged row per crop. The result (:class:`~conceptlens.workflows.sweep_result.SweepResult`)
 prints, saves and judges itself; the data of the two standard sweeps come from
 :mod:`conceptlens.workflows.sweep_data`.
+
+Why held-out images and plain codes: FACE's fit optimises its codes ``U`` with the KL term against ``softmax
+h(A)`` of the very images it is fitted on, so scoring those codes measures how well the fit matched the
+images' own predictions, not how faithful the concepts are (earlier versions did so), while ICE and CRAFT
+were scored on plain codes. The authors project new images without KL. So every method is fitted on one
+seeded half of the images and scored on the other half's plain codes (:func:`plain_codes`: NNLS with the
+bank frozen); the fit-codes numbers remain only as the labelled ``fitted_*`` columns.
 """
 
 from __future__ import annotations
@@ -21,19 +28,22 @@ import math
 import operator
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 
-from conceptlens._check import check_int
+from conceptlens._check import check_float, check_int
 from conceptlens.decompose.base import Decomposition, get
 from conceptlens.decompose.face import KLTerm
 from conceptlens.errors import ParameterError, TargetError
 from conceptlens.importance.sobol import concept_total_indices
 from conceptlens.metrics.face import (
+    HOLDOUT,
     accuracy_deletion,
     accuracy_insertion,
     c_gini,
+    holdout_split,
     predictions,
     reconstruction_accuracy,
     stability,
@@ -45,6 +55,7 @@ from conceptlens.workflows.sweep_result import SWEEP_COLUMNS, SweepResult, forma
 
 __all__ = [
     "face_sweep",
+    "plain_codes",
     "sweep",
     "run_sweep",
     "parse_kl_weights",
@@ -114,40 +125,76 @@ def parse_kl_weights(kl_weights: str | Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
-def _measure(
-    head: Head,
-    A: torch.Tensor,
-    U: torch.Tensor,
-    W: torch.Tensor,
-    U_enc: torch.Tensor,
-    sels: dict[int, torch.Tensor],
-    seed: int,
-    n_designs: int,
-    batch_size: int,
-) -> dict[str, float]:
-    """FACE's numbers for one factorisation ``A ≈ U W`` (class-dependent ones averaged over ``sels``)."""
+def plain_codes(d: Decomposition, A: torch.Tensor) -> torch.Tensor:
+    """Codes ``U [N, *S, k]`` of ``A [N, *S, C]`` with the bank frozen and nothing taken from the head.
+
+    The base :meth:`~conceptlens.decompose.base.Decomposition.encode` (each method's ``_encode_rows``:
+    NNLS for the non-negative methods): FACE's ``encode`` without its optional KL steps, i.e. how the
+    authors project new images. Every headline number of the sweep is measured on these codes.
+    """
+    with torch.no_grad():
+        return Decomposition.encode(d, A)
+
+
+@dataclass(frozen=True)
+class _Eval:
+    """What every row is measured with: the fit / held-out activations and the class's images in each."""
+
+    head: Head
+    A_fit: torch.Tensor  # [N_fit, *S, C]
+    A_held: torch.Tensor  # [N_held, *S, C]
+    sels_fit: dict[int, torch.Tensor]  # class → indices into A_fit
+    sels_held: dict[int, torch.Tensor]  # class → indices into A_held
+    term: Any  # KLTerm on A_held: p = softmax h(A_held)
+    seed: int
+    n_designs: int
+    batch_size: int
+
+
+def _faithfulness(ev: _Eval, A: torch.Tensor, U: torch.Tensor, W: torch.Tensor, rank_U: torch.Tensor,
+                  sels: dict[int, torch.Tensor], rank_sels: dict[int, torch.Tensor]) -> dict[str, float]:
+    """Accuracy, C-Ins, C-Del, C-Gini of ``A ≈ U W`` on ``sels``, concepts ranked on ``rank_U[rank_sels]``."""
     with torch.no_grad():
         A_hat = U @ W
-        A_enc = U_enc @ W
     per_class = []
     for c, sel in sels.items():
-        imp = concept_total_indices(
-            U[sel], W, head, c, n_designs=n_designs, seed=seed, n_boot=0, progress=False
-        ).indices
-        per_class.append(
-            {
-                "accuracy": reconstruction_accuracy(head, A, A_hat, c, batch_size=batch_size),
-                "accuracy_encoded": reconstruction_accuracy(head, A, A_enc, c, batch_size=batch_size),
-                "c_ins": accuracy_insertion(head, U, W, imp, c, images=sel, batch_size=batch_size),
-                "c_del": accuracy_deletion(head, U, W, imp, c, images=sel, batch_size=batch_size),
-                "c_gini": c_gini(imp),
-            }
-        )
-    mean = {key: sum(r[key] for r in per_class) / len(per_class) for key in per_class[0]}
+        imp = concept_total_indices(rank_U[rank_sels[c]], W, ev.head, c, n_designs=ev.n_designs, seed=ev.seed,
+                                    n_boot=0, progress=False).indices
+        bs = ev.batch_size
+        per_class.append({
+            "accuracy": reconstruction_accuracy(ev.head, A, A_hat, c, batch_size=bs),
+            "c_ins": accuracy_insertion(ev.head, U, W, imp, c, images=sel, batch_size=bs),
+            "c_del": accuracy_deletion(ev.head, U, W, imp, c, images=sel, batch_size=bs),
+            "c_gini": c_gini(imp),
+        })
+    return {key: sum(r[key] for r in per_class) / len(per_class) for key in per_class[0]}
+
+
+def _measure(ev: _Eval, d: Decomposition, U_fitted: torch.Tensor, lam: float) -> dict[str, float]:
+    """A row's numbers for the fitted ``d`` (bank ``W``): headline on held-out plain codes, plus extras.
+
+    Headline: the concepts are ranked on the plain codes of the class's *fit* images, and every number is
+    measured on the plain codes of the *held-out* images. Extras (``fitted_*``): the fit's own codes of
+    the fit images (FACE's are optimised with the KL term against ``h`` of those very images), ranked and
+    measured on them, as earlier versions reported.
+    """
+    W = d.components_
+    U_held = plain_codes(d, ev.A_held)
+    U_fit = plain_codes(d, ev.A_fit)
+    row = _faithfulness(ev, ev.A_held, U_held, W, U_fit, ev.sels_held, ev.sels_fit)
+    fitted = _faithfulness(ev, ev.A_fit, U_fitted, W, U_fitted, ev.sels_fit, ev.sels_fit)
+    with torch.no_grad():
+        A_hat = U_held @ W
+    mse = float((ev.A_held - A_hat).to(torch.float64).square().mean())
+    kl = float(ev.term.value(A_hat).mean())
     return {
-        **mean,
-        "agreement": reconstruction_accuracy(head, A, A_hat, None, batch_size=batch_size),
-        "sparsity": sparsity(U, 0.0, dtype=torch.float64),  # FACE's: exact non-zeros
+        "mse": mse,
+        "kl": kl,
+        "total": mse + lam * kl,
+        **row,
+        "agreement": reconstruction_accuracy(ev.head, ev.A_held, A_hat, None, batch_size=ev.batch_size),
+        "sparsity": sparsity(U_held, 0.0, dtype=torch.float64),  # FACE's: exact non-zeros
+        **{f"fitted_{key}": fitted[key] for key in ("accuracy", "c_ins", "c_del")},
     }
 
 
@@ -174,47 +221,46 @@ def _check_craft_crops(
     return idx.to(craft_A.device)
 
 
+def _fit_crops(
+    craft_A: torch.Tensor | None, cidx: torch.Tensor | None, fit: torch.Tensor, N: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The crops cut from the fit images, with their image index renumbered into the fit split."""
+    if craft_A is None or cidx is None:
+        return None, None
+    local = torch.full((N,), -1, dtype=torch.long, device=cidx.device)
+    local[fit.to(cidx.device)] = torch.arange(fit.numel(), device=cidx.device)
+    keep = local[cidx] >= 0
+    if not bool(keep.any()):
+        raise ParameterError("no CRAFT crop comes from a fit image; check craft_index")
+    return craft_A[keep], local[cidx[keep]]
+
+
 def _reference_row(
     ref: str,
-    A: torch.Tensor,
-    head: Head,
-    term: Any,
-    sels: dict[int, torch.Tensor],
+    ev: _Eval,
     k: int,
-    seed: int,
     craft_A: torch.Tensor | None,
     cidx: torch.Tensor | None,
     with_stability: bool,
-    n_designs: int,
-    batch_size: int,
     n_images: float,
 ) -> dict[str, Any]:
-    """The row of one λ = 0 reference method, fitted where it declares (``fit_on``), default parameters."""
+    """The row of one λ = 0 reference method, fitted where it declares (``fit_on``) on the fit images."""
     cls = get(ALIASES.get(ref, ref))
     on_crops = cls.fit_on == "crops"
+    seed, A = ev.seed, ev.A_fit
     t0 = time.perf_counter()
     d: Any = cls(n_concepts=k, seed=seed)
     if on_crops:
         d.fit(A if craft_A is None else craft_A)
-        W = d.components_
         elapsed = time.perf_counter() - t0
-        U = U_enc = d.encode(A)
+        U_fitted = plain_codes(d, A)  # a bank fitted on crops has no codes of the images but these
     else:
-        U = d.fit_encode(A)
-        W = d.components_
+        U_fitted = d.fit_encode(A)
         elapsed = time.perf_counter() - t0
-        U_enc = d.encode(A)
-    with torch.no_grad():
-        A_hat = U @ W
-    mse = float((A - A_hat).to(torch.float64).square().mean())
-    kl = float(term.value(A_hat).mean())
     row = {
         "method": ref,
         "kl_weight": 0.0,
-        "mse": mse,
-        "kl": kl,
-        "total": mse,
-        **_measure(head, A, U, W, U_enc, sels, seed, n_designs, batch_size),
+        **_measure(ev, d, U_fitted, 0.0),
         "stability": math.nan,
         "seconds": elapsed,
         "n_iter": float(getattr(d, "n_iter_", math.nan)),
@@ -240,38 +286,50 @@ def _reference_row(
 def _swept_row(
     make: Callable[[], Decomposition],
     lam: float,
-    A: torch.Tensor,
-    head: Head,
-    sels: dict[int, torch.Tensor],
-    seed: int,
+    ev: _Eval,
     with_stability: bool,
-    n_designs: int,
-    batch_size: int,
     n_images: float,
 ) -> dict[str, Any]:
     """The row of FACE at one ``λ`` (``make()`` builds the configured, unfitted decomposition)."""
     d: Any = make()
     t0 = time.perf_counter()
-    U = d.fit_encode(A)
+    U_fitted = d.fit_encode(ev.A_fit)
     elapsed = time.perf_counter() - t0
-    W = d.components_
-    with torch.no_grad():
-        U_enc = d.encode(A)
     row = {
         "method": _SWEPT,
         "kl_weight": float(lam),
-        "mse": d.objective_["mse"],
-        "kl": d.objective_["kl"],
-        "total": d.objective_["total"],
-        **_measure(head, A, U, W, U_enc, sels, seed, n_designs, batch_size),
+        **_measure(ev, d, U_fitted, float(lam)),
         "stability": math.nan,
         "seconds": elapsed,
         "n_iter": float(d.n_iter_),
         "n_images": n_images,
     }
     if with_stability:
-        row["stability"] = stability(lambda a: make().fit(a).components_, A)
+        row["stability"] = stability(lambda a: make().fit(a).components_, ev.A_fit)
     return row
+
+
+def _split(
+    pred: torch.Tensor, targets: list[int], holdout: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit / held-out image indices (stratified by predicted class); ``holdout = 0``: both are all images."""
+    h = check_float("holdout", holdout, 0.0, maximum=1.0, hint="the held-out share of the images; 0 scores "
+                    "on the fitted images")
+    if h == 1.0:
+        raise ParameterError("holdout must be < 1: some images must be fitted on (0.5 is the default)")
+    if h == 0.0:
+        every = torch.arange(pred.numel(), device=pred.device)
+        return every, every
+    fit, held = holdout_split(pred, h, seed=seed)
+    for c in targets:
+        m = int((pred == c).sum())
+        if m < 2:
+            raise TargetError(
+                f"class {c} has {m} image classified as it: a held-out split needs at least 2 (one to fit "
+                "on, one to score on); pass more images of the class, or holdout=0 to score on the fitted "
+                "images"
+            )
+    return fit, held
 
 
 def face_sweep(
@@ -285,6 +343,7 @@ def face_sweep(
     references: Sequence[str] = REFERENCES,
     craft_A: torch.Tensor | None = None,
     craft_index: torch.Tensor | None = None,
+    holdout: float = HOLDOUT,
     with_stability: bool = False,
     n_designs: int = 32,
     batch_size: int = 64,
@@ -294,11 +353,17 @@ def face_sweep(
 ) -> SweepResult:
     """FACE at each ``λ`` plus the λ = 0 reference rows (ICE, CRAFT), measured with FACE's metrics.
 
-    One row per method and ``λ``, as in the paper's tables. Every factorisation is judged the same way: the
-    concept ranking is its global Sobol total-index importance for the target (``n_designs`` designs) on
-    the class's correctly classified images, which are also the images C-Ins, C-Del and the accuracy are
-    measured on; the codes are those of the fit (FACE, ICE) or the NNLS codes per position (CRAFT, whose
-    bank is fitted on one row per crop).
+    One row per method and ``λ``, as in the paper's tables, every method judged the same way. The images
+    are split (seeded by ``seed``, stratified by predicted class, ``holdout`` of them held out; see
+    :func:`~conceptlens.metrics.face.holdout_split`): each method is fitted on the *fit* images only (CRAFT
+    on the crops of those images), its concepts are ranked by global Sobol total-index importance for the
+    target (``n_designs`` designs) on the plain codes of the class's fit images, and every headline number
+    (MSE, KL, accuracy, C-Ins, C-Del, C-Gini, sparsity, top-1 kept) is measured on the **plain codes**
+    (:func:`plain_codes`: non-negative least squares with the bank frozen, no KL) of the **held-out**
+    images, on the class's correctly classified ones for the class-dependent numbers. The columns
+    ``fitted_accuracy``, ``fitted_c_ins`` and ``fitted_c_del`` are a labelled extra: the fit's own codes of
+    the fit images (for FACE, KL-fitted against the predictions of those very images), as earlier
+    versions reported them; they are never the headline.
 
     Parameters
     ----------
@@ -313,16 +378,20 @@ def face_sweep(
     n_concepts : int
         ``k`` of every method.
     seed : int
-        Seed of every fit and of the Sobol design.
+        Seed of the split, of every fit and of the Sobol design.
     references : sequence of str
         Reference rows among ``"ice"``, ``"craft"`` (``()`` for none).
     craft_A : Tensor ``[M, h, w, C]``, optional
         Activations of CRAFT's crops (each resized to the input size). ``None``: the ``N`` images
         themselves are the crops (right when they are crops already, as the demo crops are).
     craft_index : Tensor ``[M]``, optional
-        The image each crop was cut from (with ``craft_A``; stability splits crops by image).
+        The image each crop was cut from (with ``craft_A``; the split and stability split crops by image).
+    holdout : float
+        Fraction of each predicted class's images held out for scoring (default
+        :data:`~conceptlens.metrics.face.HOLDOUT` = 0.5); ``0``: no split, every number on the fitted
+        images (still plain codes for the headline).
     with_stability : bool
-        Also measure stability (5 more fits per row: slower).
+        Also measure stability (5 more fits per row, on the fit images: slower).
     n_designs : int
         Sobol design size.
     batch_size : int
@@ -339,7 +408,8 @@ def face_sweep(
     -------
     SweepResult
         ``rows`` (keys :data:`SWEEP_COLUMNS`; ``seconds`` is the fit's wall time, ``stability`` NaN unless
-        requested), references first, then FACE in the order of ``kl_weights``.
+        requested, ``n_images`` the class's held-out images), references first, then FACE in the order of
+        ``kl_weights``; ``config["split"]`` holds the ``fit`` and ``held_out`` image indices.
     """
     lams = parse_kl_weights(kl_weights)
     k = check_int("n_concepts", n_concepts, 1)
@@ -351,15 +421,24 @@ def face_sweep(
     N = A.shape[0]
     cidx = _check_craft_crops(craft_A, craft_index, N)
     pred = predictions(head, A, batch_size=batch_size)
-    sels = {c: torch.nonzero(pred == c).flatten() for c in targets}
-    empty = [c for c, s in sels.items() if s.numel() == 0]
+    empty = [c for c in targets if not bool((pred == c).any())]
     if empty:
         raise TargetError(
             f"no image is classified as class {empty[0]} by the head; choose images of that class"
         )
-    n_images = float(sum(int(v.numel()) for v in sels.values()))
-    # The reference rows' KL is measured against p = softmax h(A), computed once.
-    term: Any = KLTerm(head, A, face_params.get("batch_images", 256)) if refs else None
+    fit, held = _split(pred, targets, holdout, seed)
+    A_fit, A_held = A[fit.to(A.device)], A[held.to(A.device)]
+    pred_fit, pred_held = pred[fit], pred[held]
+    ev = _Eval(
+        head=head, A_fit=A_fit, A_held=A_held,
+        sels_fit={c: torch.nonzero(pred_fit == c).flatten() for c in targets},
+        sels_held={c: torch.nonzero(pred_held == c).flatten() for c in targets},
+        # KL of every row against p = softmax h(A_held), computed once.
+        term=KLTerm(head, A_held, face_params.get("batch_images", 256)),
+        seed=seed, n_designs=n_designs, batch_size=batch_size,
+    )
+    crops_fit, cidx_fit = _fit_crops(craft_A, cidx, fit, N)
+    n_images = float(sum(int(v.numel()) for v in ev.sels_held.values()))
     swept: Any = get(_SWEPT)
     param = swept.sweep_param
     if param is None:
@@ -372,14 +451,13 @@ def face_sweep(
             print(format_table([row], header=len(rows) == 1), flush=True)
 
     for ref in refs:
-        say(_reference_row(ref, A, head, term, sels, k, seed, craft_A, cidx, with_stability, n_designs,
-                           batch_size, n_images))
+        say(_reference_row(ref, ev, k, crops_fit, cidx_fit, with_stability, n_images))
     for lam in lams:
 
         def make(lam: float = float(lam)) -> Decomposition:
             return swept(n_concepts=k, seed=seed, **{param: lam}, **face_params).set_head(head)
 
-        say(_swept_row(make, lam, A, head, sels, seed, with_stability, n_designs, batch_size, n_images))
+        say(_swept_row(make, lam, ev, with_stability, n_images))
 
     cfg = {
         "n_concepts": k,
@@ -390,6 +468,12 @@ def face_sweep(
         "with_stability": bool(with_stability),
         "n_designs": n_designs,
         "n_images": int(N),
+        "holdout": float(holdout),
+        "n_fit_images": int(fit.numel()),
+        "n_held_out_images": int(held.numel()),
+        "split": {"fit": fit.tolist(), "held_out": held.tolist()},
+        "codes": "plain (NNLS, no KL) codes of the held-out images; fitted_*: the fit's own codes of the fit "
+                 "images (FACE: KL-fitted)",
         "image_shape": list(A.shape[1:-1]),
         "channels": int(A.shape[-1]),
         "craft_crops": "the images themselves" if craft_A is None else f"{int(craft_A.shape[0])} crops",
@@ -407,6 +491,7 @@ def sweep(
     n_concepts: int = 10,
     seed: int = 0,
     *,
+    holdout: float = HOLDOUT,
     with_stability: bool = False,
     n_designs: int = 32,
     batch_size: int = 64,
@@ -420,10 +505,11 @@ def sweep(
     Returns
     -------
     list of dict
-        Per ``λ``: ``kl_weight``, ``mse``, ``kl``, ``total``, ``accuracy`` (fit codes), ``accuracy_encoded``
-        (codes from ``encode(A)``), ``agreement`` (top-1 of ``h(Â)`` = top-1 of ``h(A)`` over *all* images),
-        ``c_ins``, ``c_del``, ``c_gini``, ``sparsity``, ``stability`` (NaN unless requested), ``time`` (fit
-        seconds), ``n_iter``, ``n_images`` (the class's images).
+        Per ``λ``, measured on the plain codes of the held-out images: ``kl_weight``, ``mse``, ``kl``,
+        ``total``, ``accuracy``, ``agreement`` (top-1 of ``h(Â)`` = top-1 of ``h(A)`` over *all* held-out
+        images), ``c_ins``, ``c_del``, ``c_gini``, ``sparsity``, ``stability`` (NaN unless requested),
+        ``fitted_accuracy``, ``fitted_c_ins``, ``fitted_c_del`` (the extra: KL-fitted codes of the fit
+        images), ``time`` (fit seconds), ``n_iter``, ``n_images`` (the class's held-out images).
     """
     res = face_sweep(
         A,
@@ -433,6 +519,7 @@ def sweep(
         n_concepts,
         seed,
         references=(),
+        holdout=holdout,
         with_stability=with_stability,
         n_designs=n_designs,
         batch_size=batch_size,

@@ -134,6 +134,18 @@ def sweep_figure(results: Sequence[Any], titles: Sequence[str] | None = None) ->
 
 
 
+def _split_text(cfg: dict[str, Any]) -> str:
+    """How the sweep's images were split and which codes were scored (the result's ``config``)."""
+    if "n_held_out_images" not in cfg:  # a result written before the held-out split
+        return "Every number is measured on the codes of the images the bank was fitted on."
+    where = (f"fitted on {cfg['n_fit_images']} images and scored on the {cfg['n_held_out_images']} held-out "
+             "ones" if as_float(cfg.get("holdout")) > 0 else "fitted and scored on the same images")
+    return (f"Every method is {where}, on plain codes (non-negative least squares with the bank frozen, no "
+            "KL term, as the authors project new images). The KL-fitted columns are a labelled extra: the "
+            "fit's own codes of the fitted images, which FACE optimises against those images' own "
+            "predictions.")
+
+
 def sweep_section(result: Any) -> Section:
     """A report :class:`~conceptlens.report.base.Section`: the λ curves, the table and the verdict.
 
@@ -157,7 +169,7 @@ def sweep_section(result: Any) -> Section:
         f"{cfg.get('dataset', 'the data')}); {result.label('ice')} (plain NMF) and {result.label('craft')} "
         "(NMF on crops) are the λ = 0 references. Accuracy, C-Ins and C-Del are FACE's: top-1 accuracy of "
         "h(UW) on the class's correctly classified images, with concepts inserted or deleted by Sobol "
-        "importance."
+        "importance. " + _split_text(cfg)
     )
     html = (
         f"<p>{escape(intro)}</p>"
