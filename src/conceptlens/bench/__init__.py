@@ -16,6 +16,8 @@ Nothing in the library imports this package; peers (scikit-learn) are imported b
 ``conceptlens bench masks``
     Minimal masks against occlusion and Grad-CAM at equal area on EfficientNet-Lite0 and the concept world
     (also writes ``masks.md``).
+``conceptlens bench sobol``
+    CRAFT's Sobol importance (k = 10, 32 designs) against the bare head calls it needs, same batch shapes.
 
 Every result is written to ``<out>/<name>.json`` (atomic) with the library versions and the machine's
 thread count, and printed as a table.
@@ -44,6 +46,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "groundtruth": ("conceptlens.bench.groundtruth", "run_benchmark"),
     "face": ("conceptlens.bench.face", "run_benchmark"),
     "masks": ("conceptlens.bench.masks", "run_benchmark"),
+    "sobol": ("conceptlens.bench.sobol", "run_benchmark"),
 }
 
 

@@ -15,7 +15,7 @@ import torch
 from conceptlens.bench import write_json
 from conceptlens.explainer import ConceptExplainer
 from conceptlens.io import crops as io_crops
-from conceptlens.io import images, models
+from conceptlens.io import models, samples
 from conceptlens.metrics.ice import evaluate
 from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
@@ -35,7 +35,7 @@ def demo_activations(quick: bool = False) -> tuple[ModelSplit, torch.Tensor, tor
     """
     model = models.load("efficientnet_lite0")
     split = ModelSplit(model, "auto")
-    photos = images.sample_images(model.preset)
+    photos = samples.sample_images(model.preset)
     with torch.no_grad():
         target = int(model(photos[:1]).argmax(1))
     x = photos if quick else io_crops.demo_set(model.preset)[0]

@@ -62,6 +62,8 @@ from conceptlens.importance.base import Context, Importance, concept_directions,
 from conceptlens.progress import enabled as progress_enabled
 
 __all__ = [
+    "call_plan",
+    "chunk_budget",
     "SobolResult",
     "sobol_design",
     "total_indices",
@@ -232,6 +234,37 @@ def _check_concepts(U: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, tor
     return U, W
 
 
+def chunk_budget(chunk_bytes: int | str | None, device: torch.device | str = "cpu") -> int | None:
+    """The byte cap of one ``h`` call of :func:`concept_total_indices` (``chunk_bytes`` there).
+
+    ``"auto"``: 16 MiB on the CPU (about half a last-level cache), 1 GiB elsewhere; an int as given; None
+    for no cap.
+    """
+    if isinstance(chunk_bytes, str):
+        if chunk_bytes != "auto":
+            raise ParameterError(f"chunk_bytes must be 'auto', None or a byte count, got {chunk_bytes!r}")
+        return _CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else _DEVICE_CHUNK_BYTES
+    if chunk_bytes is None:
+        return None
+    return check_int("chunk_bytes", chunk_bytes, 1, hint="pass a byte budget, 'auto' or None")
+
+
+def call_plan(N: int, n: int, k: int, row_bytes: int, batch_size: int,
+              budget: int | None) -> tuple[int, int, int]:
+    """How :func:`concept_total_indices` batches its ``h`` calls: ``(nb, jb, kb)``.
+
+    A call covers ``nb`` images × ``jb`` design rows (the ``A`` base, ``nb · jb`` rows), or ``kb`` concepts
+    × ``nb`` images × ``jb`` design rows (a ``C_i`` batch). Rows per call are limited by ``batch_size`` and,
+    when ``budget`` (bytes) is given, by ``budget // (2 · row_bytes)``: the base and the buffer both live.
+    """
+    R = batch_size if budget is None else max(1, min(batch_size, budget // (2 * row_bytes)))
+    if n <= R:
+        jb, nb = n, min(N, R // n)
+    else:
+        jb, nb = R, 1
+    return nb, jb, max(1, min(k, R // (nb * jb)))
+
+
 def concept_total_indices(
     U: torch.Tensor,
     W: torch.Tensor,
@@ -303,13 +336,7 @@ def concept_total_indices(
         raise TargetError(f"target must be a class index >= 0, got {target}")
     batch_size = check_int("batch_size", batch_size, 1, hint="pass a positive number of rows per call of h")
     n_boot = check_int("n_boot", n_boot, 0, hint="pass e.g. 1000 resamples, or 0 for no interval")
-    budget: int | None = None
-    if isinstance(chunk_bytes, str):
-        if chunk_bytes != "auto":
-            raise ParameterError(f"chunk_bytes must be 'auto', None or a byte count, got {chunk_bytes!r}")
-        budget = _CPU_CHUNK_BYTES if U.device.type == "cpu" else _DEVICE_CHUNK_BYTES
-    elif chunk_bytes is not None:
-        budget = check_int("chunk_bytes", chunk_bytes, 1, hint="pass a byte budget, 'auto' or None")
+    budget = chunk_budget(chunk_bytes, U.device)
     N, k, C = U.shape[0], U.shape[-1], W.shape[1]
     spatial = tuple(U.shape[1:-1])
     S = math.prod(spatial)
@@ -325,14 +352,7 @@ def concept_total_indices(
         if offset.numel() != C:
             raise ParameterError(f"offset must have C = {C} entries, got {offset.numel()}")
 
-    # rows per h call: the batch limit and the cache budget (the A base and the buffer both live)
-    row_bytes = S * C * torch.empty((), dtype=dtype).element_size()
-    R = batch_size if budget is None else max(1, min(batch_size, budget // (2 * row_bytes)))
-    if n <= R:
-        jb, nb = n, min(N, R // n)
-    else:
-        jb, nb = R, 1
-    kb = max(1, min(k, R // (nb * jb)))
+    nb, jb, kb = call_plan(N, n, k, S * C * torch.empty((), dtype=dtype).element_size(), batch_size, budget)
     base = torch.empty(nb * jb * S, C, dtype=dtype, device=dev)
     buf = torch.empty(kb * nb * jb * S, C, dtype=dtype, device=dev)
     n_calls = math.ceil(N / nb) * math.ceil(n / jb) * (1 + math.ceil(k / kb))

@@ -1,0 +1,91 @@
+"""CRAFT's Sobol importance against the bare head evaluations it needs (issue: ≤ 20 % over bare ``h``).
+
+Data: EfficientNet-Lite0 cut at ``layer="auto"``, the demo's 112-px crops of the sample photos (the 13
+whole photos with ``quick``), an NMF bank of ``k = 10`` concepts, target = the class of 'chelsea'.
+
+The estimator needs ``N · n_designs · (k + 1)`` rows of ``h``; the peer is ``h`` called on that many rows in
+the same batch shapes, on activations made once before the clock starts. So ``overhead = sobol / bare − 1``
+is what building the masked activations and the bookkeeping cost on top of the model's own work. Both are
+timed interleaved, ``rounds`` times each; medians are reported, with the machine's load.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from conceptlens.bench import write_json
+from conceptlens.bench.fidelity import demo_activations
+from conceptlens.decompose.nmf import NMF
+from conceptlens.importance.sobol import call_plan, chunk_budget, concept_total_indices, sobol_design
+
+__all__ = ["bare_head_seconds", "call_sizes", "run_benchmark"]
+
+
+def call_sizes(N: int, n: int, k: int, plan: tuple[int, int, int]) -> list[int]:
+    """Rows of each ``h`` call :func:`~conceptlens.importance.sobol.concept_total_indices` makes, in order.
+
+    ``N`` images, ``n`` design rows, ``k`` concepts, ``plan = (nb, jb, kb)`` from
+    :func:`~conceptlens.importance.sobol.call_plan`. Their sum is ``N · n · (k + 1)``.
+    """
+    nb, jb, kb = plan
+    sizes = []
+    for n0 in range(0, N, nb):
+        m = min(nb, N - n0)
+        for j0 in range(0, n, jb):
+            q = min(jb, n - j0)
+            sizes.append(m * q)
+            sizes.extend(min(kb, k - b0) * m * q for b0 in range(0, k, kb))
+    return sizes
+
+
+def bare_head_seconds(h: Callable[[torch.Tensor], torch.Tensor], A: torch.Tensor, sizes: list[int]) -> float:
+    """Seconds to call ``h`` once per entry of ``sizes`` on that many activation rows (no autograd).
+
+    ``A [N, ..., C]`` supplies the rows (repeated when a call needs more than ``N``); one batch is built
+    before the clock starts and sliced, so only ``h`` is timed.
+    """
+    reps = math.ceil(max(sizes) / A.shape[0])
+    batch = A.repeat(reps, *([1] * (A.ndim - 1)))[: max(sizes)].contiguous()
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        for r in sizes:
+            h(batch[:r])
+        return time.perf_counter() - t0
+
+
+def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results")) -> dict[str, Any]:
+    """Measure, print and write ``out/sobol.json``; returns the payload."""
+    split, x, A, target = demo_activations(quick)
+    k, n_designs, rounds = 10, 32, 3 if quick else 5
+    nmf = NMF(k, seed=0)
+    U = nmf.fit_encode(A)
+    W = nmf.components_
+    N, S, C = A.shape[0], math.prod(A.shape[1:-1]), A.shape[-1]
+    n = sobol_design(k, n_designs, 0)[0].shape[0]
+    plan = call_plan(N, n, k, S * C * A.element_size(), 4096, chunk_budget("auto", A.device))
+    sizes = call_sizes(N, n, k, plan)
+    n_rows = sum(sizes)
+    sobol_s, bare_s = [], []
+    for _ in range(rounds):  # interleaved, so a change of load hits both
+        t0 = time.perf_counter()
+        res = concept_total_indices(U, W, split.h, target, n_designs=n_designs, n_boot=0, progress=False)
+        sobol_s.append(time.perf_counter() - t0)
+        bare_s.append(bare_head_seconds(split.h, A, sizes))
+    s_med, b_med = statistics.median(sobol_s), statistics.median(bare_s)
+    row = {"k": k, "n_images": N, "n_designs": n, "h_rows": n_rows, "calls": len(sizes), "plan": list(plan),
+           "sobol_s": round(s_med, 3), "bare_h_s": round(b_med, 3), "overhead": round(s_med / b_med - 1, 4),
+           "target_overhead": 0.20, "indices": [round(float(v), 4) for v in res.indices]}
+    print(f"Sobol total indices, k={k}, {N} images × {n} designs × {k + 1} = {n_rows} rows of h "
+          f"(layer {split.layer}): {s_med:.2f} s against bare h {b_med:.2f} s "
+          f"→ overhead {100 * row['overhead']:.1f} % (target ≤ 20 %), medians of {rounds}")
+    payload = {"layer": split.layer, "target": target, "rounds": rounds, "row": row,
+               "sobol_all_s": [round(v, 3) for v in sobol_s], "bare_all_s": [round(v, 3) for v in bare_s]}
+    print(f"wrote {write_json(out, 'sobol', payload)}")
+    return payload
