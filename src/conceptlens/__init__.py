@@ -29,6 +29,7 @@ _LAZY = {
     "attribution": "conceptlens.attribution",
     "world": "conceptlens.world",
     "workflows": "conceptlens.workflows",
+    "interop": "conceptlens.interop",
     "io": "conceptlens.io",
     "split": "conceptlens.split",
     "store": "conceptlens.io.store",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptlens import _display
 from conceptlens.errors import ParameterError
 from conceptlens.importance.base import concept_directions
 
@@ -65,6 +66,11 @@ class EditResult:
     def flipped(self) -> torch.Tensor:
         """``[N]`` bool, True where the edit changes the model's top-1 class."""
         return self.logits.argmax(1) != self.original.argmax(1)
+
+    def _repr_html_(self) -> str:
+        """A notebook card: the target logit before and after on each image, flips marked (rendered by
+        :func:`conceptlens.report.display.edit_html` through the :mod:`conceptlens._display` hook)."""
+        return str(_display.render("edit_html", self))
 
 
 class ConceptEditHead(torch.nn.Module):

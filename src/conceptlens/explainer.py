@@ -38,7 +38,9 @@ from conceptlens.importance.base import Context, Importance, concept_directions
 from conceptlens.importance.linear import scores as spatial_scores
 from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
+from conceptlens.stages import earlier_stages
 from conceptlens.split.sites import resolve_target
+from conceptlens.summary import ExplainerDisplay, ExplanationDisplay, keep_fit_summary
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
            "upsample_maps", "SCHEMA", "read_saved"]
@@ -48,7 +50,7 @@ read_saved = persistence.read_saved  # the old home of the manifest reader
 
 
 @dataclass(frozen=True)
-class LocalExplanation:
+class LocalExplanation(ExplanationDisplay):
     """How the concepts make up one class's logit on each image.
 
     Attributes
@@ -131,7 +133,7 @@ def _matching(A: Any, x: torch.Tensor) -> torch.Tensor:
     return A
 
 
-class ConceptExplainer:
+class ConceptExplainer(ExplainerDisplay):
     """Find concepts in a layer, weigh them for a class, and explain images with them (ICE and peers).
 
     Parameters
@@ -301,7 +303,8 @@ class ConceptExplainer:
             Also grow CRAFT's concept tree ``tree_``: ambiguous concepts are split into sub-concepts at
             ``layers`` (see :mod:`conceptlens.recursive` for the rule).
         layers
-            Earlier layer(s) for the recursion, deep to shallow (a name, ``"L1,L2"`` or a list).
+            Earlier layer(s) for the recursion, deep to shallow (a name, ``"L1,L2"`` or a list); None:
+            the outputs of the two stages before the layer (:func:`conceptlens.stages.earlier_stages`).
         recursive_params
             Options of the recursion (``n_top``, ``n_children``, ``threshold``, ``max_split``,
             ``importance``, …; see :func:`conceptlens.recursive.build_tree`).
@@ -312,9 +315,8 @@ class ConceptExplainer:
             self, with ``concepts_``, ``importance_``, ``weights_`` … set.
         """
         self._check_images(x)
-        if recursive and not layers:
-            raise ParameterError("recursive=True needs layers=[an earlier layer name, …] to split concepts "
-                                 "at (see `conceptlens layers` or split.layers())")
+        if recursive and not layers:  # the outputs of the two stages before the layer
+            layers = earlier_stages(self.split)
         if layers and not recursive:
             raise ParameterError("layers=… is only used with recursive=True")
         A = self.activations(x) if A is None else _matching(A, x)
@@ -366,6 +368,7 @@ class ConceptExplainer:
             from conceptlens.recursive import build_tree
 
             self.tree_ = build_tree(self, x, layers or [], recursive_params)
+        keep_fit_summary(self, x, A, U, logits)  # the notebook card's fidelity and prototypes
         return self
 
     def _importance(self, U: torch.Tensor) -> Importance:

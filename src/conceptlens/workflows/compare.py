@@ -188,6 +188,11 @@ class CompareResult:
                                   for c in cols))
         return "CompareResult(\n" + "\n".join(lines) + "\n)"
 
+    def _repr_html_(self) -> str:
+        """The table as a notebook card, best value of each column marked (``report.display``)."""
+        from conceptlens.report.display import compare_html
+        return compare_html(self.rows, METRIC_COLUMNS, label=method_label, reading=reading(self))
+
 
 # ------------------------------------------------------------------------------------------------ measuring
 def _empty_row(method: str, k: int) -> dict[str, Any]:
