@@ -27,3 +27,26 @@ def test_sweep_sections_only_for_a_method_with_a_sweep_param() -> None:
     A = split.g(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
     assert sweep_sections("0,1", ["ice", "pca", "masks"], A, split, 0, 2, 0) == []
     assert sweep_sections("  ", ["face"], A, split, 0, 2, 0) == []
+
+
+def test_stage_table_lists_every_stage_with_its_share() -> None:
+    from conceptlens.workflows.demo import stage_table
+
+    text = stage_table({"load": 1.0, "fit ice": 3.0})
+    lines = text.splitlines()
+    assert lines[0].split() == ["stage", "s", "share"]
+    assert lines[1].split() == ["load", "1.0", "25", "%"]
+    assert lines[2].split() == ["fit", "ice", "3.0", "75", "%"]
+
+
+def test_demo_reports_its_stages(tmp_path, one_thread_unless_slow) -> None:  # noqa: ANN001
+    from conceptlens.workflows.demo import run_demo
+
+    lines: list[str] = []
+    res = run_demo(tmp_path / "r", methods="ice,kmeans", patch=224, kl_weights="", echo=lines.append)
+    st = res.stages
+    assert list(st) == ["load", "extract", "fit ice", "fit kmeans", "metrics", "sweep", "report"]
+    assert all(v >= 0 for v in st.values())
+    # the stages are consecutive laps inside the demo: together at most its wall time
+    assert sum(st.values()) <= res.seconds + 0.05
+    assert any(line.startswith("stage") for line in lines) and (tmp_path / "r" / "index.html").exists()

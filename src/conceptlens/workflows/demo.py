@@ -17,13 +17,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from conceptlens import decompose
+from conceptlens._check import is_finite
 from conceptlens._io import atomic_write
 from conceptlens.errors import ParameterError
 from conceptlens.report.base import Section
@@ -40,7 +41,7 @@ from conceptlens.workflows.compare import (
 )
 
 __all__ = ["DEMO_METHODS", "DemoResult", "demo_params", "run_demo", "sweep_sections", "splice_readme",
-           "README_MARKERS"]
+           "stage_table", "README_MARKERS"]
 
 #: The methods the demo compares, in table order.
 DEMO_METHODS = "ice,pca,kmeans,craft,face,eddp,masks"
@@ -58,11 +59,38 @@ class DemoResult:
         ``out/index.html``.
     seconds : float
         Wall time of the whole demo.
+    stages : dict[str, float]
+        Wall time of each stage in seconds, in order: ``load`` (model and images), ``extract`` (``g`` on
+        every image), ``fit <method>`` per compared method (from the comparison's rows), ``metrics`` (the
+        rest of the comparison), ``sweep`` (the λ curve), ``report``.
     """
 
     compare: CompareResult
     path: Path
     seconds: float
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+class _Stopwatch:
+    """Wall time of consecutive stages: ``lap(name)`` closes the stage that ran since the previous lap."""
+
+    def __init__(self) -> None:
+        self.t = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = now - self.t
+        self.t = now
+
+
+def stage_table(stages: dict[str, float]) -> str:
+    """The demo's per-stage timing as aligned text lines (stage, seconds, share of the total)."""
+    total = sum(stages.values()) or 1.0
+    w = max(len(k) for k in stages) if stages else 5
+    lines = [f"{'stage':<{w}}  {'s':>6}  share"]
+    lines += [f"{k:<{w}}  {v:6.1f}  {100 * v / total:4.0f} %" for k, v in stages.items()]
+    return "\n".join(lines)
 
 
 def _decomposition(method: str) -> type[decompose.Decomposition] | None:
@@ -176,6 +204,7 @@ def run_demo(
     from conceptlens.io import demo_set, models, sample_images
 
     t0 = time.time()
+    watch = _Stopwatch()
     model = models.load("efficientnet_lite0")
     photos, names = sample_images(model.preset, return_names=True)
     with torch.no_grad():
@@ -186,12 +215,20 @@ def run_demo(
     echo(f"{len(names)} photos + {crops.shape[0]} crops of {patch} px; target = "
          f"{model.preset.classes[target]!r} (the class predicted for 'chelsea')")
     split = ModelSplit(model, "auto")
+    watch.lap("load")
     A = split.g(x)
+    watch.lap("extract")
     names_m = check_methods(methods)  # validated, lower-case, as compare() reads them
     params = demo_params(names_m, int(x.shape[-1]))
     res = compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
                   mask_images=min(max(masks, 1), len(names)), method_params=params or None)
+    watch.lap("compare")
+    fits = {f"fit {r['method']}": float(r["seconds"]) for r in res.rows if is_finite(r.get("seconds"))}
+    compare_s = watch.stages.pop("compare")
+    watch.stages.update(fits)
+    watch.stages["metrics"] = max(0.0, compare_s - sum(fits.values()))
     extra = sweep_sections(kl_weights, names_m, A, split, res.target, n_concepts, seed)
+    watch.lap("sweep")
     path = write_report(res, x, out, names=all_names, A=A, side_by_side=range(min(4, len(names))),
                         extra_sections=extra)
     print_table(res, echo)
@@ -201,9 +238,11 @@ def run_demo(
         atomic_write(table, md)
     if readme is not None:
         splice_readme(readme, md)
+    watch.lap("report")
     seconds = time.time() - t0
+    echo(stage_table(watch.stages))
     echo(f"report: {Path(path).resolve()}  ({seconds:.0f} s)")
-    return DemoResult(compare=res, path=Path(path), seconds=seconds)
+    return DemoResult(compare=res, path=Path(path), seconds=seconds, stages=watch.stages)
 
 
 #: The lines between which the README holds the demo's table (written by :func:`splice_readme`).
