@@ -16,6 +16,12 @@ Nothing in the library imports this package; peers (scikit-learn) are imported b
 ``conceptlens bench masks``
     Minimal masks against occlusion and Grad-CAM at equal area on EfficientNet-Lite0 and the concept world
     (also writes ``masks.md``).
+``conceptlens bench eddp``
+    EDDP (paper and legacy losses) against the planted oracle filters, the raw signal directions and
+    spherical k-means on planted direction pairs, over a grid of signal correlation, distractor variance
+    and on-rate (also writes ``eddp.md``).
+``conceptlens bench load``
+    The demo's stages and the NMF fit against scikit-learn, alone and beside ``--busy`` CPU-bound processes.
 ``conceptlens bench sobol``
     CRAFT's Sobol importance (k = 10, 32 designs) against the bare head calls it needs, same batch shapes.
 
@@ -47,6 +53,8 @@ BENCHES: dict[str, tuple[str, str]] = {
     "face": ("conceptlens.bench.face", "run_benchmark"),
     "masks": ("conceptlens.bench.masks", "run_benchmark"),
     "sobol": ("conceptlens.bench.sobol", "run_benchmark"),
+    "load": ("conceptlens.bench.load", "run_benchmark"),
+    "eddp": ("conceptlens.bench.eddp", "run_benchmark"),
 }
 
 
@@ -74,7 +82,8 @@ def write_json(out: Path | str, name: str, payload: dict[str, Any]) -> Path:
     return _write_json(Path(out) / f"{name}.json", {"benchmark": name, "env": env(), **payload})
 
 
-def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench/results")) -> dict[str, Any]:
+def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench/results"),
+        busy: int | None = None) -> dict[str, Any]:
     """Run one benchmark by name (or ``"all"``); returns their payloads by name.
 
     Parameters
@@ -85,6 +94,8 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
         Small sizes (seconds instead of minutes; the tests use it).
     out
         Folder of the JSON (and markdown / PNG) results.
+    busy
+        ``bench load`` only: competing CPU-bound processes (default 1).
     """
     names = list(BENCHES) if what == "all" else [what]
     for n in names:
@@ -95,5 +106,6 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     results = {}
     for n in names:
         module, entry = BENCHES[n]
-        results[n] = getattr(importlib.import_module(module), entry)(quick=quick, out=out)
+        kw = {"busy": busy} if n == "load" and busy is not None else {}
+        results[n] = getattr(importlib.import_module(module), entry)(quick=quick, out=out, **kw)
     return results
