@@ -22,6 +22,8 @@ Nothing in the library imports this package; peers (scikit-learn) are imported b
     and on-rate (also writes ``eddp.md``).
 ``conceptlens bench load``
     The demo's stages and the NMF fit against scikit-learn, alone and beside ``--busy`` CPU-bound processes.
+``conceptlens bench summary``
+    Rewrites ``summary.md``: every benchmark's headline ratio from the JSON files (``all`` ends with it).
 ``conceptlens bench sobol``
     CRAFT's Sobol importance (k = 10, 32 designs) against the bare head calls it needs, same batch shapes.
 
@@ -89,7 +91,7 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     Parameters
     ----------
     what
-        A key of :data:`BENCHES` or ``"all"``.
+        A key of :data:`BENCHES`, ``"all"`` (then also ``summary.md``) or ``"summary"`` (only that).
     quick
         Small sizes (seconds instead of minutes; the tests use it).
     out
@@ -97,10 +99,15 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     busy
         ``bench load`` only: competing CPU-bound processes (default 1).
     """
+    if what == "summary":
+        from conceptlens.bench.summary import write_summary
+
+        return {"summary": str(write_summary(out))}
     names = list(BENCHES) if what == "all" else [what]
     for n in names:
         if n not in BENCHES:
-            raise ParameterError(f"unknown benchmark {n!r}; choose one of {', '.join(BENCHES)} or 'all'")
+            raise ParameterError(f"unknown benchmark {n!r}; choose one of {', '.join(BENCHES)}, 'all' or "
+                                 "'summary'")
     out = Path(out)
     os.makedirs(out, exist_ok=True)
     results = {}
@@ -108,4 +115,8 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
         module, entry = BENCHES[n]
         kw = {"busy": busy} if n == "load" and busy is not None else {}
         results[n] = getattr(importlib.import_module(module), entry)(quick=quick, out=out, **kw)
+    if what == "all":
+        from conceptlens.bench.summary import write_summary
+
+        results["summary"] = str(write_summary(out))
     return results

@@ -1,0 +1,148 @@
+"""One place for every ratio: the headline of each benchmark's JSON as one markdown table.
+
+``conceptlens bench all`` (``make bench``) ends by writing ``bench/results/summary.md`` from the JSON files
+in the folder, whichever are there; ``conceptlens bench summary`` rewrites it alone. A row is one headline
+number of one benchmark, measured against its peer in the same run: what, the value, the target where the
+issue set one (and whether it is met), and the machine's load average (1 minute) and thread count when
+that benchmark ran. A benchmark states its headlines itself under ``"headline"`` (a list of ``{"what",
+"value", "target", "met"}``); :data:`EXTRACTORS` reads them out of the older JSON layouts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conceptlens._io import atomic_write
+
+__all__ = ["headlines", "summary_table", "write_summary", "EXTRACTORS", "README_MARKERS"]
+
+#: The lines between which the README holds the summary (``make bench`` splices it, a test compares).
+README_MARKERS = ("<!-- bench-summary: written by `make bench` (bench/results/summary.md); do not edit -->",
+                  "<!-- end bench-summary -->")
+
+Headline = dict[str, Any]
+
+
+def _h(what: str, value: str, target: str = "", met: bool | None = None) -> Headline:
+    return {"what": what, "value": value, "target": target, "met": met}
+
+
+def _x(v: float) -> str:
+    return f"{v:.2f}×" if v < 10 else f"{v:.1f}×"
+
+
+def _load(d: dict[str, Any]) -> float | None:
+    """The 1-minute load average a result records (``env.loadavg``, or the older per-benchmark fields)."""
+    for v in ((d.get("env") or {}).get("loadavg"), (d.get("load_average") or {}).get("before"),
+              (d.get("config") or {}).get("load_average")):
+        if isinstance(v, list) and v:
+            return float(v[0])
+    return None
+
+
+def _nmf(d: dict[str, Any]) -> list[Headline]:
+    out = []
+    for r in d.get("rows", []):
+        if r.get("k") == 25 and r.get("density", 1.0) < 0.5 and "speedup_to_1pct_vs_cd" in r:
+            out.append(_h("NMF k=25 on real activations: time to 1 % of scikit-learn cd's error, cd / ours",
+                          _x(r["speedup_to_1pct_vs_cd"])))
+            out.append(_h("NMF k=25 default fit, cd / ours", _x(r["speedup_default_vs_cd"])))
+            break
+    enc = d.get("encode")
+    if enc and "speedup" in enc:
+        out.append(_h(f"NMF encode of {enc['rows']:,} rows, scikit-learn transform / ours",
+                      _x(enc["speedup"]), "≥ 10×", enc["speedup"] >= 10.0))
+    return out
+
+
+def _masks(d: dict[str, Any]) -> list[Headline]:
+    out = []
+    for r in d.get("rows", [])[:1]:
+        s = r["seconds_per_image"]
+        out.append(_h("masks: seconds per image (2 cores)", f"{s:.1f} s", "≤ 5 s", s <= 5.0))
+        out.append(_h("masks: kept area, class kept", f"{100 * r['kept_fraction']:.1f} %, "
+                      f"{100 * r['top1_kept']:.0f} %", "≤ 3 %, 100 %",
+                      r["kept_fraction"] <= 0.03 and r["top1_kept"] >= 1.0))
+    return out
+
+
+def _face(d: dict[str, Any]) -> list[Headline]:
+    out = []
+    for key in ("lite0", "world"):
+        claim = (d.get(key) or {}).get("claim")
+        if claim and "holds_at" in claim:
+            held = claim["holds_at"]
+            out.append(_h(f"FACE's claim ({key}): λ values where it holds",
+                          ", ".join(map(str, held)) if held else "none"))
+    return out
+
+
+def _groundtruth(d: dict[str, Any]) -> list[Headline]:
+    rows = [r for r in d.get("rows", []) if r.get("kind") not in ("reference",) and r.get("iou") is not None]
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: r["iou"])
+    return [_h("ground-truth world: best concept IoU (method)", f"{best['iou']:.3f} ({best['method']})")]
+
+
+def _fidelity(d: dict[str, Any]) -> list[Headline]:
+    rows = [r for r in d.get("rows", []) if r.get("k") == 10]
+    if not rows:
+        return []
+    best = max(rows, key=lambda r: r["fid_c"])
+    return [_h("ICE fid_c at k=10 (best reducer)", f"{100 * best['fid_c']:.0f} % ({best['method']})")]
+
+
+#: Benchmark name → headlines read from its JSON (for benchmarks that do not write ``"headline"``).
+EXTRACTORS: dict[str, Callable[[dict[str, Any]], list[Headline]]] = {
+    "nmf": _nmf, "masks": _masks, "face": _face, "groundtruth": _groundtruth, "fidelity": _fidelity,
+}
+
+
+def headlines(folder: Path | str) -> list[dict[str, Any]]:
+    """Every benchmark's headline rows from ``folder/*.json`` (benchmark order: by file name).
+
+    Returns
+    -------
+    list[dict]
+        ``{"benchmark", "what", "value", "target", "met", "load", "threads"}``; a JSON that cannot be
+        read gives one row saying so instead of failing the whole summary.
+    """
+    rows: list[dict[str, Any]] = []
+    for p in sorted(Path(folder).glob("*.json")):
+        name = p.stem
+        try:
+            d = json.loads(p.read_text())
+            hs = d.get("headline") or EXTRACTORS.get(d.get("benchmark", name), lambda _d: [])(d)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            hs = [_h("(unreadable)", type(exc).__name__)]
+            d = {}
+        env = d.get("env", {}) if isinstance(d, dict) else {}
+        load = _load(d) if isinstance(d, dict) else None
+        for h in hs:
+            rows.append({"benchmark": name, **h, "load": load, "threads": env.get("threads")})
+    return rows
+
+
+def summary_table(rows: list[dict[str, Any]]) -> str:
+    """The headline rows as a markdown table (``met``: ✓ / ✗, blank where no target was set)."""
+    lines = ["| benchmark | headline | measured | target | met | load (1 min) | threads |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        met = "" if r["met"] is None else ("✓" if r["met"] else "✗")
+        load = "–" if r["load"] is None or not math.isfinite(r["load"]) else f"{r['load']:.1f}"
+        threads = "–" if r["threads"] is None else r["threads"]
+        lines.append(f"| {r['benchmark']} | {r['what']} | {r['value']} | {r['target'] or '–'} | {met} "
+                     f"| {load} | {threads} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(folder: Path | str = Path("bench/results")) -> Path:
+    """Write ``folder/summary.md`` from the JSON results in ``folder``; returns its path."""
+    table = summary_table(headlines(folder))
+    print(table)
+    return atomic_write(Path(folder) / "summary.md", table)
