@@ -77,7 +77,11 @@ def _reported() -> Iterator[None]:
 def _images(path: list[str] | str, preset: object, crop: int) -> tuple[object, list[str]]:
     import conceptlens.io as data
 
-    x, names = data.load_images(path, preset=preset, return_paths=True)  # type: ignore[arg-type]
+    if not path:  # a command whose --images is optional: the bundled sample photos
+        x, names = data.sample_images(preset, return_names=True)  # type: ignore[arg-type]
+        typer.echo(f"no --images: using the {len(names)} bundled sample photos")
+    else:
+        x, names = data.load_images(path, preset=preset, return_paths=True)  # type: ignore[arg-type]
     if crop:
         x, idx, _ = data.crops(x, patch_size=crop, out_size=x.shape[-1])
         names = [f"{names[int(i)]}#{j}" for j, i in enumerate(idx)]
@@ -118,7 +122,8 @@ def demo(
 def fit(
     images: list[str] = typer.Option(..., "--images",
                                      help="Folder, file or glob of class images (repeatable)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output file for the fitted explainer (.cl)."),
+    out: Optional[Path] = typer.Option(  # noqa: UP045
+        None, "--out", "-o", help="Output file for the fitted explainer (default: <method>.cl)."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
     layer: str = typer.Option("auto", help="Layer name, or 'auto' (the last spatial layer before pooling)."),
@@ -134,10 +139,11 @@ def fit(
                    "(default 0.8 × patch)."),
     recursive: bool = typer.Option(
         False, "--recursive",
-        help="Split ambiguous concepts into sub-concepts at earlier layers (CRAFT's concept tree; "
-             "needs --layers)."),
+        help="Split ambiguous concepts into sub-concepts at earlier layers (CRAFT's concept tree; at "
+             "--layers)."),
     layers_: Optional[str] = typer.Option(  # noqa: UP045
-        None, "--layers", help="Earlier layer(s) for --recursive, deep to shallow, comma-separated."),
+        None, "--layers", help="Earlier layer(s) for --recursive, deep to shallow, comma-separated (default: "
+                               "the outputs of the two stages before --layer, printed)."),
     seed: int = typer.Option(0, help="Random seed."),
 ) -> None:
     """Fit concepts for a class on a folder of images and save the explainer.
@@ -162,11 +168,15 @@ def fit(
                 method_params["patch_size"] = patch
             if stride is not None:
                 method_params["stride"] = int(stride) if stride >= 1 and stride == int(stride) else stride
-        if recursive and not layers_:
-            raise ParameterError("--recursive needs --layers L1[,L2…] (earlier layers; see "
-                                           "`conceptlens layers`)")
         ex = cl.ConceptExplainer(cl.ModelSplit(m, layer), method=method, n_concepts=n_concepts,
                                  importance=importance, seed=seed, method_params=method_params)
+        if recursive and not layers_:
+            from conceptlens.stages import earlier_stages
+
+            layers_ = ",".join(earlier_stages(ex.split))
+            typer.echo(f"--recursive: splitting concepts at {layers_} (the stages before {ex.split.layer!r}; "
+                       "--layers overrides)")
+        out = out if out is not None else Path(f"{method}.cl")
         ex.fit(x, target=target, recursive=recursive,  # type: ignore[arg-type]
                layers=layers_.split(",") if recursive and layers_ else None)
         ex.save(out)
@@ -314,7 +324,9 @@ def bench(
 
 @app.command()
 def compare(
-    images: list[str] = _IMAGE_FILES,
+    images: Optional[list[str]] = typer.Option(  # noqa: UP045
+        None, "--images", help="Folder, file or glob of images (repeatable); default: the bundled sample "
+                               "photos."),
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output folder."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
@@ -340,7 +352,7 @@ def compare(
     t0 = time.time()
     with _reported():
         m = cl.models.load(model, weights=weights)
-        x, names = _images(images, m.preset, crop)
+        x, names = _images(images or [], m.preset, crop)
         split = cl.ModelSplit(m, layer)
         A = split.g(x)
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
@@ -355,7 +367,7 @@ def compare(
 @app.command()
 def mask(
     images: list[str] = typer.Argument(..., help="Images, folders or globs to explain."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+    out: Path = typer.Option(Path("masks"), "--out", "-o", help="Output folder."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
     target: Optional[str] = typer.Option(  # noqa: UP045
@@ -421,7 +433,8 @@ def mask(
 
 @app.command()
 def sweep(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for sweep.csv, sweep.json and sweep.png."),
+    out: Path = typer.Option(Path("sweep"), "--out", "-o",
+                             help="Folder for sweep.csv, sweep.json and sweep.png."),
     method: str = typer.Option("face", help="Method with a λ to sweep (only 'face' has one)."),
     kl_weights: str = typer.Option("0,1e-5,1e-3,1e-1,10", "--kl-weights",
                                    help="Comma-separated λ values ≥ 0 (0 = plain NMF)."),

@@ -218,8 +218,8 @@ def test_two_levels_and_layer_errors(tiny_images):
         ex.fit(tiny_images, target=1, recursive=True, layers=["features.1", "features.3"])
     with pytest.raises(LayerError):
         ex.fit(tiny_images, target=1, recursive=True, layers=["features.9"])
-    with pytest.raises(ParameterError):
-        ex.fit(tiny_images, target=1, recursive=True)
+    # no layers: the outputs of the stages before the layer (#22 item 5; tests/test_cli_defaults.py)
+    assert ex.fit(tiny_images, target=1, recursive=True).tree_ is not None
     with pytest.raises(ParameterError):
         ex.fit(tiny_images, target=1, layers=["features.1"])
     with pytest.raises(ParameterError, match="unknown recursion option"):
