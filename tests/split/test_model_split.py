@@ -128,8 +128,14 @@ def test_linear_head_detection(lite0: nn.Module, lite0_split: cl.ModelSplit) -> 
 
 
 def test_h_rejects_wrong_shape(lite0_split: cl.ModelSplit) -> None:
-    with pytest.raises(ParameterError, match=r"\[N, 7, 7, 1280\]"):
-        lite0_split.h(torch.zeros(1, 5, 5, 1280))
+    # any grid is fine (#21: a 5 × 5 grid is a 160 × 160 input); the channel count and rank are not
+    with pytest.raises(ParameterError, match=r"\[N, h, w, 1280\].*\[N, 7, 7, 1280\]"):
+        lite0_split.h(torch.zeros(1, 5, 5, 1000))
+    with pytest.raises(ParameterError, match=r"\[N, h, w, 1280\]"):
+        lite0_split.h(torch.zeros(1, 1280))
+    x = _x(1, 160)
+    with torch.no_grad():
+        assert (lite0_split.h(lite0_split.g(x)) - lite0_split.model(x)).abs().max() < 1e-5
 
 
 def test_g_batches_agree(lite0_split: cl.ModelSplit) -> None:

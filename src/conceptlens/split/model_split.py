@@ -21,6 +21,20 @@ Two ways to cut:
 
 At construction ``h(g(x)) == model(x)`` is checked on a probe input; a mismatch is a :class:`SplitError`.
 
+**Any input size** the model accepts: the probe only finds the call sites and checks the cut. ``g`` returns
+the grid of whatever input it is given (``[N,1,2,C]`` for a ResNet's ``layer4`` at 32 × 48, ``[N,7,7,C]`` at
+224), and ``h`` takes any grid with the layer's channel count (in hook mode it runs the network on a zero
+input of the size that gives that grid: the size ``g`` last saw for it, else the probe's scaled).
+
+**Layouts** (:mod:`conceptlens.split.layout`): ``[N,C,h,w]`` maps and ``[N,h,w,C]`` (Swin) become
+``[N,h,w,C]``; a token layer ``[N, E + h·w, C]`` (ViT, DeiT) becomes the grid of its patch tokens
+``[N,h,w,C]``, its ``E`` class / register tokens set aside. ``h`` puts them back unchanged: the images' own
+(``h(A, extra=…)``, with ``extra`` from ``g(x, return_extra=True)``), else ``split.extra_tokens_``, the mean
+over the probe images (:meth:`ModelSplit.set_reference` takes real images). So ``h(A)`` is a function of the
+patch grid alone, which is what concept methods decompose; it equals ``model(x)`` exactly when the rest of
+the network reads the extra tokens only through the patches (average-pooled heads) or when ``extra`` is
+passed.
+
 A float64 / float16 / bfloat16 model runs as it is: images and activations are cast to the model's dtype on
 the way in; ``g`` / ``h`` return float32 for half-precision models (the dtype the rest of conceptlens computes
 in) and the model's own dtype otherwise (a float64 model keeps its precision).
@@ -31,7 +45,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,6 +57,8 @@ from conceptlens._check import check_int
 from conceptlens.errors import ImageError, LayerError, ParameterError, SplitError, nearest
 from conceptlens.io.models import check_weights
 from conceptlens.progress import progress_bar
+from conceptlens.split import _fx, auto
+from conceptlens.split.layout import Layout, channels_last_shape, classify, from_grid, prefix_tokens, to_grid
 from conceptlens.split.sites import _first_tensor, call_order
 
 __all__ = ["ModelSplit", "LinearHead", "list_layers"]
@@ -71,33 +87,13 @@ class _Site:
     node: fx.Node | None  # fx mode
     module: nn.Module | None  # hook mode
     call: int  # hook mode: which call of the module
-    shape: tuple[int, ...]  # output shape on the probe (batch 1)
+    shape: tuple[int, ...]  # raw output shape on the probe (batch 1)
+    layout: Layout
+    grid: tuple[int, ...]  # channels-last shape for one probe image
 
 
 class _Stop(Exception):
     """Raised inside a hook to stop the forward pass once g's output is captured."""
-
-
-class _NamingTracer(fx.Tracer):
-    """fx tracer that records, for every module call, the node its output is (the call site)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple[str, fx.Node]] = []
-
-    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: Any, kwargs: Any) -> Any:
-        out = super().call_module(m, forward, args, kwargs)
-        if isinstance(out, fx.Proxy):
-            self.calls.append((self.path_of_module(m), out.node))
-        return out
-
-
-def _to_channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 2, 3, 1) if t.ndim == 4 else t
-
-
-def _from_channels_last(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(0, 3, 1, 2).contiguous() if t.ndim == 4 else t
 
 
 class ModelSplit:
@@ -109,11 +105,11 @@ class ModelSplit:
         An image classifier ``model(x [N,3,H,W]) -> logits [N,K]``. Switched to eval mode (with a warning)
         if it is training.
     layer
-        ``"auto"``, a dotted module name (``"layer4"``, ``"_swish@1"``), an fx node name, or the module
-        object itself.
+        ``"auto"`` (see :mod:`conceptlens.split.auto`), a dotted module name (``"layer4"``, ``"_swish@1"``,
+        ``"blocks.10"``), an fx node name, or the module object itself.
     probe
         An input ``[n,3,H,W]`` used to find shapes and check the split (default: seeded noise of the
-        model's preset size).
+        model's preset size); for a token layer also the images whose mean class tokens ``h`` uses.
     batch_size
         Images per forward pass in :meth:`g` (memory bound).
     check
@@ -130,7 +126,16 @@ class ModelSplit:
     mode : str
         ``"fx"`` or ``"hooks"``.
     activation_shape : tuple
-        Shape of ``A`` for one image (channels-last, without the batch dimension).
+        Shape of ``A`` for one probe image (channels-last, without the batch dimension); other input sizes
+        give other ``h, w``.
+    layout : Layout
+        How the site lays out its output (``nchw``, ``nhwc``, ``tokens``, ``flat``, ``other``).
+    extra_tokens_ : torch.Tensor or None
+        Token layers with class / register tokens: ``[E, C]``, the tokens ``h`` puts back by default.
+    auto_note : str or None
+        With ``layer="auto"``: which site was chosen, and why.
+    device : torch.device
+        The model's device (inputs are moved there).
     """
 
     def __init__(
@@ -162,15 +167,19 @@ class ModelSplit:
         self.preset = getattr(model, "preset", None)
         check_weights(model)
         param = next(model.parameters(), None)
-        self._device = param.device if param is not None else torch.device("cpu")
+        self.device = param.device if param is not None else torch.device("cpu")
         # the model's own dtype: inputs are cast to it (a float64 or float16 model runs as it is)
         self._dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
         if probe is None:
             size = getattr(self.preset, "size", 224)
             gen = torch.Generator().manual_seed(0)
             probe = torch.randn(2, 3, size, size, generator=gen)
-        probe = probe.to(self._device, self._dtype) if probe.is_floating_point() else probe.to(self._device)
+        probe = probe.to(self.device, self._dtype) if probe.is_floating_point() else probe.to(self.device)
+        self._probe = probe
         self._probe_shape = tuple(probe.shape[1:])
+        self._input_for: dict[tuple[int, ...], tuple[int, int]] = {}  # grid (h, w) → input (H, W), hook mode
+        self.extra_tokens_: torch.Tensor | None = None
+        self.auto_note: str | None = None
 
         self._gm: fx.GraphModule | None = None
         sites: list[_Site] | None = None
@@ -187,71 +196,71 @@ class ModelSplit:
         else:
             self.mode = "fx"
         self._sites = sites
-        site = self._resolve(layer)
-        self._site = site
-        self.layer = site.name
-        self.activation_shape = _channels_last_shape(site.shape)
         self._h_fx: fx.GraphModule | None = None
         self._g_fx: fx.GraphModule | None = None
-        if self.mode == "fx":
-            self._build_fx(site)
+        if isinstance(layer, str) and layer == "auto":
+            site, self.auto_note = auto.choose(sites, model, self._try)
+        else:
+            site = self._resolve(layer)
+        self._select(site)
         self._linear: LinearHead | None | bool = False  # False = not computed yet
         if check:
             self.check(probe, atol=atol)
 
     # ------------------------------------------------------------------ layer discovery
+    def _hw(self) -> tuple[int, int]:
+        shape = self._probe_shape
+        return (int(shape[-2]), int(shape[-1])) if len(shape) == 3 else (1, 1)
+
+    def _site(self, name: str, aliases: list[str], node: fx.Node | None, mod: nn.Module | None, call: int,
+              shape: tuple[int, ...], n_extra: int | None) -> _Site:
+        layout = classify(shape, self._hw(), n_extra) if len(self._probe_shape) == 3 else Layout("other")
+        grid = channels_last_shape(shape, layout, self._hw())
+        return _Site(name, aliases, node, mod, call, shape, layout, grid)
+
     def _trace(self, probe: torch.Tensor) -> list[_Site]:
-        tracer = _NamingTracer()
-        graph = tracer.trace(self.model)
-        gm = fx.GraphModule(self.model, graph)
-        shapes: dict[fx.Node, tuple[int, ...]] = {}
-        env: dict[str, Any] = {}
-
-        # shape propagation by interpreting the graph once on one probe image
-        class _Shapes(fx.Interpreter):
-            def run_node(self, n: fx.Node) -> Any:
-                out = super().run_node(n)
-                if isinstance(out, torch.Tensor):
-                    shapes[n] = tuple(out.shape)
-                return out
-
-        with torch.no_grad():
-            _Shapes(gm).run(probe[:1])
-        del env
-        by_node: dict[fx.Node, list[str]] = {}
-        counts: dict[str, int] = {}
-        for path, _node in tracer.calls:
-            counts[path] = counts.get(path, 0) + 1
-        seen: dict[str, int] = {}
-        for path, node in tracer.calls:
-            i = seen.get(path, 0)
-            seen[path] = i + 1
-            name = f"{path}@{i}" if counts[path] > 1 else path
-            by_node.setdefault(node, []).append(name)
-        sites = []
-        for node in gm.graph.nodes:
-            if node not in shapes or node.op in ("placeholder", "output", "get_attr"):
-                continue
-            names = by_node.get(node, [])
-            # the outermost module (shortest dotted path) names the site; the others are aliases
-            names = sorted(names, key=lambda s: (s.count("."), len(s)))
-            canonical = names[0] if names else node.name
-            aliases = names[1:]
-            sites.append(_Site(canonical, aliases, node, None, 0, shapes[node]))
-        self._gm = gm
-        return sites
+        self._gm, found = _fx.trace_sites(self.model, probe)
+        n_extra = prefix_tokens(self.model)
+        return [self._site(name, aliases, node, None, 0, shape, n_extra)
+                for name, aliases, node, shape in found]
 
     def _hook_sites(self, probe: torch.Tensor) -> list[_Site]:
-        calls = call_order(self.model, probe)
-        return [_Site(label, [], None, mod, i, shape) for label, _, i, mod, shape in calls]
+        n_extra = prefix_tokens(self.model)
+        return [self._site(label, [], None, mod, i, shape, n_extra)
+                for label, _, i, mod, shape in call_order(self.model, probe)]
+
+    def _select(self, site: _Site) -> None:
+        """Cut at ``site``: build fx's g / h and the default extra tokens (SplitError when it cannot)."""
+        self._cut = site
+        self.layer = site.name
+        self.layout = site.layout
+        self.activation_shape = site.grid
+        self.extra_tokens_ = None
+        if self.mode == "fx":
+            gm, node = cast(fx.GraphModule, self._gm), cast(fx.Node, site.node)
+            self._g_fx, self._h_fx = _fx.cut(gm, node, site.name)
+        if site.layout.kind == "tokens" and site.layout.n_extra:
+            self.set_reference(self._probe)
+
+    def _try(self, site: _Site) -> bool:
+        self._select(site)
+        return auto.reaches_logits(self.h, self.g(self._probe, progress=False))
+
+    def set_reference(self, x: torch.Tensor) -> ModelSplit:
+        """Token layers: let ``h`` put back the mean class / register tokens of images ``x [N,3,H,W]``
+        (``extra_tokens_ [E, C]``); a no-op for other layers. Returns self."""
+        if self.layout.kind == "tokens" and self.layout.n_extra:
+            _, extra = self.g(x, return_extra=True, progress=False)
+            self.extra_tokens_ = extra.mean(0).detach()
+        return self
 
     def layers(self) -> list[str]:
         """Names of every call site, in execution order."""
         return [s.name for s in self._sites]
 
     def describe_layers(self) -> list[tuple[str, tuple[int, ...]]]:
-        """``(name, channels-last activation shape for one image)`` for every call site."""
-        return [(s.name, _channels_last_shape(s.shape)) for s in self._sites]
+        """``(name, channels-last activation shape for one probe image)`` for every call site."""
+        return [(s.name, s.grid) for s in self._sites]
 
     def _resolve(self, layer: str | nn.Module) -> _Site:
         if isinstance(layer, nn.Module):
@@ -261,8 +270,6 @@ class ModelSplit:
             layer = mod_names[0]
         if not isinstance(layer, str):
             raise ParameterError(f"layer must be 'auto', a name or a module, got {type(layer).__name__}")
-        if layer == "auto":
-            return self._auto()
         exact = [s for s in self._sites if s.name == layer or layer in s.aliases]
         if exact:
             return exact[0]
@@ -276,9 +283,7 @@ class ModelSplit:
             except (ValueError, IndexError):
                 pass
         if not idx and len(multi) > 1:
-            opts = ", ".join(
-                f"'{_call_name(s, base)}' (output {list(_channels_last_shape(s.shape))})" for s in multi
-            )
+            opts = ", ".join(f"'{_call_name(s, base)}' (output {list(s.grid)})" for s in multi)
             raise LayerError(
                 f"module {layer!r} runs {len(multi)} times in one forward pass; "
                 f"say which call you mean: {opts}"
@@ -289,82 +294,10 @@ class ModelSplit:
             "See ModelSplit(model).layers() or `conceptlens layers` for the full list"
         )
 
-    def _auto(self) -> _Site:
-        spatial = [s for s in self._sites if len(s.shape) == 4 and s.shape[2] * s.shape[3] > 1]
-        if not spatial:
-            raise LayerError("layer='auto' found no spatial layer (4-D output with h·w > 1); name a layer")
-        return spatial[-1]
-
-    # ------------------------------------------------------------------ fx split
-    def _build_fx(self, site: _Site) -> None:
-        gm, cut = cast(fx.GraphModule, self._gm), cast(fx.Node, site.node)
-        graph = gm.graph
-        nodes = list(graph.nodes)
-        pos = {n: i for i, n in enumerate(nodes)}
-        # g: the graph up to the cut
-        g_graph = fx.Graph()
-        env: dict[fx.Node, fx.Node] = {}
-        for n in nodes:
-            if pos[n] > pos[cut]:
-                break
-            env[n] = g_graph.node_copy(n, lambda a: env[a])
-        g_graph.output(env[cut])
-        self._g_fx = fx.GraphModule(gm, g_graph)
-        self._g_fx.graph.eliminate_dead_code()
-        self._g_fx.recompile()
-        # h: everything the output needs downstream of the cut
-        out_node = next(n for n in nodes if n.op == "output")
-        # h keeps only the output conceptlens reads (out["logits"], out[0]): other entries of a dict or tuple
-        # may be computed before the cut without making the split wrong
-        logits_arg = _logits_arg(out_node.args[0])
-        needed: set[fx.Node] = set()
-        stack: list[fx.Node] = []
-        fx.node.map_arg(logits_arg, stack.append)
-        while stack:
-            n = stack.pop()
-            if n in needed or n is cut:
-                continue
-            needed.add(n)
-            if not _is_batch_size(n):
-                stack.extend(n.all_input_nodes)
-        ancestors: set[fx.Node] = set()
-        stack = [cut]
-        while stack:
-            n = stack.pop()
-            if n in ancestors:
-                continue
-            ancestors.add(n)
-            stack.extend(n.all_input_nodes)
-        h_graph = fx.Graph()
-        a = h_graph.placeholder("A")
-        env = {cut: a}
-        for n in nodes:
-            if n not in needed or n.op == "output":
-                continue
-            # the rest of the network may read something computed before the cut; the only thing we can
-            # rebuild from A is the batch size (EfficientNet's `inputs.size(0)`)
-            if _is_batch_size(n):
-                env[n] = h_graph.call_method("size", (a, 0))
-                continue
-            if n in ancestors or n.op == "placeholder":
-                parent = site.name.split("@")[0].rsplit(".", 1)[0]
-                raise SplitError(
-                    f"cannot cut the model at {site.name!r}: the rest of the network also reads {n.name!r}, "
-                    f"computed before it (a skip connection). Choose the output of a whole block"
-                    + (f", e.g. {parent!r}" if parent != site.name else "")
-                )
-            env[n] = h_graph.node_copy(n, lambda x: env[x])
-        h_graph.output(fx.node.map_arg(logits_arg, lambda x: env[x]))
-        self._h_fx = fx.GraphModule(gm, h_graph)
-
     # ------------------------------------------------------------------ g and h
-    def _find_module_site(self) -> tuple[nn.Module, int]:
-        s = self._site
-        return cast(nn.Module, s.module), s.call
-
     @contextlib.contextmanager
     def _hook(self, fn: Callable[[Any], Any]) -> Iterator[None]:
-        mod, call = self._find_module_site()
+        mod, call = cast(nn.Module, self._cut.module), self._cut.call
         counter = {"i": 0}
 
         def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
@@ -398,6 +331,13 @@ class ModelSplit:
             raise SplitError(f"layer {self.layer!r} did not run during the forward pass")
         return captured["A"]
 
+    def _g_one(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hw = (int(x.shape[-2]), int(x.shape[-1]))
+        A, extra = to_grid(self._g_raw(x), self.layout, hw, self.layer)
+        if self.layout.spatial:
+            self._input_for[tuple(A.shape[1:3])] = hw
+        return _widen(A), None if extra is None else _widen(extra)
+
     def g(
         self,
         x: torch.Tensor,
@@ -405,62 +345,87 @@ class ModelSplit:
         batch_size: int | None = None,
         progress: bool | None = None,
         grad: bool = False,
-    ) -> torch.Tensor:
+        return_extra: bool = False,
+    ) -> Any:
         """Activations at the layer, channels-last.
 
         Parameters
         ----------
         x
-            ``[N,3,H,W]`` normalised images.
+            ``[N,3,H,W]`` normalised images, of any size the model accepts.
         batch_size
             Images per forward pass (default: the split's ``batch_size``).
         progress
             Show a progress bar (default: on a terminal, when there is more than one batch).
         grad
             Keep the autograd graph (one pass, no batching), e.g. for attribution maps.
+        return_extra
+            Also return a token layer's class / register tokens ``[N,E,C]`` (None for other layers).
 
         Returns
         -------
         torch.Tensor
-            ``[N,h,w,C]`` (spatial layer), ``[N,C]`` or ``[N,T,C]``.
+            ``[N,h,w,C]`` (spatial or token layer: the patch grid), ``[N,C]`` (flat); with ``return_extra``
+            the pair ``(A, extra)``.
         """
         x = self._input(x)
         if grad:
-            return _widen(_to_channels_last(self._g_raw(x)))
-        bs = batch_size or self.batch_size
-        chunks = range(0, x.shape[0], bs)
-        outs = []
-        with torch.no_grad():
-            for i in progress_bar(chunks, desc=f"activations at {self.layer}",
-                                  enable=self.progress if progress is None else progress,
-                                  min_items=2):
-                outs.append(_widen(_to_channels_last(self._g_raw(x[i : i + bs]))).contiguous())
-        return torch.cat(outs) if outs else torch.empty(0, *self.activation_shape)
+            A, extra = self._g_one(x)
+        else:
+            bs = batch_size or self.batch_size
+            chunks = range(0, x.shape[0], bs)
+            parts = []
+            with torch.no_grad():
+                for i in progress_bar(chunks, desc=f"activations at {self.layer}",
+                                      enable=self.progress if progress is None else progress, min_items=2):
+                    a, e = self._g_one(x[i: i + bs])
+                    parts.append((a.contiguous(), e))
+            A = torch.cat([a for a, _ in parts]) if parts else torch.empty(0, *self.activation_shape)
+            extra = torch.cat([e for _, e in parts]) if parts and parts[0][1] is not None else None
+        return (A, extra) if return_extra else A
 
-    def h(self, A: torch.Tensor) -> torch.Tensor:
+    def h(self, A: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from (possibly modified) activations.
 
         Parameters
         ----------
         A
-            Channels-last activations with the layer's shape (``[N,h,w,C]``, ``[N,C]`` or ``[N,T,C]``).
+            Channels-last activations: ``[N,h,w,C]`` with the layer's ``C`` and any ``h, w`` an input size
+            gives (spatial and token layers), else the layer's exact shape (``[N,C]``).
+        extra
+            Token layers: the class / register tokens to put back, ``[N,E,C]`` (each image's own, from
+            ``g(x, return_extra=True)``) or ``[E,C]``; default ``extra_tokens_``.
 
         Returns
         -------
         torch.Tensor
             ``[N, K]`` logits; differentiable with respect to ``A``.
         """
-        if tuple(A.shape[1:]) != tuple(self.activation_shape):
-            raise ParameterError(
-                f"h expects activations of shape [N, {', '.join(map(str, self.activation_shape))}] at layer "
-                f"{self.layer!r}, got {list(A.shape)}"
-            )
-        raw = _from_channels_last(A).to(self._dtype)
+        shape = tuple(self.activation_shape)
+        grid = self.layout.spatial and len(shape) == 3
+        ok = A.ndim == len(shape) + 1 and (A.shape[-1] == shape[-1] and all(A.shape[1:-1]) if grid
+                                           else tuple(A.shape[1:]) == shape)
+        if not ok:
+            what = (f"[N, h, w, {shape[-1]}] (e.g. [N, {', '.join(map(str, shape))}] for the probe's input "
+                    "size)" if grid else f"[N, {', '.join(map(str, shape))}]")
+            raise ParameterError(f"h expects activations of shape {what} at layer {self.layer!r}, "
+                                 f"got {list(A.shape)}")
+        raw = from_grid(A, self.layout, self.extra_tokens_ if extra is None else extra).to(self._dtype)
         if self.mode == "fx":
             return _widen(_first_tensor(cast(fx.GraphModule, self._h_fx)(raw)))
-        zeros = torch.zeros(raw.shape[0], *self._probe_shape, device=raw.device, dtype=raw.dtype)
+        size = self._input_size(tuple(A.shape[1:3])) if grid else self._probe_shape[1:]
+        zeros = torch.zeros(raw.shape[0], self._probe_shape[0], *size, device=raw.device, dtype=raw.dtype)
         with self._hook(lambda _out: raw):
             return _widen(_first_tensor(self.model(zeros)))
+
+    def _input_size(self, hw: tuple[int, ...]) -> tuple[int, int]:
+        """Hook mode: an input size whose forward pass reaches the layer with an ``h × w`` grid (the size
+        ``g`` last saw giving it, else the probe's scaled by the grid's ratio)."""
+        if hw in self._input_for:
+            return self._input_for[hw]
+        H, W = self._hw()
+        ph, pw = self.activation_shape[0], self.activation_shape[1]
+        return (max(1, round(hw[0] * H / ph)), max(1, round(hw[1] * W / pw)))
 
     def _input(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` on the model's device and in its dtype; an ImageError for integer pixels or a channel count
@@ -480,7 +445,7 @@ class ModelSplit:
                 how = f"; for grey images pass x.expand(-1, {c}, -1, -1)"
             raise ImageError(f"the model takes images [N,{c},H,W], got shape {list(x.shape)}{how} "
                              "(cl.data.load_images converts both)")
-        return x.to(self._device, self._dtype)
+        return x.to(self.device, self._dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``h(g(x))``: logits ``[N, K]``."""
@@ -494,8 +459,8 @@ class ModelSplit:
         """
         with torch.no_grad():
             ref = _widen(_first_tensor(self.model(self._input(x))))
-            A = self.g(x)
-            got = self.h(A)
+            A, extra = self.g(x, return_extra=True)
+            got = self.h(A, extra)
         self._act_scale = float(A.abs().max()) if A.numel() else 1.0
         if got.shape != ref.shape:
             raise SplitError(f"h(g(x)) has shape {list(got.shape)} but model(x) has {list(ref.shape)}")
@@ -562,37 +527,12 @@ def _widen(t: torch.Tensor) -> torch.Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _logits_arg(out: Any) -> Any:
-    """The part of an fx output's argument that :func:`_first_tensor` reads as the logits."""
-    if isinstance(out, Mapping):
-        return out["logits"] if "logits" in out else _first_tensor(dict(out))  # no logits: SplitError
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], fx.Node):
-        return out[0]
-    return out
-
-
 def _call_name(site: _Site, base: str) -> str:
     """The name of ``site`` that starts with ``base`` (its ``@i`` call name), else its canonical name."""
     for n in (site.name, *site.aliases):
         if n.split("@")[0] == base:
             return n
     return site.name
-
-
-def _is_batch_size(n: fx.Node) -> bool:
-    """``inputs.size(0)`` on the model's input: the batch size, which h can read from A instead."""
-    return (
-        n.op == "call_method"
-        and n.target == "size"
-        and len(n.args) == 2
-        and n.args[1] == 0
-        and getattr(n.args[0], "op", None) == "placeholder"
-    )
-
-
-def _channels_last_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    s = tuple(shape[1:])
-    return (s[1], s[2], s[0]) if len(s) == 3 and len(shape) == 4 else s
 
 
 def list_layers(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
