@@ -23,6 +23,10 @@ def test_bench_encode_row_reports_a_lower_error_than_sklearn_transform(monkeypat
     assert r["rows"] == 1000 and r["k"] == 4
     assert r["ours_err"] <= r["sklearn_err"] * (1 + 1e-7)
     assert 0 < r["product_s"] and 0 < r["product_share"] and r["speedup"] > 0
+    # our codes are the exact NNLS optimum of every sampled row (scipy's objective and support)
+    assert r["nnls_rows_checked"] == 200
+    assert r["ours_worst_excess"] <= 1e-6 and r["ours_wrong_supports"] == 0
+    assert r["sklearn_worst_excess"] >= r["ours_worst_excess"]
 
 
 def test_bench_row_has_wall_and_cpu_ratios_and_the_floor_share(monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from conceptlens.decompose import NMF, _nmf_products, _nmf_solvers
+from conceptlens.decompose import NMF, _nmf_encode, _nmf_products, _nmf_solvers
 from conceptlens.decompose.nmf import (
     DataProducts,
     converged,
@@ -353,7 +353,7 @@ def test_encode_blocks_equal_scipy_nnls_and_beat_the_fitted_codes(monkeypatch):
     A[7] = 0.0  # an all-zero row gets all-zero codes
     m = NMF(5).fit(A)
     one = m.encode(A)
-    monkeypatch.setattr(_nmf_solvers, "ENCODE_ELEMS", 5 * 128)  # several blocks of 128 rows, one ragged
+    monkeypatch.setattr(_nmf_encode, "ENCODE_ELEMS", 5 * 128)  # several blocks of 128 rows, one ragged
     U = m.encode(A)
     torch.testing.assert_close(U, one, rtol=1e-4, atol=1e-5 * float(one.max()))
     assert (U[7] == 0).all() and (U >= 0).all()
@@ -380,7 +380,7 @@ def test_encode_compacts_the_rows_still_moving_and_solves_each_exactly(monkeypat
     A = torch.rand(400, 30, generator=g, dtype=torch.float64) * (torch.rand(400, 1, generator=g) < 0.5)
     A += torch.rand(400, 8, generator=g, dtype=torch.float64) @ W
     widths = []
-    real = _nmf_solvers._hals_sweeper
+    real = _nmf_encode._hals_sweeper
 
     def spy(P, Q, X, floor, scaled=False):
         sweep = real(P, Q, X, floor, scaled)
@@ -391,7 +391,7 @@ def test_encode_compacts_the_rows_still_moving_and_solves_each_exactly(monkeypat
 
         return counted
 
-    monkeypatch.setattr(_nmf_solvers, "_hals_sweeper", spy)
+    monkeypatch.setattr(_nmf_encode, "_hals_sweeper", spy)
     U = nnls_codes(A, W)
     assert widths[0] == 400 and min(widths) < 400  # compacted at least once
     assert sum(widths) < 400 * len(widths)
@@ -437,7 +437,7 @@ def test_encode_in_row_blocks_equals_one_block(monkeypatch):
     W = NMF(6).fit(A).components_
     one = nnls_codes(A, W)
     assert one.shape == (700, 6) and one.T.is_contiguous()  # the transposed view of the [k, n] buffer
-    monkeypatch.setattr(_nmf_solvers, "ENCODE_ELEMS", 6 * 256)  # 256 rows a block: 3 blocks, the last ragged
+    monkeypatch.setattr(_nmf_encode, "ENCODE_ELEMS", 6 * 256)  # 256 rows a block: 3 blocks, the last ragged
     torch.testing.assert_close(nnls_codes(A, W), one, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(nnls_codes(A, W, "mu"), one, rtol=0, atol=1e-3 * float(one.max()))
 

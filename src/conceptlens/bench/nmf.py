@@ -24,7 +24,8 @@ and per ``k``:
   (:func:`peak_rss_growth`, Linux), for both; scikit-learn's ``tracemalloc`` peak (numpy registers its
   buffers with it); the size of the tensors our solver holds (analytic working set);
 * encode with the bank frozen of 100,000 rows (``A`` tiled): ours against scikit-learn's
-  ``transform``, both with scikit-learn's bank, time ratio and errors;
+  ``transform``, both with scikit-learn's bank, time ratio and errors, and each one's distance from the
+  exact NNLS optimum on 200 rows (scipy's objective excess, supports that differ);
 * where the rest of our run goes: the fixed costs (CSR copies, NNDSVD initialisation) and the share of
   the two products in the outer iterations alone (``loop_products_fraction``); and, as the alternative
   initialisation, the cost of the top-``k`` eigenvectors of the ``[C, C]`` Gram ``AᵀA`` (sparse product
@@ -424,7 +425,8 @@ def _encode(A: torch.Tensor, k: int, rows: int, reps: int) -> dict[str, Any]:
     """Encode ``rows`` rows (A tiled) with scikit-learn's bank frozen: ours vs ``transform``.
 
     One untimed warm-up call of each first (allocator and caches), then ``reps`` interleaved rounds. Also
-    times the product ``W Aᵀ`` alone (what any encoder must compute), the floor for ours.
+    times the product ``W Aᵀ`` alone (what any encoder must compute), the floor for ours, and checks both
+    encoders' codes against the exact NNLS optimum on a sample of rows (:func:`_nnls_gaps`).
     """
     from conceptlens.decompose import NMF
     from conceptlens.decompose.nmf import cross_product
@@ -462,7 +464,28 @@ def _encode(A: torch.Tensor, k: int, rows: int, reps: int) -> dict[str, Any]:
             "product_s": statistics.median(r[2] for r in res),
             "speedup": statistics.median(r[0] / r[1] for r in res),
             "product_share": statistics.median(r[2] / r[1] for r in res),
-            "sklearn_err": _rel(Tn, Us, sk.components_), "ours_err": _rel(Tn, Uo.numpy(), sk.components_)}
+            "sklearn_err": _rel(Tn, Us, sk.components_), "ours_err": _rel(Tn, Uo.numpy(), sk.components_),
+            **_nnls_gaps(Tn, {"sklearn": Us, "ours": Uo.numpy()}, sk.components_)}
+
+
+def _nnls_gaps(A: np.ndarray, codes: dict[str, np.ndarray], W: np.ndarray, rows: int = 200) -> dict[str, Any]:
+    """On ``rows`` evenly spaced rows of ``A [n, C]`` (codes ``[n, k]``, bank ``W [k, C]``): each encoder's
+    largest relative excess of ``½‖a − Wᵀu‖²`` over scipy's NNLS optimum, and its supports that differ."""
+    from scipy.optimize import nnls
+
+    pick = np.unique(np.linspace(0, A.shape[0] - 1, min(rows, A.shape[0])).astype(int))
+    Wd = W.astype(np.float64)
+    ref = np.stack([nnls(Wd.T, A[i].astype(np.float64), maxiter=50 * W.shape[0])[0] for i in pick])
+
+    def f(U: np.ndarray) -> np.ndarray:
+        return 0.5 * ((A[pick].astype(np.float64) - U.astype(np.float64) @ Wd) ** 2).sum(1)
+
+    f_ref = np.maximum(f(ref), np.finfo(np.float64).tiny)
+    out: dict[str, Any] = {"nnls_rows_checked": int(pick.size)}
+    for name, U in codes.items():
+        out[f"{name}_worst_excess"] = float(((f(U[pick]) - f_ref) / f_ref).max())
+        out[f"{name}_wrong_supports"] = int(((U[pick] > 0) != (ref > 0)).any(1).sum())
+    return out
 
 
 def run(quick: bool, out: Path) -> dict[str, Any]:
@@ -534,7 +557,10 @@ def run(quick: bool, out: Path) -> dict[str, Any]:
     print(f"memory (k={kmem}): {mem}")
     print(f"encode {enc['rows']} rows k={kmem}: sklearn transform / ours = {enc['speedup']:.1f}×, "
           f"errors sklearn {enc['sklearn_err']:.9f} ours {enc['ours_err']:.9f}; the product W Aᵀ alone is "
-          f"{enc['product_share']:.0%} of ours")
+          f"{enc['product_share']:.0%} of ours; worst excess over scipy's NNLS objective on "
+          f"{enc['nnls_rows_checked']} rows: sklearn {enc['sklearn_worst_excess']:.2g} "
+          f"({enc['sklearn_wrong_supports']} supports differ), ours {enc['ours_worst_excess']:.2g} "
+          f"({enc['ours_wrong_supports']})")
     if both is not None:
         e2 = both["encode"]
         print(f"encode, two threads each: sklearn transform / ours = {e2['speedup']:.1f}×, errors sklearn "

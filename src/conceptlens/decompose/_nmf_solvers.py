@@ -1,4 +1,4 @@
-"""NMF's solvers: small pure functions with one signature, the encoder, the stopping rule, the sweep budget.
+"""NMF's solvers: small pure functions with one signature, the stopping rule, the sweep budget.
 
 Notation (as in :mod:`conceptlens.decompose.nmf`):
 
@@ -15,8 +15,9 @@ Both halves of an alternating NMF step are the same non-negative quadratic probl
 form, ``min_{X ≥ 0} ½ tr(Xᵀ Q X) − tr(Pᵀ X)``, and every solver here takes ``(P, Q, X, sweeps, *, floor,
 delta)`` and returns the new ``X`` (:class:`Solver`; :data:`SOLVERS` by name). Keeping ``U`` transposed
 makes every HALS row update a contiguous, vectorised operation over ``m``. Encoding
-(:func:`nnls_codes`) is the same problem with the bank frozen, solved to convergence: a non-negative
-least-squares problem, never an unconstrained pseudo-inverse. The constants are in
+(:func:`conceptlens.decompose._nmf_encode.nnls_codes`) is the same problem with the bank frozen, solved
+to a KKT tolerance with an exact finish: a non-negative least-squares problem, never an unconstrained
+pseudo-inverse. The constants are in
 :mod:`conceptlens.decompose._nmf_tuning`.
 """
 
@@ -26,25 +27,15 @@ from typing import Any, Protocol
 
 import torch
 
-from conceptlens.decompose._nmf_products import cross_product
 from conceptlens.decompose._nmf_tuning import (
     ALPHA,
-    ENCODE_CHECK,
-    ENCODE_COMPACT,
-    ENCODE_DELTA,
-    ENCODE_ELEMS,
-    ENCODE_FULL,
-    ENCODE_MAX_SWEEPS,
-    ENCODE_TOL,
     MAX_SWEEPS,
     OVERHEAD,
     STOP_AHEAD,
     STOP_WINDOW,
 )
-from conceptlens.decompose.base import check_finite
-from conceptlens.errors import ParameterError
 
-__all__ = ["Solver", "SOLVERS", "hals", "mu", "nnls_codes", "converged", "sweep_budget", "normalise_rows"]
+__all__ = ["Solver", "SOLVERS", "hals", "mu", "converged", "sweep_budget", "normalise_rows"]
 
 
 class Solver(Protocol):
@@ -144,107 +135,6 @@ def _hals_sweeper(
             torch.clamp_min(buf, floor, out=x)
 
     return sweep
-
-
-def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``argmin_{X≥0} ½tr(XᵀQX) − tr(PᵀX)`` by HALS sweeps from ``X [k, m]`` (overwritten and returned).
-
-    The ``m`` columns are independent problems. After ``ENCODE_FULL`` sweeps, every
-    ``ENCODE_CHECK``-th sweep measures each column's largest change; a column is done once it is at
-    most ``ENCODE_TOL`` × the largest entry of ``X``, and the later sweeps run on the columns still
-    moving only (gathered into a contiguous block, written back at the end). ``P`` is a temporary of the
-    caller's and is scaled in place.
-    """
-    # P is scaled in place (the caller's temporary) and one buffer serves every check: fresh 10 MB
-    # temporaries cost page faults on each call (~12,000 per 100,000-row encode, ~20 ms).
-    P.div_(_gram_diagonal(Q)[1][:, None])
-    sweep = _hals_sweeper(P, Q, X, 0.0, scaled=True)
-    for _ in range(ENCODE_FULL):
-        sweep()
-    thresh = ENCODE_TOL * float(X.amax()) if X.numel() else 0.0
-    idx: torch.Tensor | None = None  # columns of X held in Xa (None: all of them, Xa is X)
-    Xa, done = X, ENCODE_FULL
-    spare = torch.empty_like(X)
-    while done < ENCODE_MAX_SWEEPS and Xa.shape[1]:
-        for _ in range(ENCODE_CHECK - 1):
-            sweep()
-        old = spare[:, : Xa.shape[1]]
-        old.copy_(Xa)
-        sweep()
-        done += ENCODE_CHECK
-        moving = old.sub_(Xa).abs_().amax(0) > thresh
-        left = int(moving.count_nonzero())
-        if left == 0:
-            break
-        if left <= ENCODE_COMPACT * Xa.shape[1]:
-            if idx is None:
-                idx = torch.nonzero(moving).squeeze(1)
-            else:
-                X[:, idx] = Xa
-                idx = idx[moving]
-            Xa = X[:, idx]
-            sweep = _hals_sweeper(P[:, idx], Q, Xa, 0.0, scaled=True)
-    if idx is not None:
-        X[:, idx] = Xa
-    return X
-
-
-def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.Tensor:
-    """Non-negative least-squares codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖_F`` for a frozen bank.
-
-    Parameters
-    ----------
-    A : Tensor ``[n, C]``
-        Rows to encode (any sign; the codes are non-negative).
-    W : Tensor ``[k, C]``
-        The concept bank, on ``A``'s device and dtype.
-    solver : str
-        ``"hals"`` (default: solved to ~1e-5 of the largest code) or ``"mu"`` (reference).
-
-    Returns
-    -------
-    Tensor ``[n, k]``
-        The codes, ``≥ 0``, as the transposed view of a ``[k, n]`` buffer (call ``.contiguous()`` where a
-        row-major copy is needed). All-zero rows get all-zero codes.
-
-    Raises
-    ------
-    ActivationError
-        When ``A`` holds NaN or Inf.
-    ParameterError
-        For an unknown ``solver``.
-    """
-    if solver not in SOLVERS:
-        raise ParameterError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
-    Q = W @ W.T
-    Qinv = torch.linalg.pinv(Q)
-    k, n = W.shape[0], A.shape[0]
-    # The codes are solved as X = Uᵀ [k, n] in the output's own storage (returned transposed): no copy
-    # into a separate [n, k] result.
-    outT = torch.empty(k, n, dtype=W.dtype, device=A.device)
-    # Rows are independent problems: blocks of rows bound the working memory. (A dense product: building
-    # CSR copies costs about as much as the dense product it would replace, measured at 10 % density.)
-    b = max(64, ENCODE_ELEMS // max(k, 1))
-    for s in range(0, n, b):
-        rows = A[s : s + b]
-        P = cross_product(W, rows)  # W Aᵀ [k, b]
-        # A NaN or Inf in a row of A makes its column of P non-finite (0 × Inf = NaN), so checking P (a
-        # C/k-th of A's size) settles the usual case; the exact check on A runs only when P is not finite.
-        if not bool(torch.isfinite(P.sum())):
-            check_finite(rows)
-        # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
-        X = outT[:, s : s + b]
-        if X.is_contiguous():  # one block: straight into the output
-            torch.mm(Qinv, P, out=X)
-        else:
-            X.copy_(Qinv @ P)
-        X.clamp_min_(0.0)
-        if solver == "hals":
-            _nnls_hals(P, Q, X)
-            continue
-        X.clamp_min_(torch.finfo(X.dtype).eps * max(float(P.abs().max()), 1e-30))
-        X.copy_(mu(P, Q, X, ENCODE_MAX_SWEEPS, floor=0.0, delta=ENCODE_DELTA))
-    return outT.T
 
 
 def mu(

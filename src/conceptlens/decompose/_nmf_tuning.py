@@ -9,6 +9,8 @@ activations (12,103 × 1,280, ~10 % non-zero) and are checked by ``conceptlens b
 
 from __future__ import annotations
 
+import torch
+
 #: The default ``tol`` of NMF and CRAFT (see :class:`conceptlens.decompose.nmf.NMF`).
 DEFAULT_TOL = 1e-4
 
@@ -31,18 +33,26 @@ FLOOR = 1e-10
 STOP_AHEAD = 10.0
 STOP_WINDOW = 4
 
-# -- encoding (one NNLS to convergence rather than one alternating step) ------------------------------
-ENCODE_MAX_SWEEPS = 500
+# -- encoding (one NNLS to convergence rather than one alternating step; see _nmf_encode) ---------------
+ENCODE_MAX_SWEEPS = 500  # the mu solver's budget
 ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step)
-# HALS encoding: ENCODE_FULL sweeps over every row, then a check on every ENCODE_CHECK-th sweep; a row (one
-# problem) is done once a sweep moves none of its codes by more than ENCODE_TOL × the block's largest code,
-# and the sweeps go on over the rows still moving only (gathered into a smaller block once at most
-# ENCODE_COMPACT of them are). On the Lite0 bench (100,000 rows, k = 25): ~7 sweeps' worth of work instead
-# of 10 full ones, and a lower error than scikit-learn's `transform`.
-ENCODE_TOL = 3e-5
+# HALS encoding: ENCODE_FULL sweeps over every row, then a KKT check every ENCODE_CHECK sweeps; a row is done
+# once its natural residual is at most τ‖W a‖ with τ = √(ε/κ(WWᵀ)), which bounds its objective's excess by
+# ε·½‖a‖² (ε by dtype below: float32 cannot resolve a residual much under 1e-6·‖W a‖, so its ε is larger).
+# The rows that pass leave the sweeps; the others get the exact finish (block principal pivoting) after
+# ENCODE_HALS_SWEEPS sweeps, or as soon as at most ENCODE_EXACT_ROWS remain (a sweep over a few rows costs
+# its 2k kernel launches, ~100 µs at k = 25, while one pivoting step costs ~15 µs a row).
+ENCODE_EXCESS = {torch.float64: 1e-14, torch.float32: 1e-9, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 ENCODE_FULL = 4
 ENCODE_CHECK = 2
-ENCODE_COMPACT = 0.4
+ENCODE_HALS_SWEEPS = 60
+ENCODE_EXACT_ROWS = 32
+# The exact finish: an entry is infeasible once it is below −EXACT_TOL × the row's largest code (in the
+# support) or its gradient below −EXACT_TOL × (‖W a‖ + ‖Q‖‖x‖) (off it): float64 rounding of the
+# support's solve must not make entries change sides forever. Kim & Park's method is finite; the cap
+# only guards a singular Gram (duplicated bank rows), whose rows keep their HALS codes.
+EXACT_TOL = 1e-10
+EXACT_MAX_ITER = 100
 # Codes per encode block (k × rows): bounds the encode's working memory (P and X, 16 MB each in float32).
 ENCODE_ELEMS = 2**22
 

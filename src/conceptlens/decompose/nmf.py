@@ -23,8 +23,9 @@ cheap inner sweeps (Gillis & Glineur, *Accelerated multiplicative updates and hi
 algorithms for NMF*, Neural Computation 2012). Encoding new activations is the very same solver with
 the bank frozen: a non-negative least-squares problem, never an unconstrained pseudo-inverse.
 
-This module holds the estimator; its parts live beside it: the solvers, the encoder and the stopping rule
-in :mod:`~conceptlens.decompose._nmf_solvers`, the dense/sparse products with ``A`` in
+This module holds the estimator; its parts live beside it: the solvers and the stopping rule in
+:mod:`~conceptlens.decompose._nmf_solvers`, the encoder (NNLS to a per-row KKT tolerance, exact finish) in
+:mod:`~conceptlens.decompose._nmf_encode`, the dense/sparse products with ``A`` in
 :mod:`~conceptlens.decompose._nmf_products`, the NNDSVD start in :mod:`~conceptlens.decompose._nmf_init`
 and the tuning constants, with why, in :mod:`~conceptlens.decompose._nmf_tuning`. Their public names are
 re-exported here; measured speed and error against scikit-learn are in ``bench/results/nmf.json``
@@ -42,6 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from conceptlens._check import check_float, check_int
+from conceptlens.decompose._nmf_encode import nnls_codes
 from conceptlens.decompose._nmf_init import INITS, nndsvd_init, top_svd
 from conceptlens.decompose._nmf_products import DataProducts, cross_product
 from conceptlens.decompose._nmf_solvers import (
@@ -50,7 +52,6 @@ from conceptlens.decompose._nmf_solvers import (
     converged,
     hals,
     mu,
-    nnls_codes,
     normalise_rows,
     sweep_budget,
 )
