@@ -10,7 +10,13 @@ import torch.nn.functional as F
 from torch import nn
 
 import conceptlens as cl
-from conceptlens.attribution.masks import MaskExplainer
+from conceptlens.attribution.masks import DEFAULT_WEIGHTS, MaskExplainer
+from conceptlens.attribution.masks.losses import (
+    independent_backgrounds,
+    mask_loss,
+    noise_background,
+    top1_margin,
+)
 from conceptlens.errors import ConceptLensError, LayerError, NotFittedError, ParameterError, TargetError
 from conceptlens.metrics.pixels import background_robustness, top1_kept
 from conceptlens.workflows.masks import compare_at_equal_area
@@ -45,6 +51,31 @@ def object_images(n: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(5)
     x = (torch.rand(n, 3, 16, 16, generator=gen) - 0.5) * 0.1
     x[:, :, :8, :8] = 1.4 + 0.2 * torch.rand(n, 3, 8, 8, generator=gen)
+    return x
+
+
+class TwoObjects(nn.Module):
+    """Class 0 = a bright object in the top-left *or* the bottom-right quadrant; class 1 = a constant 0.3.
+
+    ``logit 0 = 4 · max(mean_TL ReLU(x − 1), mean_BR ReLU(x − 1))``. With both objects present, a small part
+    of one object suffices (sufficiency), but the complement keeps class 0 unless the mask covers almost
+    all of *both* objects (necessity): the smallest sufficient mask is never necessary.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2] // 2, x.shape[-1] // 2
+        a = self.act(x - 1)
+        obj = 4 * torch.maximum(a[:, :, :h, :w].mean((1, 2, 3)), a[:, :, h:, w:].mean((1, 2, 3)))
+        return torch.stack([obj, torch.full_like(obj, 0.3)], 1)
+
+
+def two_object_images(n: int) -> torch.Tensor:
+    x = object_images(n)
+    x[:, :, 8:, 8:] = x[:, :, :8, :8].flip(-1)
     return x
 
 
@@ -85,7 +116,8 @@ def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     x = object_images(8)
     assert bool((model(x).argmax(1) == 0).all())
     kw = dict(size=8, detail=0, steps=60, layers=["act"], area_end=2.0, area_pause=False, select="zero",
-              area_mode="penalty", refine=False)  # refine would shrink past the noise with select="zero"
+              area_mode="penalty", refine=False, necessity=0.0)  # refine would shrink past the noise
+    # with select="zero"; the necessity term alone already makes these masks cover the object: off here
     with_abd = MaskExplainer(model, **kw).explain(x)
     without = MaskExplainer(model, **kw, abductive=0.0).explain(x)
     assert bool(with_abd.same_top1.all()) and bool(without.same_top1.all())
@@ -101,10 +133,85 @@ def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     assert with_abd.kept_fraction.mean() > without.kept_fraction.mean()
 
 
+def test_necessity_makes_the_complement_lose_the_class() -> None:
+    # TwoObjects: either object alone keeps class 0, so the smallest sufficient mask leaves the other object
+    # in the complement. With the necessity term (on by default) the returned masks cover both objects and
+    # their complements lose the class; without it every complement keeps the class
+    model = TwoObjects().eval()
+    x = two_object_images(6)
+    assert bool((model(x).argmax(1) == 0).all())
+    kw = dict(size=8, steps=40, layers=["act"])
+    on = MaskExplainer(model, **kw).explain(x)
+    off = MaskExplainer(model, **kw, necessity=0.0).explain(x)
+    assert on.complement_top1 is not None and off.complement_top1 is not None
+    assert bool(on.same_top1.all()) and bool(off.same_top1.all())
+    with torch.no_grad():
+        comp_on = model((1 - on.masks) * x).argmax(1)
+        comp_off = model((1 - off.masks) * x).argmax(1)
+    assert bool((comp_on != 0).all()) and bool((comp_off == 0).all())
+    assert torch.equal(on.complement_top1, comp_on == 0) and torch.equal(off.complement_top1, comp_off == 0)
+    with torch.no_grad():
+        p = F.softmax(model((1 - on.masks) * x), 1)[:, 0]
+    torch.testing.assert_close(on.complement_confidence, p)
+    # covering both objects costs area: the necessary masks are larger
+    assert float(on.kept_fraction.min()) > float(off.kept_fraction.max())
+    assert "necessity" in on.history[0] and "necessity" not in off.history[0]
+    assert on.history[0]["complement_top1"] == 0.0  # the first masks keep everything: complement all grey
+
+
+def test_necessity_term_is_a_softplus_of_the_complement_margin() -> None:
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 2])
+    torch.testing.assert_close(top1_margin(logits, y), torch.tensor([1.5, -2.0]))
+    # through mask_loss: a generator that keeps nothing makes the complement the image itself
+    model = TwoObjects().eval()
+    x = two_object_images(2)
+
+    class Nothing(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.full((t.shape[0], 1, 4, 4), -50.0)
+
+    yy = torch.zeros(2, dtype=torch.long)
+    p_ref = F.softmax(model(x) / 2, 1)
+    w = dict(DEFAULT_WEIGHTS, necessity=7.0)
+    _, terms, hard, out, _ = mask_loss(model, Nothing(), x, yy, {}, p_ref, [], {}, w, 0.0, None)
+    assert float(hard.sum()) == 0 and set(out) == {"e", "complement"}
+    torch.testing.assert_close(out["complement"], model(x))
+    torch.testing.assert_close(terms["necessity"], 7.0 * F.softplus(top1_margin(model(x), yy)))
+    _, terms0, _, out0, _ = mask_loss(model, Nothing(), x, yy, {}, p_ref, [], {}, dict(w, necessity=0.0), 0.0,
+                                      None)
+    assert "necessity" not in terms0 and set(out0) == {"e"}
+
+
+def test_independent_backgrounds_are_not_the_search_draws(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    # the headline "top-1 kept" is judged on the background masks are selected on; independent_top1 on two
+    # other draws: neither the search's training noise (seed + 1) nor its selection / refine checks
+    x = tiny_images[:4]
+    seed = 2
+    r = independent_backgrounds(x, seed)
+    assert r.shape == (2, 1, 3, 16, 16)
+    searched = []
+    for offset, steps in ((1, FAST["steps"]), (3, 2 * FAST["steps"]), (5, 2)):
+        gen = torch.Generator().manual_seed(seed + offset)
+        searched += [noise_background(k, x, gen) for k in range(steps)]
+    for draw in r:
+        assert all(not torch.allclose(draw, s) for s in searched)
+    ex = MaskExplainer(tiny, seed=seed, **FAST, select="all")
+    e = ex.explain(x)
+    assert e.independent_top1 is not None and e.same_top1.shape == e.independent_top1.shape == (4,)
+    with torch.no_grad():
+        y = tiny(x).argmax(1)
+        kept = [(tiny(e.masks * x + (1 - e.masks) * rr).argmax(1) == y).float() for rr in r]
+    torch.testing.assert_close(e.independent_top1, (kept[0] + kept[1]) / 2)
+    # the same draws for every seed's explainer and comparison: a function of the seed alone
+    assert torch.equal(independent_backgrounds(x, seed), r)
+    assert not torch.equal(independent_backgrounds(x, seed + 1), r)
+
+
 def test_select_all_checks_the_noise_backgrounds() -> None:
     model = ObjectVsNoise().eval()
     x = object_images(8)
-    kw = dict(size=8, steps=60, layers=["act"], abductive=0.0, area_mode="penalty")
+    kw = dict(size=8, steps=60, layers=["act"], abductive=0.0, necessity=0.0, area_mode="penalty")
     zero = MaskExplainer(model, **kw, select="zero").explain(x)
     every = MaskExplainer(model, **kw, select="all").explain(x)
     # same trajectory, stricter choice: never a smaller mask, and more robust to noise

@@ -18,7 +18,8 @@ def test_bench_masks_quick_writes_valid_json(tmp_path) -> None:
     assert methods == ["mask (per image)", "occlusion @ equal area", "grad_cam @ equal area",
                        "random @ equal area"]
     for r in payload["rows"] + payload["amortised_rows"]:
-        for k in ("kept_fraction", "top1_kept", "confidence", "deletion_auc", "insertion_auc"):
+        for k in ("kept_fraction", "top1_kept", "confidence", "deletion_auc", "insertion_auc",
+                  "complement_top1", "complement_confidence", "independent_top1"):
             assert 0 <= r[k] <= 1
     assert payload["rows"][0]["ratio_to_occlusion"] > 0
     assert len(payload["per_image"]) == 2 and set(payload["targets"]) >= {"per_image_seconds_le_30"}

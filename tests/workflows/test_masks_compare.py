@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conceptlens.attribution.baselines import occlusion
 from conceptlens.attribution.masks import MaskExplainer
+from conceptlens.attribution.masks.losses import independent_backgrounds
 from conceptlens.errors import ParameterError
-from conceptlens.metrics.pixels import kept_fraction
+from conceptlens.metrics.pixels import binarize_at, kept_fraction
 from conceptlens.workflows.masks import compare_at_equal_area
 from helpers import TinyNet
 
@@ -31,6 +33,37 @@ def test_compare_at_equal_area_uses_one_area_everywhere(tiny: TinyNet, tiny_imag
     by = {r["method"]: r for r in rows}
     assert by["occlusion"]["deletion_auc"] <= by["random"]["deletion_auc"] + 1e-6
     assert kept_fraction(masks).tolist() == [48 / 256] * 4
+
+
+def test_every_method_is_judged_on_its_complement_and_on_new_noise(tiny: TinyNet,
+                                                                   tiny_images: torch.Tensor) -> None:
+    # necessity and independent backgrounds, for the masks and every baseline at equal area, against a
+    # direct evaluation of the model on each method's own binary mask
+    x = tiny_images[:4]
+    masks = torch.zeros(4, 1, 16, 16)
+    masks[:, :, 2:10, 3:9] = 1
+    occ = occlusion(tiny, x, patch=4, stride=2)
+    rows = compare_at_equal_area(tiny, x, None, masks, {"occlusion": occ}, steps=4, seed=3)
+    with torch.no_grad():
+        y = tiny(x).argmax(1)
+    r = independent_backgrounds(x, 3)
+    binaries = {"mask": masks, "occlusion": binarize_at(occ, kept_fraction(masks), seed=3)}
+    for row in rows[:2]:
+        b = binaries[row["method"]]
+        with torch.no_grad():
+            pc = F.softmax(tiny((1 - b) * x), 1)
+            noisy = [(tiny(b * x + (1 - b) * rr).argmax(1) == y).float() for rr in r]
+        assert row["complement_top1_per_image"] == (pc.argmax(1) == y).float().tolist()
+        conf = pc.gather(1, y[:, None])[:, 0].tolist()
+        assert row["complement_confidence_per_image"] == pytest.approx(conf)
+        assert row["independent_top1_per_image"] == ((noisy[0] + noisy[1]) / 2).tolist()
+        assert row["complement_top1"] == pytest.approx(float((pc.argmax(1) == y).float().mean()))
+    # a mask that keeps everything: its complement is the grey image, which the model sees as one class
+    full = compare_at_equal_area(tiny, x, None, torch.ones(4, 1, 16, 16), {}, steps=2, random_baseline=False)
+    with torch.no_grad():
+        grey = tiny(torch.zeros(1, 3, 16, 16)).argmax(1)
+    assert full[0]["top1_kept"] == 1.0 and full[0]["independent_top1"] == 1.0
+    assert full[0]["complement_top1_per_image"] == (y == grey).float().tolist()
 
 
 def test_compare_with_baselines_rows_times_and_per_image(tiny: TinyNet, tiny_images: torch.Tensor) -> None:

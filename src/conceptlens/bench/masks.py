@@ -46,12 +46,16 @@ from conceptlens.workflows.masks import (
 
 __all__ = ["benchmark", "benchmark_markdown", "run_benchmark"]
 
-_BENCH_COLS = ("kept_fraction", "top1_kept", "confidence", "deletion_auc", "insertion_auc")
+_BENCH_COLS = ("kept_fraction", "top1_kept", "confidence", "independent_top1", "complement_top1",
+               "complement_confidence", "deletion_auc", "insertion_auc")
 
 _MAIN = [Column("method", "method", kind="str"), Column("kept_fraction", "kept (mean)", kind="pct", digits=1),
          Column("kept_max", "kept (max)", kind="pct", digits=1),
          Column("small_and_kept", "≤ 10 % and top-1 kept", kind="pct", digits=1),
          Column("top1_kept", "top-1 kept", kind="pct", digits=1), Column("confidence", "confidence"),
+         Column("independent_top1", "top-1 kept, new noise", kind="pct", digits=1),
+         Column("complement_top1", "complement keeps top-1 ↓", kind="pct", digits=1),
+         Column("complement_confidence", "complement confidence ↓"),
          Column("deletion_auc", "deletion AUC ↓"), Column("insertion_auc", "insertion AUC ↑"),
          Column("seconds_per_image", "s / image (wall)"), Column("ratio_to_occlusion", "× occlusion (wall)"),
          Column("cpu_seconds_per_image", "CPU s / image"),

@@ -8,6 +8,12 @@ Why *equal area*: a saliency map has no size of its own, so each map is cut at t
 mask of the same image (:func:`~conceptlens.metrics.pixels.binarize_at`); then every method keeps the same
 number of pixels and the top-1 kept / confidence numbers compare *which* pixels each method picks. The
 pixel deletion / insertion AUCs rank the pixels by each method's own map (the binary mask for the masks).
+
+Why the complement and the independent backgrounds: a mask explains when it is sufficient (``m ⊙ x`` keeps
+the class) *and* necessary (the complement ``(1 − m) ⊙ x`` loses it); and the masks are *selected* by
+"top-1 kept" on the zero background, so that number flatters them. Every method is therefore also judged on
+its complement and on two noise backgrounds drawn independently of the masks' search
+(:func:`~conceptlens.attribution.masks.losses.independent_backgrounds`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from torch import nn
 
 from conceptlens.attribution.baselines import grad_cam, occlusion
 from conceptlens.attribution.masks import MaskExplainer, MaskExplanation
+from conceptlens.attribution.masks.losses import independent_backgrounds
 from conceptlens.errors import ParameterError
 from conceptlens.metrics.pixels import binarize_at, check_masks, kept_fraction, pixel_curve, softmax_chunks
 from conceptlens.report.base import Section
@@ -30,10 +37,13 @@ from conceptlens.report.sections.masks import binarize_baselines, check_section_
 from conceptlens.split.sites import check_images, forward_chunks, resolve_targets
 
 __all__ = ["compare_at_equal_area", "BASELINES", "MaskComparison", "compare_with_baselines",
-           "key_concept_scores", "equal_area_rows", "measured_mask_section"]
+           "key_concept_scores", "equal_area_rows", "measured_mask_section", "kept_numbers"]
 
 #: The saliency baselines :func:`compare_with_baselines` knows, in the order they are reported.
 BASELINES: tuple[str, ...] = ("occlusion", "grad_cam")
+_PER_IMAGE_KEYS = ("top1_kept", "confidence", "complement_top1", "complement_confidence", "independent_top1",
+                   "deletion_auc", "insertion_auc")
+_BOOL_KEYS = ("top1_kept", "complement_top1")
 
 
 def compare_at_equal_area(
@@ -52,9 +62,10 @@ def compare_at_equal_area(
     """Compare binary masks with saliency baselines cut at the same kept area, image by image.
 
     Every saliency map is binarised at each image's kept fraction of ``masks`` (:func:`binarize_at`); then,
-    for every method, the top-1 kept rate and the confidence on ``binary * x``, and the pixel deletion and
-    insertion AUC of the method's own map (the binary mask for ``masks``, the continuous saliency for the
-    baselines).
+    for every method, the top-1 kept rate and the confidence on ``binary * x``, the same two on the
+    complement ``(1 − binary) * x`` (necessity: lower is better), the top-1 kept rate on two independent
+    noise backgrounds, and the pixel deletion and insertion AUC of the method's own map (the binary mask
+    for ``masks``, the continuous saliency for the baselines).
 
     Parameters
     ----------
@@ -69,7 +80,9 @@ def compare_at_equal_area(
     batch_size
         Images per forward pass.
     seed
-        Tie-breaking of the binarisation and the curves; seeds the random row.
+        Tie-breaking of the binarisation and the curves; seeds the random row and the independent noise
+        backgrounds (:func:`~conceptlens.attribution.masks.losses.independent_backgrounds`: for the
+        explainer's own seed they are the draws of :attr:`MaskExplanation.independent_top1`).
     random_baseline
         Add a ``"random"`` row (uniform random saliency, seeded).
     mask_name
@@ -79,8 +92,10 @@ def compare_at_equal_area(
     -------
     list of dict
         One row per method: ``method``, ``kept_fraction`` (mean), ``top1_kept`` (rate), ``confidence``
-        (mean), ``deletion_auc`` (mean, lower = better), ``insertion_auc`` (mean, higher = better), and the
-        per-image values under the same keys with a ``_per_image`` suffix (lists).
+        (mean), ``complement_top1`` (rate at which the complement keeps the target, lower = better),
+        ``complement_confidence`` (mean), ``independent_top1`` (rate over images and the two independent
+        backgrounds), ``deletion_auc`` (mean, lower = better), ``insertion_auc`` (mean, higher = better),
+        and the per-image values under the same keys with a ``_per_image`` suffix (lists).
     """
     x = check_images(x)
     masks = check_masks(masks, x)
@@ -96,25 +111,56 @@ def compare_at_equal_area(
     rows = []
     for name, s in maps.items():
         binary = masks if name == mask_name else binarize_at(s, frac, seed=seed).to(x.dtype)
-        probs = softmax_chunks(model, binary * x, batch_size)
-        top1 = (probs.argmax(1) == y).float()
-        conf = probs.gather(1, y[:, None])[:, 0]
-        dele = pixel_curve(model, x, s, y, steps, False, 0.0, batch_size, seed)[0]
-        ins = pixel_curve(model, x, s, y, steps, True, 0.0, batch_size, seed)[0]
-        rows.append({
-            "method": name,
-            "kept_fraction": float(kept_fraction(binary).mean()),
-            "top1_kept": float(top1.mean()),
-            "confidence": float(conf.mean()),
-            "deletion_auc": float(dele.mean()),
-            "insertion_auc": float(ins.mean()),
-            "kept_fraction_per_image": kept_fraction(binary).tolist(),
-            "top1_kept_per_image": top1.tolist(),
-            "confidence_per_image": conf.tolist(),
-            "deletion_auc_per_image": dele.tolist(),
-            "insertion_auc_per_image": ins.tolist(),
-        })
+        per = kept_numbers(model, x, y, binary, seed=seed, batch_size=batch_size)
+        per["deletion_auc"] = pixel_curve(model, x, s, y, steps, False, 0.0, batch_size, seed)[0]
+        per["insertion_auc"] = pixel_curve(model, x, s, y, steps, True, 0.0, batch_size, seed)[0]
+        row: dict[str, Any] = {"method": name, "kept_fraction": float(kept_fraction(binary).mean())}
+        row.update({k: float(v.float().mean()) for k, v in per.items()})
+        row["kept_fraction_per_image"] = kept_fraction(binary).tolist()
+        row.update({f"{k}_per_image": v.float().tolist() for k, v in per.items()})
+        rows.append(row)
     return rows
+
+
+def kept_numbers(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, binary: torch.Tensor, *, seed: int = 0,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    """What the model says on the kept pixels, on their complement and on independent noise backgrounds.
+
+    Parameters
+    ----------
+    model, x, y
+        Classifier, ``[N,3,H,W]`` images, ``[N]`` targets.
+    binary
+        ``[N,1,H,W]`` binary masks (1 = kept).
+    seed
+        Seeds the two noise backgrounds
+        (:func:`~conceptlens.attribution.masks.losses.independent_backgrounds`).
+    batch_size
+        Images per forward pass.
+
+    Returns
+    -------
+    dict
+        ``[N]`` tensors: ``top1_kept`` (0 / 1 on ``binary * x``), ``confidence`` (``p_y`` there),
+        ``complement_top1`` and ``complement_confidence`` (the same on ``(1 − binary) * x``) and
+        ``independent_top1`` (fraction of the two backgrounds ``r`` on which
+        ``binary * x + (1 − binary) * r`` keeps ``y`` top-1).
+    """
+    n = x.shape[0]
+    r = independent_backgrounds(x, seed)  # [2,1,3,H,W]
+    e = binary * x
+    noisy = (e[None] + (1 - binary)[None] * r).reshape(2 * n, *x.shape[1:])
+    probs = softmax_chunks(model, torch.cat([e, (1 - binary) * x, noisy]), batch_size)
+    pe, pc, pr = probs[:n], probs[n: 2 * n], probs[2 * n:].reshape(2, n, -1)
+    return {
+        "top1_kept": (pe.argmax(1) == y).float(),
+        "confidence": pe.gather(1, y[:, None])[:, 0],
+        "complement_top1": (pc.argmax(1) == y).float(),
+        "complement_confidence": pc.gather(1, y[:, None])[:, 0],
+        "independent_top1": (pr.argmax(2) == y[None]).float().mean(0),
+    }
 
 
 @dataclass(frozen=True)
@@ -153,9 +199,9 @@ class MaskComparison:
         """One flat dict per image (CSV-ready).
 
         Keys: ``name``, ``target`` (index), ``target_name``, then for the mask ``kept_fraction``,
-        ``top1_kept`` (0/1), ``confidence``, ``deletion_auc``, ``insertion_auc``, then the same four numbers
-        (not the area, which is the mask's) of every other method prefixed with its name, e.g.
-        ``occlusion_top1_kept``.
+        ``top1_kept`` (0/1), ``confidence``, ``complement_top1`` (0/1), ``complement_confidence``,
+        ``independent_top1``, ``deletion_auc``, ``insertion_auc``, then the same numbers (not the area,
+        which is the mask's) of every other method prefixed with its name, e.g. ``occlusion_top1_kept``.
         """
         e = self.explanation
         n = e.masks.shape[0]
@@ -171,9 +217,9 @@ class MaskComparison:
             for row in self.rows:
                 pre = "" if row["method"] == "mask" else f"{row['method']}_"
                 keys = ("kept_fraction",) if not pre else ()
-                for k in (*keys, "top1_kept", "confidence", "deletion_auc", "insertion_auc"):
-                    v = row[f"{k}_per_image"][i]
-                    d[pre + k] = int(v) if k == "top1_kept" else float(v)
+                for k in (*keys, *_PER_IMAGE_KEYS):
+                    v = row.get(f"{k}_per_image", [None] * n)[i]
+                    d[pre + k] = None if v is None else int(v) if k in _BOOL_KEYS else float(v)
             out.append(d)
         return out
 
@@ -303,11 +349,11 @@ def equal_area_rows(
     seed: int = 0,
     batch_size: int = 32,
 ) -> list[dict[str, Any]]:
-    """Per-image top-1 kept and confidence of the mask and of each baseline cut at the mask's area.
+    """Per-image top-1 kept, confidence and complement numbers of the mask and of each baseline at its area.
 
-    The cheap half of :func:`compare_at_equal_area` (one forward pass per baseline, no AUC): the mask's
-    numbers come from ``expl``, each baseline ``[N,1,h,w]`` is binarised exactly as
-    :func:`~conceptlens.report.sections.masks.mask_section` shows it.
+    The cheap half of :func:`compare_at_equal_area` (four images per image and method: the kept pixels,
+    their complement, two independent noise backgrounds; no AUC): each baseline ``[N,1,h,w]`` is
+    binarised exactly as :func:`~conceptlens.report.sections.masks.mask_section` shows it.
 
     Returns
     -------
@@ -319,15 +365,12 @@ def equal_area_rows(
     n = x.shape[0]
     frac = masks.float().mean((1, 2, 3))
     none = [None] * n
-    rows = [{"method": "mask", "kept_fraction_per_image": frac.tolist(),
-             "top1_kept_per_image": expl.same_top1.float().tolist(),
-             "confidence_per_image": expl.confidence.tolist(),
-             "deletion_auc_per_image": none, "insertion_auc_per_image": none}]
-    for b, m in binarize_baselines(baselines or {}, frac, x, seed).items():
-        p = softmax_chunks(model, m * x, batch_size)
+    binary = {"mask": masks.to(x.dtype), **binarize_baselines(baselines or {}, frac, x, seed)}
+    rows = []
+    for b, m in binary.items():
+        per = kept_numbers(model, x, expl.target, m, seed=seed, batch_size=batch_size)
         rows.append({"method": b, "kept_fraction_per_image": m.mean((1, 2, 3)).tolist(),
-                     "top1_kept_per_image": (p.argmax(1) == expl.target).float().tolist(),
-                     "confidence_per_image": p.gather(1, expl.target[:, None])[:, 0].tolist(),
+                     **{f"{k}_per_image": v.float().tolist() for k, v in per.items()},
                      "deletion_auc_per_image": none, "insertion_auc_per_image": none})
     return rows
 

@@ -26,6 +26,7 @@ Objective, summed over images (so that every image's U-Net sees only its own gra
     L = λ_act Σ_ℓ α_ℓ d(φ_ℓ(x), φ_ℓ(e)) + λ_ce CE(f(e), y) + λ_kl KL(softmax(f(x)/T) ‖ softmax(f(e)/T))
         + λ_area,i mean(m̃) + λ_bin mean(m̃ − m̃²) + λ_tv TV(m̃)
         + λ_abd · ½ [CE(f(e), y) + CE(f(m ⊙ x + (1 − m) ⊙ r), y)]
+        + λ_nec softplus(f_y(c) − max_{k≠y} f_k(c)),    c = (1 − m) ⊙ x
 
 * ``d`` is the *relative* squared error ``‖φ(x) − φ(e)‖² / ‖φ(x)‖²`` on spatial layers (the MSE divided by
   the mean square of ``φ(x)``, so that one ``λ_act`` suits ReLU and ReLU6 networks alike) and the cosine
@@ -33,16 +34,23 @@ Objective, summed over images (so that every image's U-Net sees only its own gra
 * ``TV(m̃) = mean|∂_h m̃| + mean|∂_w m̃|``.
 * The abductive term alternates the two noise backgrounds from step to step, a fresh draw each time; the
   zero background is ``e`` itself and costs nothing extra: one extra forward pass per step instead of three.
+* The necessity term is the other half of the paper's abductive constraints: the complement ``c``, the
+  image with the *kept* pixels removed, should not keep the class. It is a smooth hinge on the complement's
+  top-1 margin (about the margin while the complement still predicts ``y``, → 0 as another class wins
+  clearly), so it stops pulling once the class is lost instead of driving ``p_y(c)`` to 0. It costs one
+  more image per row in the step's forward pass; ``λ_nec = 0`` removes it (and the complement from the
+  batch).
 * ``λ_area,i`` is scheduled by the optimisation (:mod:`conceptlens.attribution.masks.optimise`). On the
   budget path the area term is replaced by a constraint: image ``i``'s binary mask is exactly the top
   ``b_i`` fraction of its pixels by logit, ``τ_i`` the ``(1 − b_i)`` quantile of ``up``.
 
 Default weights (:data:`DEFAULT_WEIGHTS`) are the authors' notebook values: λ_act 10, λ_ce 15, λ_kl 5 with
-T = 2, λ_area 100, λ_bin 1, λ_tv 500, λ_abd 100.
+T = 2, λ_area 100, λ_bin 1, λ_tv 500, λ_abd 100; λ_nec 10 is ours (the notebook has no necessity term).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -51,7 +59,8 @@ from torch import nn
 
 from conceptlens.split.sites import CallSite, capture, logits_of
 
-__all__ = ["DEFAULT_WEIGHTS", "act_distance", "noise_background", "binary_mask", "mask_loss", "reference"]
+__all__ = ["DEFAULT_WEIGHTS", "act_distance", "noise_background", "binary_mask", "mask_loss", "reference",
+           "top1_margin", "independent_backgrounds", "INDEPENDENT_SEED_OFFSET"]
 
 #: The loss weights of the authors' notebook (``T`` is the KL temperature).
 DEFAULT_WEIGHTS: dict[str, float] = {
@@ -63,7 +72,12 @@ DEFAULT_WEIGHTS: dict[str, float] = {
     "bin": 1.0,
     "tv": 500.0,
     "abductive": 100.0,
+    "necessity": 10.0,
 }
+
+#: The independent noise backgrounds that judge a returned mask are drawn from ``seed + this``; the search
+#: draws its own from ``seed + 1`` (training), ``seed + 3`` (selection) and ``seed + 5`` (refinement).
+INDEPENDENT_SEED_OFFSET = 1_000_003
 
 
 def act_distance(a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
@@ -88,6 +102,23 @@ def noise_background(step: int, x: torch.Tensor, gen: torch.Generator) -> torch.
     if step % 2 == 0:
         return torch.randn(shape, generator=gen).to(device=x.device, dtype=x.dtype)
     return torch.rand(shape, generator=gen).to(device=x.device, dtype=x.dtype)
+
+
+def independent_backgrounds(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``[2,1,3,H,W]`` one Gaussian and one uniform background, independent of every draw of the search.
+
+    Drawn like :func:`noise_background` (kinds 0 and 1) from a generator seeded ``seed +``
+    :data:`INDEPENDENT_SEED_OFFSET`, so that a mask selected on the search's backgrounds is judged on others.
+    """
+    gen = torch.Generator().manual_seed(int(seed) + INDEPENDENT_SEED_OFFSET)
+    return torch.stack([noise_background(kind, x, gen) for kind in (0, 1)])
+
+
+def top1_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n]`` ``logits_y − max_{k≠y} logits_k`` of ``logits [n,K]``: > 0 exactly when ``y`` is top-1."""
+    z_y = logits.gather(1, y[:, None])[:, 0]
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    return z_y - other
 
 
 def binary_mask(
@@ -139,7 +170,7 @@ def mask_loss(
     area_w: float | torch.Tensor,
     noise: torch.Tensor | None,
     budget: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The objective ``L`` per image, for the masks ``generator`` proposes for ``x``.
 
     Parameters
@@ -169,8 +200,9 @@ def mask_loss(
     -------
     tuple
         ``loss [n]``, the weighted terms ``{name: [n]}``, the binary mask ``[n,1,H,W]``, the logits
-        (``[n,K]`` on ``e``, then ``[n,K]`` on the noise composite when ``noise`` is given) and the ranking
-        ``[n,1,H,W]`` (the binary mask is ``ranking ≥ 0``); all but the loss and terms detached.
+        ``{"e": [n,K]}`` plus ``"noise"`` (the noise composite, when ``noise`` is given) and
+        ``"complement"`` (``(1 − m) ⊙ x``, when ``λ_nec > 0``), and the ranking ``[n,1,H,W]`` (the binary
+        mask is ``ranking ≥ 0``); all but the loss and terms detached.
     """
     w = weights
     n, _, H, W = x.shape
@@ -178,10 +210,16 @@ def mask_loss(
     soft, hard, up, penalised = binary_mask(up, budget)
     m = hard + soft - soft.detach()
     e = m * x
-    batch = e if noise is None else torch.cat([e, e + (1 - m) * noise])
+    parts = {"e": e}
+    if noise is not None:
+        parts["noise"] = e + (1 - m) * noise
+    if w["necessity"] > 0:
+        parts["complement"] = (1 - m) * x
+    batch = torch.cat(list(parts.values())) if len(parts) > 1 else e
     with capture(model, sites) as acts:
         out = logits_of(model(batch))
-    logits = out[:n]
+    outs = dict(zip(parts, out.split(n), strict=True))
+    logits = outs["e"]
     terms: dict[str, torch.Tensor] = {}
     ce_e = F.cross_entropy(logits, y, reduction="none")
     terms["ce"] = w["ce"] * ce_e
@@ -201,10 +239,12 @@ def mask_loss(
         tv = tv + (soft[..., :, 1:] - soft[..., :, :-1]).abs().mean((1, 2, 3))
         terms["tv"] = w["tv"] * tv
     if noise is not None:
-        ce_r = F.cross_entropy(out[n:], y, reduction="none")
+        ce_r = F.cross_entropy(outs["noise"], y, reduction="none")
         terms["abductive"] = w["abductive"] * 0.5 * (ce_e + ce_r)
+    if "complement" in outs:
+        terms["necessity"] = w["necessity"] * F.softplus(top1_margin(outs["complement"], y))
     loss = torch.stack(list(terms.values())).sum(0)
-    return loss, terms, hard.detach(), out.detach(), up.detach()
+    return loss, terms, hard.detach(), {k: v.detach() for k, v in outs.items()}, up.detach()
 
 
 def reference(

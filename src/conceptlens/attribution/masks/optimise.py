@@ -17,16 +17,20 @@ steps go lets about a hundred steps reach small masks. Two paths do it:
 * **both**: one U-Net on each path for every image in the same batch; per image the smaller class-keeping
   mask wins (neither path wins on every image). ``restarts`` add U-Nets from other seeded starts the same way.
 
-Selection: among the binary masks visited, the smallest one that keeps the target top-1 is returned. The
-constraint is checked exactly and at no cost, since the forward pass of every step already sees the binary
-mask. ``select="zero"`` checks ``e`` only; ``select="all"`` also requires the target to stay top-1 on one draw
-of each noise background (extra forward passes without gradient, for the candidates only, from a generator
-of their own so that the trajectory does not depend on ``select``). When no visited mask qualifies, the last
-one is returned. ``refine`` then shrinks each found mask along its own pixel ranking (the top ``0.9^j`` of its
-pixels, ``j = 1…8``) while the target holds, for about one step's cost.
+Selection: among the binary masks visited, the smallest one that keeps the target top-1 is returned; with the
+necessity term on (``λ_nec > 0``), the smallest one that keeps the target *and whose complement ``(1 − m) ⊙
+x`` loses it*, and only when no visited mask does both, the smallest that keeps the target. The constraints
+are checked exactly and at no cost, since the forward pass of every step already sees the binary mask and its
+complement. ``select="zero"`` checks ``e`` only; ``select="all"`` also requires the target to stay top-1 on
+one draw of each noise background (extra forward passes without gradient, for the candidates only, from a
+generator of their own so that the trajectory does not depend on ``select``). When no visited mask qualifies,
+the last one is returned. ``refine`` then shrinks each found mask along its own pixel ranking (the top
+``0.9^j`` of its pixels, ``j = 1…8``) while the target holds (and, for a mask whose complement lost the
+target, while the complement still loses it), for about one step's cost.
 
-One step costs a forward and backward pass of the model on ``2n`` images per path (the explanation and its
-noise composite). Measured effects of each choice: ``bench/results/masks_defaults.md``.
+One step costs a forward and backward pass of the model on ``3n`` images per path (the explanation, its
+noise composite and its complement; ``2n`` without the necessity term). Measured effects of each choice:
+``bench/results/masks_defaults.md``.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ from conceptlens.attribution.masks.losses import mask_loss, noise_background, re
 from conceptlens.progress import progress_bar
 from conceptlens.split.sites import CallSite, forward_chunks, logits_of
 
-__all__ = ["Search", "frozen", "search", "refine", "survives_noise", "train_amortised"]
+__all__ = ["Search", "frozen", "search", "refine", "selection_key", "survives_noise", "train_amortised"]
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class _Best:
 
     mask: torch.Tensor  # [n,1,H,W]
     area: torch.Tensor  # [n], inf: none found yet
+    key: torch.Tensor  # [n] selection key: area, + 2 when the complement keeps the target (inf: none yet)
     step: torch.Tensor  # [n] long, -1: none found yet
     rank: torch.Tensor | None  # [n,1,H,W] the ranking the best mask was cut from (refine only)
     last: torch.Tensor  # [n,1,H,W] the last binary mask
@@ -137,6 +142,7 @@ def search(
     ones = torch.ones(n, 1, *x.shape[2:], device=x.device, dtype=x.dtype)
     st = _Best(
         mask=ones, area=torch.full((n,), math.inf, device=x.device),
+        key=torch.full((n,), math.inf, device=x.device),
         step=torch.full((n,), -1, dtype=torch.long, device=x.device),
         rank=torch.zeros_like(ones) if s.refine else None, last=ones,
         clock=torch.zeros(n, device=x.device, dtype=x.dtype),
@@ -159,36 +165,40 @@ def search(
             _advance(s, st, holds, budgeted, rec)
             rec.update({k: float(v.detach().mean()) for k, v in terms.items()})
             rec["kept"] = float(hard.mean((1, 2, 3)).mean())
-            rec["top1"] = float((out[:n].argmax(1) == y).float().mean())
+            rec["top1"] = float((out["e"].argmax(1) == y).float().mean())
+            if "complement" in out:
+                rec["complement_top1"] = float((out["complement"].argmax(1) == y).float().mean())
             history.append(rec)
-    found = torch.isfinite(st.area)
+    found = torch.isfinite(st.key)
     if st.rank is not None and bool(found.any()):
-        st.mask, st.area = refine(s, x, y, st.mask, st.area, st.rank)
+        st.mask, st.area, st.key = refine(s, x, y, st.mask, st.key, st.rank)
     masks = torch.where(found[:, None, None, None], st.mask, st.last)
     if r == 1:
         return masks, st.step, history
     # per image, the smallest class-keeping mask over the paths (the first path's last mask if none);
     # argmin takes the first of equal areas, so a restart never displaces an equal first-path mask
-    pick = st.area.reshape(r, n0).argmin(0)
+    pick = st.key.reshape(r, n0).argmin(0)
     rows = pick * n0 + torch.arange(n0, device=x.device)
     return masks[rows], st.step[rows], history
 
 
 def _keep_if_smaller(
-    s: Search, st: _Best, step: int, hard: torch.Tensor, out: torch.Tensor, rank: torch.Tensor,
+    s: Search, st: _Best, step: int, hard: torch.Tensor, out: dict[str, torch.Tensor], rank: torch.Tensor,
     x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None, check_gen: torch.Generator,
 ) -> torch.Tensor:
     """Keep this step's binary masks where they are the smallest class-keeping ones so far.
 
     The forward pass saw the binary mask: a mask qualifies when it keeps the target top-1 on the zero
     background (and with ``select="all"`` also on this step's noise background and one draw of the other
-    kind). Returns ``[n]`` bool: whether the mask holds the class by the ``select`` rule (for the schedule).
+    kind). With the necessity term on, a mask whose complement loses the target beats every mask whose
+    complement keeps it (the selection key adds 2 to the area of the latter). Returns ``[n]`` bool: whether
+    the mask holds the class by the ``select`` rule (for the schedule).
     """
-    n = x.shape[0]
     area = hard.mean((1, 2, 3))
-    kept_zero = out[:n].argmax(1) == y
-    kept_noise = out[n:].argmax(1) == y if noise is not None else kept_zero
-    ok = kept_zero & (area < st.area)
+    kept_zero = out["e"].argmax(1) == y
+    kept_noise = out["noise"].argmax(1) == y if noise is not None else kept_zero
+    key = selection_key(area, out.get("complement"), y)
+    ok = kept_zero & (key < st.key)
     if s.select == "all":
         # the step saw one noise kind (or none): check the candidates on the missing kind(s)
         kinds = [step + 1] if noise is not None else [0, 1]
@@ -197,6 +207,7 @@ def _keep_if_smaller(
     if st.rank is not None:
         st.rank = torch.where(ok[:, None, None, None], rank, st.rank)
     st.area = torch.where(ok, area, st.area)
+    st.key = torch.where(ok, key, st.key)
     st.step = torch.where(ok, torch.full_like(st.step, step), st.step)
     st.last = hard
     return kept_zero & kept_noise if s.select == "all" else kept_zero
@@ -216,19 +227,33 @@ def _advance(
         rec["budget"] = float(st.budget[budgeted].mean())
 
 
+def selection_key(area: torch.Tensor, complement: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
+    """``[n]`` the key the search minimises over class-keeping masks of areas ``area [n]``.
+
+    The area itself, plus 2 where the complement's logits ``complement [n,K]`` still give ``y`` top-1
+    (None: the necessity term is off, the key is the area): a mask whose complement loses the class always
+    beats one whose complement keeps it, and within each group the smaller mask wins.
+    """
+    if complement is None:
+        return area
+    return area + 2.0 * (complement.argmax(1) == y).to(area.dtype)
+
+
 def refine(
-    s: Search, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, best_area: torch.Tensor,
+    s: Search, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, best_key: torch.Tensor,
     rank: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shrink each found mask along its own pixel ranking while the target stays top-1.
 
-    ``best [n,1,H,W]`` masks with areas ``best_area [n]`` (inf: none found) and ``rank [n,1,H,W]`` the
-    logits they were cut from. Candidates: the top ``0.9^j`` of each mask's pixels, ``j = 1…8``, all
-    checked in batched forward passes without gradient (on the zero background, or with
-    ``select="all"`` also on one draw of each noise background); the smallest one that keeps the target
-    replaces the mask. Returns the new ``(best, best_area)``.
+    ``best [n,1,H,W]`` masks with selection keys ``best_key [n]`` (:func:`selection_key`; inf: none found)
+    and ``rank [n,1,H,W]`` the logits they were cut from. Candidates: the top ``0.9^j`` of each mask's
+    pixels, ``j = 1…8``, all checked in batched forward passes without gradient (on the zero background, or
+    with ``select="all"`` also on one draw of each noise background; with the necessity term on, their
+    complements too); the candidate of smallest key that keeps the target replaces the mask when its key is
+    smaller (so a mask whose complement lost the class is only shrunk while the complement still loses
+    it). Returns the new ``(best, area, key)``.
     """
-    idx = torch.isfinite(best_area).nonzero()[:, 0]
+    idx = torch.isfinite(best_key).nonzero()[:, 0]
     flat = rank[idx].reshape(idx.numel(), -1)
     inside = best[idx].reshape(idx.numel(), -1)
     kept_px = inside.sum(1)
@@ -241,25 +266,29 @@ def refine(
     cands = cands.reshape(idx.numel() * len(fracs), 1, *x.shape[2:])
     xi = x[idx].repeat_interleave(len(fracs), 0)
     yi = y[idx].repeat_interleave(len(fracs), 0)
+    chunk = max(s.batch_size, 1) * 4
     with torch.no_grad():
-        pred = forward_chunks(s.model, cands * xi, max(s.batch_size, 1) * 4).argmax(1)
+        pred = forward_chunks(s.model, cands * xi, chunk).argmax(1)
+        comp = forward_chunks(s.model, (1 - cands) * xi, chunk) if s.weights["necessity"] > 0 else None
     keeps = pred == yi
     if s.select == "all":
         gen = torch.Generator().manual_seed(s.seed + 5)
         keeps = survives_noise(s.model, keeps, [0, 1], cands, xi, yi, gen)
-    keeps = keeps.reshape(idx.numel(), len(fracs))
-    # the smallest candidate that keeps the class (the fractions decrease along dim 1)
-    last_ok = torch.where(keeps, torch.arange(len(fracs), device=x.device), -1).max(1).values
-    cands = cands.reshape(idx.numel(), len(fracs), 1, *x.shape[2:])
-    better = last_ok >= 0
+    keys = selection_key(cands.mean((1, 2, 3)), comp, yi)
+    keys = torch.where(keeps, keys, math.inf).reshape(idx.numel(), len(fracs))
+    cand_key, pick = keys.min(1)
+    better = cand_key < best_key[idx]
+    area = torch.where(torch.isfinite(best_key), best.mean((1, 2, 3)), math.inf)
     if bool(better.any()):
         rows = idx[better]
-        new = cands[better.nonzero()[:, 0], last_ok[better]]
+        cands = cands.reshape(idx.numel(), len(fracs), 1, *x.shape[2:])
+        new = cands[better.nonzero()[:, 0], pick[better]]
         best = best.clone()
         best[rows] = new
-        best_area = best_area.clone()
-        best_area[rows] = new.mean((1, 2, 3))
-    return best, best_area
+        area[rows] = new.mean((1, 2, 3))
+        best_key = best_key.clone()
+        best_key[rows] = cand_key[better]
+    return best, area, best_key
 
 
 def survives_noise(
@@ -322,7 +351,7 @@ def train_amortised(
             rec: dict[str, Any] = {"step": float(step), "loss": float(loss.detach().mean())}
             rec.update({k: float(v.detach().mean()) for k, v in terms.items()})
             rec["kept"] = float(hard.mean())
-            rec["top1"] = float((out[: xb.shape[0]].argmax(1) == yb).float().mean())
+            rec["top1"] = float((out["e"].argmax(1) == yb).float().mean())
             history.append(rec)
     for p in net.parameters():
         p.requires_grad_(False)

@@ -43,11 +43,16 @@ _GAP = 6  # pixels of white between the panels of a strip
 _MEAN_COLUMNS = (
     Column("method", "method", kind="str"), Column("kept_fraction", "kept", kind="pct", digits=1),
     Column("top1_kept", "top-1 kept", kind="pct", digits=0), Column("confidence", "confidence"),
+    Column("independent_top1", "top-1 kept on new noise", kind="pct", digits=0),
+    Column("complement_top1", "complement keeps top-1 ↓", kind="pct", digits=0),
+    Column("complement_confidence", "complement confidence ↓"),
     Column("deletion_auc", "deletion AUC ↓"), Column("insertion_auc", "insertion AUC ↑"),
 )
 _COLS = (("kept_fraction", "kept", "pct"), ("top1_kept", "top-1 kept", "bool"),
-         ("confidence", "confidence", "num"), ("deletion_auc", "deletion AUC ↓", "num"),
-         ("insertion_auc", "insertion AUC ↑", "num"))
+         ("confidence", "confidence", "num"), ("independent_top1", "top-1 kept on new noise", "pct"),
+         ("complement_top1", "complement keeps top-1 ↓", "bool"),
+         ("complement_confidence", "complement confidence ↓", "num"),
+         ("deletion_auc", "deletion AUC ↓", "num"), ("insertion_auc", "insertion AUC ↑", "num"))
 
 def mask_overlay(pic: Any, mask: Any, dim: float = 0.25) -> np.ndarray:
     """The kept pixels at full brightness, the removed ones dimmed, the mask's outline in yellow.
@@ -213,9 +218,12 @@ def mask_section(
         for row in comparison:
             per[str(row["method"])] = {k: list(row.get(f"{k}_per_image", [None] * n)) for k, _, _ in _COLS}
     else:
-        per["mask"] = {"kept_fraction": frac.tolist(), "top1_kept": expl.same_top1.float().tolist(),
-                       "confidence": expl.confidence.tolist(), "deletion_auc": [None] * n,
-                       "insertion_auc": [None] * n}
+        own = {"top1_kept": expl.same_top1, "confidence": expl.confidence,
+               "independent_top1": getattr(expl, "independent_top1", None),
+               "complement_top1": getattr(expl, "complement_top1", None),
+               "complement_confidence": getattr(expl, "complement_confidence", None)}
+        per["mask"] = {k: [None] * n if v is None else v.float().tolist() for k, v in own.items()}
+        per["mask"].update(kept_fraction=frac.tolist(), deletion_auc=[None] * n, insertion_auc=[None] * n)
 
     pics = figures.to_pictures(x[:max_images], preset)
     shown = min(n, max_images)
@@ -225,7 +233,10 @@ def mask_section(
         "<p>Each row: the photo, the minimal mask (kept pixels bright, outlined in yellow), then each "
         "baseline cut at <em>the same number of pixels</em> as the mask. <em>top-1 kept</em>: the model "
         "still predicts the explained class on the kept pixels alone (the rest set to the mean colour); "
-        "<em>confidence</em>: its probability there; deletion AUC (lower is better) and insertion AUC "
+        "<em>confidence</em>: its probability there; <em>top-1 kept on new noise</em>: the same on two "
+        "noise backgrounds (Gaussian, uniform) the mask was not selected on; <em>complement</em>: the "
+        "photo with the kept pixels removed, which should <em>lose</em> the class (necessity); deletion AUC "
+        "(lower is better) and insertion AUC "
         "(higher is better) rank the pixels by each method's own map.</p>",
         f"<p>Panels: photo · mask · {' · '.join(str(escape(b)) for b in binary)}</p>" if binary else "",
     ]
