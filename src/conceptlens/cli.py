@@ -24,13 +24,16 @@ app = typer.Typer(
          "Add --debug anywhere to see the traceback of an error.",
 )
 
-_MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvision:<arch>' with --weights, "
-               "or 'package.module:factory'.")
+_MODEL_HELP = ("Model: 'efficientnet_lite0' (offline ImageNet weights), 'torchvision:<arch>' or "
+               "'timm:<arch>' with --weights, 'hf:<folder saved with save_pretrained>', or "
+               "'package.module:factory'.")
 # Parameters shared by several commands (typer copies each one before use, so one object can serve them all).
 _FILE = typer.Argument(..., help="A fitted explainer (.cl).")
 _IMAGE_FILES = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable).")
 _MODEL_OVERRIDE = typer.Option(None, help="The model the file was fitted on (unless it is the bundled one).")
 _WEIGHTS = typer.Option(None, help="Local weights file for the model.")
+_DEVICE = typer.Option("cpu", "--device", help="Where the model and every computation run: cpu, cuda, "
+                                               "cuda:N or auto (cuda when there is a GPU).")
 _TRUST = typer.Option(False, "--trust-model-factory",
                       help="Import and call the 'package.module:factory' model the saved file names (only "
                            "for files you trust; otherwise pass --model).")
@@ -126,6 +129,7 @@ def fit(
         None, "--out", "-o", help="Output file for the fitted explainer (default: <method>.cl)."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
+    device: str = _DEVICE,
     layer: str = typer.Option("auto", help="Layer name, or 'auto' (the last spatial layer before pooling)."),
     target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
     method: str = typer.Option("nmf", help="Concept method: nmf, pca, kmeans, …"),
@@ -155,7 +159,7 @@ def fit(
     from conceptlens.errors import ParameterError
 
     with _reported():
-        m = cl.models.load(model, weights=weights)
+        m = cl.models.load(model, weights=weights, device=device)
         x, _ = _images(images, m.preset, crop)
         method_params: dict[str, object] = {}
         if patch is not None or stride is not None:
@@ -292,15 +296,18 @@ def report(
 def layers(
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
+    device: str = _DEVICE,
 ) -> None:
     """List the model's layers (call sites) with their activation shapes; '*' marks layer='auto'."""
     import conceptlens as cl
 
     with _reported():
-        m = cl.models.load(model, weights=weights)
+        m = cl.models.load(model, weights=weights, device=device)
         s = cl.ModelSplit(m, "auto", check=False)
     for name, shape in s.describe_layers():
         typer.echo(f"{'*' if name == s.layer else ' '} {name:<48} {list(shape)}")
+    if s.auto_note:
+        typer.echo(s.auto_note)
 
 
 @app.command()
@@ -330,6 +337,7 @@ def compare(
     out: Path = typer.Option(Path("compare"), "--out", "-o", help="Output folder."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
+    device: str = _DEVICE,
     layer: str = typer.Option("auto", help="Layer name, or 'auto'."),
     target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
     methods: str = typer.Option("ice,pca,kmeans,craft,face",
@@ -351,7 +359,7 @@ def compare(
 
     t0 = time.time()
     with _reported():
-        m = cl.models.load(model, weights=weights)
+        m = cl.models.load(model, weights=weights, device=device)
         x, names = _images(images or [], m.preset, crop)
         split = cl.ModelSplit(m, layer)
         A = split.g(x)
@@ -370,6 +378,7 @@ def mask(
     out: Path = typer.Option(Path("masks"), "--out", "-o", help="Output folder."),
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
+    device: str = _DEVICE,
     target: Optional[str] = typer.Option(  # noqa: UP045
         None, help="Class index or name for every image (default: each image's top-1)."),
     steps: Optional[int] = typer.Option(  # noqa: UP045
@@ -403,7 +412,7 @@ def mask(
 
     t0 = time.time()
     with _reported():
-        m = cl.models.load(model, weights=weights)
+        m = cl.models.load(model, weights=weights, device=device)
         x, names = _images(images, m.preset, 0)
         tgt: int | str | None = int(target) if target is not None and target.strip().isdigit() else target
         kw: dict[str, Any] = {"area_mode": area_mode, "detail": detail}
