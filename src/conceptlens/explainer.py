@@ -40,6 +40,7 @@ from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
 from conceptlens.stages import earlier_stages
 from conceptlens.split.sites import resolve_target
+from conceptlens.stream import check_sign, explain_source, fit_source
 from conceptlens.summary import ExplainerDisplay, ExplanationDisplay, keep_fit_summary
 
 __all__ = ["ConceptExplainer", "LocalExplanation", "EditResult", "ConceptEditHead", "resolve_target",
@@ -284,6 +285,7 @@ class ConceptExplainer(ExplainerDisplay):
         recursive: bool = False,
         layers: Sequence[str] | str | None = None,
         recursive_params: dict[str, Any] | None = None,
+        **stream: Any,
     ) -> ConceptExplainer:
         """Fit the concept bank on the images of a class and weigh the concepts for ``target``.
 
@@ -293,7 +295,8 @@ class ConceptExplainer(ExplainerDisplay):
         Parameters
         ----------
         x
-            ``[N,3,H,W]`` normalised images (ideally of the target class).
+            ``[N,3,H,W]`` normalised images (ideally of the target class), or a path / folder / glob / list of
+            paths, an ImageFolder tree, a Dataset or a DataLoader: read in batches (see ``stream``).
         target
             Class index or name; None = the class the model predicts most often on ``x``.
         A
@@ -308,12 +311,17 @@ class ConceptExplainer(ExplainerDisplay):
         recursive_params
             Options of the recursion (``n_top``, ``n_children``, ``threshold``, ``max_split``,
             ``importance``, …; see :func:`conceptlens.recursive.build_tree`).
+        stream
+            ``batch_size``, ``num_workers``, ``memory_budget``, ``store_dir``, ``target_images``,
+            ``class_folder``: streamed extraction, see :func:`conceptlens.stream.fit_source` (a tensor too).
 
         Returns
         -------
         ConceptExplainer
             self, with ``concepts_``, ``importance_``, ``weights_`` … set.
         """
+        if stream or not isinstance(x, torch.Tensor):
+            return fit_source(self, x, target, recursive=recursive, A=A, **stream)
         self._check_images(x)
         if recursive and not layers:  # the outputs of the two stages before the layer
             layers = earlier_stages(self.split)
@@ -327,12 +335,7 @@ class ConceptExplainer(ExplainerDisplay):
             target = int(torch.bincount(logits.argmax(1), minlength=n_out).argmax())
         self.target_ = resolve_target(target, self.classes, n_out)
         cls = decompose.get(self.method)
-        if cls.nonnegative and float(A.min()) < 0:
-            raise ActivationError(
-                f"method {self.method!r} needs non-negative activations, but layer {self.split.layer!r} has "
-                f"values down to {float(A.min()):.4g}. Choose a layer after a ReLU-like activation "
-                f"(layer='auto' picks the last one) or use method='pca' (allows negative values)"
-            )
+        check_sign(self.method, self.split.layer, float(A.min()) if cls.nonnegative else 0.0)
         d = cls(n_concepts=self.n_concepts, seed=self.seed, **self.method_params)
         if cls.uses_head:  # methods that use the classifier (FACE's KL term, EDDP's alignment)
             d.set_head(self.split.h)
@@ -394,7 +397,7 @@ class ConceptExplainer(ExplainerDisplay):
             return self.split.h(self.decomposition_.decode(self.decomposition_.encode(A)))
 
     def explain(
-        self, x: torch.Tensor, *, maps: str = "upsample", A: torch.Tensor | None = None
+        self, x: torch.Tensor, *, maps: str = "upsample", A: torch.Tensor | None = None, **stream: Any
     ) -> LocalExplanation:
         """Explain the target logit on each image with the concepts.
 
@@ -409,11 +412,16 @@ class ConceptExplainer(ExplainerDisplay):
             :mod:`~conceptlens.attribution.implicit`) or ``"none"``.
         A
             Precomputed ``g(x)``.
+        stream
+            For any image source (as in :meth:`fit`): explained batch by batch, see
+            :func:`conceptlens.stream.explain_source`.
 
         Returns
         -------
         LocalExplanation
         """
+        if stream or not isinstance(x, torch.Tensor):
+            return explain_source(self, x, maps, **stream)
         self._fitted("explain")
         self._check_images(x)
         if maps not in ("upsample", "implicit", "none"):

@@ -69,8 +69,9 @@ class CRAFT(NMF):
         resized to the images' size before ``g``. CRAFT's default is 64 on 224-pixel images.
     stride : int, float or None
         Step between crops: pixels (≥ 1), a fraction (< 1) of the patch, or None for ``0.8 × patch``.
-    seed, tol, max_iter, init, solver, inner_sweeps, progress, verbose
-        As in :class:`~conceptlens.decompose.nmf.NMF`.
+    seed, tol, max_iter, init, solver, inner_sweeps, progress, verbose, batch_size
+        As in :class:`~conceptlens.decompose.nmf.NMF` (``batch_size``: the mini-batch fit, which also reads
+        the crop rows from an :class:`~conceptlens.io.store.ActivationStore`).
 
     Attributes
     ----------
@@ -108,19 +109,22 @@ class CRAFT(NMF):
         inner_sweeps: int | None = None,
         progress: bool = False,
         verbose: bool = False,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__(n_concepts, tol=tol, max_iter=max_iter, seed=seed, init=init, solver=solver,
-                         inner_sweeps=inner_sweeps, progress=progress, verbose=verbose)
+                         inner_sweeps=inner_sweeps, progress=progress, verbose=verbose, batch_size=batch_size)
         self.patch_size = _check_patch(patch_size)
         self.stride = _check_stride(stride)
 
-    def fit(self, A: torch.Tensor, layer_name: str | None = None) -> CRAFT:
+    def fit(self, A: torch.Tensor | Any, layer_name: str | None = None) -> CRAFT:
         """Fit the bank on the crops' activations.
 
         Parameters
         ----------
-        A : Tensor ``[M, h, w, C]`` (or ``[M, T, C]``) or ``[M, C]``
-            Activations of ``M`` crops; spatial ones are averaged to one row per crop.
+        A : Tensor ``[M, h, w, C]`` (or ``[M, T, C]``) or ``[M, C]``, or an activation store
+            Activations of ``M`` crops; spatial ones are averaged to one row per crop. A store holds the
+            rows ``[M, C]`` already averaged (:func:`conceptlens.io.crops.crop_activations` per batch of
+            images) and is fitted by NMF's mini-batch algorithm.
         layer_name : str, optional
             Layer ``A`` comes from (error messages only).
 
@@ -129,6 +133,10 @@ class CRAFT(NMF):
         CRAFT
             ``self``.
         """
+        if not isinstance(A, torch.Tensor) and hasattr(A, "iter_batches"):
+            super().fit(A, layer_name)
+            self.n_crops_ = len(A)
+            return self
         rows = crop_rows(A)
         super().fit(rows, layer_name)
         self.n_crops_ = int(rows.shape[0])

@@ -15,6 +15,7 @@ which keeps the expansion accurate in float32.
 from __future__ import annotations
 
 import math
+from typing import Any, ClassVar
 
 import torch
 
@@ -59,6 +60,17 @@ def _kmeans_pp(X: torch.Tensor, x2: torch.Tensor, k: int, gen: torch.Generator) 
     return torch.tensor(idx, device=X.device)
 
 
+#: Rows per batch read from a store when ``batch_size`` is None.
+STORE_ROWS = 8192
+
+
+def _batches(A: Any, b: int) -> Any:
+    """Batches ``[≤ b, C]`` of a tensor's rows or of a store."""
+    if isinstance(A, torch.Tensor):
+        return A.reshape(-1, A.shape[-1]).split(b)
+    return A.iter_batches(b)
+
+
 @register("kmeans")
 class KMeans(Decomposition):
     """k-means clustering (k-means++ seeding, Lloyd iterations, best of ``n_init`` by inertia).
@@ -75,6 +87,12 @@ class KMeans(Decomposition):
         Stop a run when the squared centroid shift is at most ``tol`` × the mean per-channel variance.
     seed : int
         Seed of the k-means++ draws; same seed → same centroids.
+    batch_size : int or None
+        ``None``: Lloyd on the whole matrix. An integer: the same Lloyd iterations streamed over batches of
+        ``batch_size`` rows (each pass sums the batches' assignments into ``k`` centroids, in float64), with
+        k-means++ seeded on the first batch; memory ``O(batch_size·C + k·C)``. ``fit`` also accepts an
+        :class:`~conceptlens.io.store.ActivationStore` (rows read batch by batch; ``batch_size`` None there
+        means 8192). The result does not depend on whether the rows come from memory or a store.
 
     Attributes
     ----------
@@ -92,14 +110,18 @@ class KMeans(Decomposition):
     """
 
     label = "k-means"
+    #: fits from an ActivationStore (see :mod:`conceptlens.stream`)
+    fits_store: ClassVar[bool] = True
 
     def __init__(
-        self, n_concepts: int = 10, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4, seed: int = 0
+        self, n_concepts: int = 10, n_init: int = 3, max_iter: int = 100, tol: float = 1e-4, seed: int = 0,
+        batch_size: int | None = None,
     ) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
         self.n_init = n_init
         self.max_iter = max_iter
         self.tol = tol
+        self.batch_size = batch_size
 
     def _check_params(self) -> None:
         for name in ("n_init", "max_iter"):
@@ -110,14 +132,17 @@ class KMeans(Decomposition):
             raise ParameterError(f"tol must be a finite number ≥ 0, got {self.tol!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ParameterError(f"seed must be an integer, got {self.seed!r}")
+        b = getattr(self, "batch_size", None)
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ParameterError(f"batch_size must be a positive integer or None, got {b!r}")
 
-    def fit(self, A: torch.Tensor, layer_name: str | None = None) -> KMeans:
+    def fit(self, A: torch.Tensor | Any, layer_name: str | None = None) -> KMeans:
         """Cluster the rows of ``A``.
 
         Parameters
         ----------
-        A : Tensor ``[n, C]`` or ``[..., C]``
-            Activations.
+        A : Tensor ``[n, C]`` or ``[..., C]``, or an activation store
+            Activations (a store, or ``batch_size`` set: the streamed Lloyd iterations).
         layer_name : str, optional
             Name of the layer, for error messages.
 
@@ -127,6 +152,8 @@ class KMeans(Decomposition):
             ``self``, with ``components_``, ``inertia_``, ``n_iter_``.
         """
         self._check_params()
+        if (not isinstance(A, torch.Tensor) and hasattr(A, "iter_batches")) or self.batch_size is not None:
+            return self._fit_streamed(A, layer_name)
         rows = self._validate(A)
         k = self.n_concepts
         if rows.shape[0] < k:
@@ -150,6 +177,77 @@ class KMeans(Decomposition):
         self.inertia_, self.n_iter_, centres = min(runs, key=lambda r: r[0])
         self.components_ = (centres + mean).contiguous()
         return self
+
+    def _fit_streamed(self, A: Any, layer_name: str | None) -> KMeans:
+        """Lloyd iterations over batches: per pass, ``Σ`` of the rows of each cluster and its count (float64),
+        the ``k`` farthest rows kept for re-seeding empty clusters; k-means++ on the first batch."""
+        b = self.batch_size or STORE_ROWS
+        k = self.n_concepts
+        n, s1, s2, first = 0, None, None, None
+        for batch in _batches(A, b):  # pass 0: mean and variance (float64), the seeding batch
+            X = self._validate(batch).to(torch.float64)
+            if first is None:
+                first = batch.reshape(-1, batch.shape[-1])
+                s1, s2 = torch.zeros_like(X[0]), torch.zeros_like(X[0])
+            s1 += X.sum(0)
+            s2 += X.square().sum(0)
+            n += X.shape[0]
+        if first is None or s1 is None or s2 is None or n < k:
+            where = f" of layer {layer_name!r}" if layer_name else ""
+            raise ActivationError(f"k-means needs at least n_concepts={k} activation rows{where}, got {n}; "
+                                  "use more images or fewer concepts")
+        dtype = torch.float64 if first.dtype == torch.float64 else torch.float32
+        mean64 = s1 / n
+        tol_abs = self.tol * float((s2 / n - mean64.square()).clamp_min(0).mean())
+        mean = mean64.to(dtype)
+        F = first.to(dtype) - mean
+        gen = torch.Generator(device=F.device).manual_seed(int(self.seed))
+        if F.shape[0] < k:
+            raise ActivationError(f"the first batch has {F.shape[0]} rows, fewer than n_concepts={k}: use a "
+                                  "batch_size of at least n_concepts")
+        runs = []
+        for _ in range(self.n_init):
+            centres = F[_kmeans_pp(F, F.square().sum(1), k, gen)]
+            n_iter = 0
+            for _ in range(self.max_iter):
+                n_iter += 1
+                sums, counts, far, _ = self._pass(A, b, mean, centres)
+                new = (sums / counts.clamp_min(1.0)[:, None]).to(dtype)
+                empty = torch.nonzero(counts == 0).flatten()
+                if empty.numel():
+                    new[empty] = far[: empty.numel()].to(dtype)
+                shift = float((new - centres).square().sum())
+                centres = new
+                if shift <= tol_abs:
+                    break
+            inertia = self._pass(A, b, mean, centres)[3]
+            runs.append((inertia, n_iter, centres))
+        self.inertia_, self.n_iter_, centres = min(runs, key=lambda r: r[0])
+        self.components_ = (centres + mean).contiguous()
+        return self
+
+    def _pass(self, A: Any, b: int, mean: torch.Tensor, centres: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """One pass: cluster sums ``[k, C]`` and counts ``[k]`` (float64), the ``k`` rows farthest from their
+        centroid ``[≤ k, C]`` (farthest first), and the inertia."""
+        k = centres.shape[0]
+        sums = torch.zeros(k, centres.shape[1], dtype=torch.float64, device=centres.device)
+        counts = torch.zeros(k, dtype=torch.float64, device=centres.device)
+        far_d = torch.empty(0, dtype=centres.dtype, device=centres.device)
+        far = centres[:0]
+        inertia = 0.0
+        for batch in _batches(A, b):
+            X = batch.reshape(-1, batch.shape[-1]).to(centres.device, centres.dtype) - mean
+            dmin, labels = _sqdist(X, X.square().sum(1), centres).min(dim=1)
+            onehot = torch.nn.functional.one_hot(labels, k).to(X.dtype)
+            sums += (onehot.T @ X).double()
+            counts += onehot.sum(0).double()
+            inertia += float((X - centres[labels]).square().sum(dtype=torch.float64))
+            # stable top-k over (earlier rows, this batch): ties keep the earlier row, as one topk would
+            cand_d, cand = torch.cat([far_d, dmin]), torch.cat([far, X])
+            top = torch.sort(cand_d, descending=True, stable=True).indices[:k]
+            far_d, far = cand_d[top], cand[top]
+        return sums, counts, far, inertia
 
     def _lloyd(
         self, X: torch.Tensor, x2: torch.Tensor, centres: torch.Tensor, tol_abs: float

@@ -15,11 +15,17 @@ overlapping, so it is the fidelity reference rather than an interpretable bank.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 
-from conceptlens.decompose.base import Decomposition, register
+from conceptlens.decompose.base import Decomposition, check_channels, register
+from conceptlens.errors import ActivationError
 
 __all__ = ["PCA"]
+
+#: Rows per batch read from a store.
+STORE_ROWS = 8192
 
 
 def _fix_signs(W: torch.Tensor) -> torch.Tensor:
@@ -59,18 +65,23 @@ class PCA(Decomposition):
     """
 
     label = "PCA"
+    #: fits from an ActivationStore (see :mod:`conceptlens.stream`)
+    fits_store: ClassVar[bool] = True
     state_fields = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
 
     def __init__(self, n_concepts: int = 10, seed: int = 0) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
 
-    def fit(self, A: torch.Tensor, layer_name: str | None = None) -> PCA:
+    def fit(self, A: torch.Tensor | Any, layer_name: str | None = None) -> PCA:
         """Fit the principal axes on ``A``.
 
         Parameters
         ----------
-        A : Tensor ``[n, C]`` or ``[..., C]``
-            Activations.
+        A : Tensor ``[n, C]`` or ``[..., C]``, or an activation store
+            Activations. A store (:class:`~conceptlens.io.store.ActivationStore`, or any object with
+            ``iter_batches(rows)``) is read once, batch by batch: the mean and the covariance are summed in
+            float64, so memory is ``O(batch·C + C²)`` and the axes equal the in-memory ones up to the
+            order of floating-point sums.
         layer_name : str, optional
             Unused; accepted so that every method can be called the same way.
 
@@ -80,6 +91,8 @@ class PCA(Decomposition):
             ``self``, with ``components_``, ``mean_``, ``explained_variance_``,
             ``explained_variance_ratio_``.
         """
+        if not isinstance(A, torch.Tensor) and hasattr(A, "iter_batches"):
+            return self._fit_store(A)
         rows = self._validate(A)
         dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
         X = rows.to(dtype)
@@ -88,28 +101,59 @@ class PCA(Decomposition):
         mean = X.mean(dim=0)
         Xc = X - mean
         denom = max(n - 1, 1)
+        total = float(Xc.to(torch.float64).square().sum()) / denom
         if n >= C:
             # Tall matrices: the C×C covariance and its eigendecomposition cost n·C² + C³, well below
             # the SVD of the n×C matrix; eigh runs in float64 so small variances keep their digits.
-            cov = (Xc.T @ Xc).to(torch.float64)
-            evals, evecs = torch.linalg.eigh(cov)
-            order = torch.argsort(evals, descending=True)[:k]
-            var = evals[order].clamp_min(0.0) / denom
-            W = evecs[:, order].T
-        else:
-            _, s, vh = torch.linalg.svd(Xc.to(torch.float64), full_matrices=False)
-            var = s[:k] ** 2 / denom
-            W = vh[:k]
-            if W.shape[0] < k:
-                # Fewer rows than concepts: complete the basis with directions orthogonal to the data.
-                W = self._complete_basis(W, k)
-                var = torch.cat([var, var.new_zeros(k - var.shape[0])])
-        total = float(Xc.to(torch.float64).square().sum()) / denom
+            return self._from_cov((Xc.T @ Xc).to(torch.float64), mean, n, total, dtype)
+        _, s, vh = torch.linalg.svd(Xc.to(torch.float64), full_matrices=False)
+        var = s[:k] ** 2 / denom
+        W = vh[:k]
+        if W.shape[0] < k:
+            # Fewer rows than concepts: complete the basis with directions orthogonal to the data.
+            W = self._complete_basis(W, k)
+            var = torch.cat([var, var.new_zeros(k - var.shape[0])])
+        return self._set(W, var, mean, total, dtype)
+
+    def _from_cov(self, cov: torch.Tensor, mean: torch.Tensor, n: int, total: float,
+                  dtype: torch.dtype) -> PCA:
+        """Axes from the scatter matrix ``cov = Σ (a − mean)(a − mean)ᵀ [C, C]`` (float64) of ``n`` rows."""
+        evals, evecs = torch.linalg.eigh(cov)
+        order = torch.argsort(evals, descending=True)[: self.n_concepts]
+        var = evals[order].clamp_min(0.0) / max(n - 1, 1)
+        return self._set(evecs[:, order].T, var, mean, total, dtype)
+
+    def _set(self, W: torch.Tensor, var: torch.Tensor, mean: torch.Tensor, total: float,
+             dtype: torch.dtype) -> PCA:
         self.components_ = _fix_signs(W).to(dtype).contiguous()
-        self.mean_ = mean
+        self.mean_ = mean.to(dtype)
         self.explained_variance_ = var.to(dtype)
         self.explained_variance_ratio_ = (var / total if total > 0 else torch.zeros_like(var)).to(dtype)
         return self
+
+    def _fit_store(self, store: Any) -> PCA:
+        """One streamed pass: ``Σ a`` and ``Σ a aᵀ`` in float64, centred at the end (a shift by the first
+        batch's mean first keeps the subtraction ``Σ a aᵀ − n·mean meanᵀ`` from cancelling digits)."""
+        n, s, S, shift, dtype = 0, None, None, None, torch.float32
+        for batch in store.iter_batches(STORE_ROWS):
+            rows = self._validate(batch)
+            dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
+            X = rows.to(torch.float64)
+            if shift is None:
+                shift = X.mean(dim=0)
+                s = torch.zeros_like(shift)
+                S = torch.zeros(X.shape[1], X.shape[1], dtype=torch.float64, device=X.device)
+            check_channels(X, int(shift.shape[0]), "the first batch")
+            Xs = X - shift
+            s += Xs.sum(dim=0)
+            S += Xs.T @ Xs
+            n += X.shape[0]
+        if shift is None or s is None or S is None:
+            raise ActivationError("no activation rows to fit on (the store is empty)")
+        d = s / n
+        cov = S - n * torch.outer(d, d)
+        total = float(torch.diagonal(cov).sum()) / max(n - 1, 1)
+        return self._from_cov(cov, shift + d, n, total, dtype)
 
     @staticmethod
     def _complete_basis(W: torch.Tensor, k: int) -> torch.Tensor:

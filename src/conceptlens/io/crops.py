@@ -11,6 +11,7 @@ at a time (memory does not grow with the number of images) through any object wi
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,8 @@ from conceptlens.io.presets import Preset
 from conceptlens.io.samples import sample_images
 from conceptlens.progress import progress_bar
 
-__all__ = ["crops", "demo_set", "CropSet", "crop_rows", "crop_images", "crop_activations"]
+__all__ = ["crops", "demo_set", "CropSet", "crop_rows", "crop_images", "crop_activations",
+           "stream_crop_activations"]
 
 
 def _pair(name: str, v: int | tuple[int, int]) -> tuple[int, int]:
@@ -309,3 +311,49 @@ def crop_activations(
         idx.append(ii.cpu() + i0)
         bxs.append(bb.cpu())
     return torch.cat(rows), torch.cat(idx), torch.cat(bxs), torch.cat(pred)
+
+
+def stream_crop_activations(
+    split: Any,
+    batches: Iterable[torch.Tensor],
+    patch_size: int | tuple[int, int] = 64,
+    stride: int | float | None = None,
+    *,
+    sink: Callable[[torch.Tensor], None],
+    crops_per_pass: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`crop_activations` over a stream of image batches: crops are cut and run per batch of images.
+
+    Parameters
+    ----------
+    split
+        The model split (``g``, ``h``).
+    batches
+        Image batches ``[b, C, H, W]`` of one size (e.g. ``ImageSource.batches()`` without labels).
+    patch_size, stride, crops_per_pass
+        As in :func:`crop_activations`.
+    sink
+        Receives each batch's crop rows ``[m_b, C']`` (e.g. ``RowBuffer.append``: memory or a store), so
+        that the rows of all crops are never held here.
+
+    Returns
+    -------
+    image_index : torch.Tensor
+        ``[M]`` long, positions in the stream.
+    boxes : torch.Tensor
+        ``[M, 4]`` long.
+    predicted : torch.Tensor
+        ``[M]`` long.
+    """
+    idx, bxs, pred, start = [], [], [], 0
+    for xb in batches:
+        rows, ii, bb, pp = crop_activations(split, xb, patch_size, stride, crops_per_pass=crops_per_pass,
+                                            progress=False)
+        sink(rows)
+        idx.append(ii + start)
+        bxs.append(bb)
+        pred.append(pp)
+        start += int(xb.shape[0])
+    if not idx:
+        raise ImageError("no images to cut crops from")
+    return torch.cat(idx), torch.cat(bxs), torch.cat(pred)

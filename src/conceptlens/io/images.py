@@ -55,6 +55,7 @@ __all__ = [
     "to_tensor01",
     "resize_center_crop",
     "batched",
+    "list_image_files",
     "DEFAULT_MAX_PIXELS",
 ]
 
@@ -294,6 +295,31 @@ def _glob_files(pattern: str, recursive: bool) -> list[Path]:
             f"the pattern {pattern!r} matches no image file; supported extensions (any case): {_ext_list()}."
         )
     return files
+
+
+def list_image_files(source: str | Path | list[Any] | tuple[Any, ...], recursive: bool = False) -> list[Path]:
+    """The image files a path, folder, glob or list of them names, in :func:`load_images`' order.
+
+    Parameters
+    ----------
+    source
+        A file, a folder, a glob pattern, or a list of these.
+    recursive
+        Look into subfolders (and let ``**`` match across folders).
+
+    Returns
+    -------
+    list[Path]
+        ``N`` files, none decoded. ImageError for a missing path or a folder / pattern without images.
+    """
+    items: list[_Item] = []
+    for s in source if isinstance(source, (list, tuple)) else [source]:
+        if not isinstance(s, (str, Path)):
+            raise ImageError(f"expected paths, got a {type(s).__name__} in the list")
+        _expand(s, recursive, items, [0], [])
+    if not items:
+        raise ImageError("no images given (the list of paths is empty).")
+    return [p for p, _ in items if isinstance(p, Path)]
 
 
 # One "item" is a file path to decode later, or a [3,H,W] / [N,3,H,W] tensor in [0,1] with its names.
