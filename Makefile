@@ -30,3 +30,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) report build *.egg-info src/*.egg-info
+
+# fit every concept method on the GPU and compare with the CPU (skipped, exit 0, without a GPU)
+.PHONY: gpu-check
+gpu-check: $(STAMP)
+	$(PY) scripts/gpu_check.py
