@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conceptlens import decompose
+from conceptlens.errors import ParameterError
 from conceptlens.world import leaderboard as gt
 from conceptlens.world.concepts import ConceptWorld
 
@@ -45,3 +46,37 @@ def test_class_images_are_the_first_of_each_class() -> None:
     for c in (0, 3):
         idx = (y == c).nonzero().squeeze(1)[:5]
         assert torch.equal(data[c][0], x[idx]) and torch.equal(data[c][1], masks[idx])
+
+
+@pytest.mark.slow
+def test_every_score_is_measured_on_held_out_images(monkeypatch, world_model) -> None:
+    """#20 item 4: the explainer is fitted on one part of each class's images and scored on the other."""
+    from conceptlens.explainer import ConceptExplainer
+
+    fitted, scored = [], []
+    fit_explainer, explain = gt._fit_explainer, ConceptExplainer.explain
+
+    def spy_fit(split, method, k, x, *args):  # type: ignore[no-untyped-def]
+        fitted.append(x)
+        return fit_explainer(split, method, k, x, *args)
+
+    def spy_explain(self, x, **kw):  # type: ignore[no-untyped-def]
+        scored.append(x)
+        return explain(self, x, **kw)
+
+    monkeypatch.setattr(gt, "_fit_explainer", spy_fit)
+    monkeypatch.setattr(ConceptExplainer, "explain", spy_explain)
+    p = gt.run(True, methods=["nmf"], n_per_class=10, n_concepts=4, classes=[0], verbose=False)
+    (x_fit,), (x_scored,) = fitted, scored
+    assert x_fit.shape[0] == x_scored.shape[0] == 5
+    assert p["config"]["n_fit_per_class"] == p["config"]["n_held_out_per_class"] == 5
+    world = ConceptWorld(**world_model.world_config)
+    x_all = gt.class_images(world, 10, [0], seed=0)[0][0]
+    # every image of the class is on exactly one side
+    for img in x_all:
+        sides = [any(torch.equal(img, o) for o in part) for part in (x_fit, x_scored)]
+        assert sum(sides) == 1
+    row = next(r for r in p["rows"] if r["method"] == "nmf")
+    assert row["c_insertion_fit"] is not None and row["c_insertion"] is not None
+    with pytest.raises(ParameterError, match="n_per_class"):
+        gt.run(True, methods=["nmf"], n_per_class=1, classes=[0], verbose=False)

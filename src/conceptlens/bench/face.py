@@ -29,6 +29,10 @@ def run_benchmark(
 ) -> dict[str, Any]:
     """FACE's λ sweep on EfficientNet-Lite0 (demo crops) and the ground-truth world: face.{json,md,png}.
 
+    Every sweep fits on half of the images (seeded, per predicted class) and scores the other half's plain
+    codes (see :func:`~conceptlens.workflows.sweep.face_sweep`); the KL-fitted codes of the fitted images
+    are only the labelled ``KL-fitted:`` columns.
+
     Full: all demo crops, ``λ ∈ {0, 1e-5, 1e-3, 1e-2, 1e-1, 1, 10}``, ``k = 10``, with stability, each fit
     capped at 60 s; the world (every class, 20 images each, one bank) at ``k = 10`` and at ``k = 5``: with
     fewer concepts than the world's 8 the reconstruction must leave something out, and the KL term decides

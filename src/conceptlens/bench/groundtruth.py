@@ -71,6 +71,15 @@ IMPORTANCE_COLUMNS = [
 ]
 
 
+def _split_text(cfg: dict[str, Any]) -> str:
+    """How the images were split (a payload written before the held-out split says nothing)."""
+    if "n_held_out_per_class" not in cfg:
+        return ""
+    return (f"Each class's explainer is fitted on {cfg['n_fit_per_class']} images and every score is "
+            f"measured on the other {cfg['n_held_out_per_class']} (held out, seeded), with the codes of "
+            "encode (no KL term). ")
+
+
 def markdown(payload: dict[str, Any]) -> str:
     """The leaderboard and the importance-estimator table as markdown (from a :func:`run_benchmark` payload).
 
@@ -86,8 +95,8 @@ def markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"Ground-truth leaderboard: {len(cfg['classes'])} classes × {cfg['n_per_class']} images, "
         f"k = {cfg['n_concepts']}, layer {cfg['layer']} ({cfg['layer_grid'][0]}×{cfg['layer_grid'][1]}), "
-        f"seed {cfg['seed']}; means over classes. IoU at the best threshold per matched pair; ↑ higher is "
-        "better, ↓ lower is better; the best method of each column in bold.",
+        f"seed {cfg['seed']}; means over classes. {_split_text(cfg)}IoU at the best threshold per matched "
+        "pair; ↑ higher is better, ↓ lower is better; the best method of each column in bold.",
         "",
         Table(_columns(ref), rows, best_of=methods).markdown(),
     ]

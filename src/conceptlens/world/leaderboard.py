@@ -9,6 +9,15 @@ maps and importances are compared with the truth by the pure scores of
 fixed there). :func:`run` returns the numbers; ``conceptlens bench groundtruth``
 (:mod:`conceptlens.bench.groundtruth`) writes them as JSON, a markdown table and a figure.
 
+Held-out images: each class's images are split in two (seeded, :data:`~conceptlens.metrics.face.HOLDOUT`
+of them held out, :func:`~conceptlens.metrics.face.holdout_split`); the explainer is fitted (bank and
+importance) on the fit half and every score of a row is measured on the held-out half, with the codes of
+``encode`` (non-negative least squares with the bank frozen for the non-negative methods; FACE's encode
+adds no KL term by default, as its authors project new images). Scoring the fitted images themselves
+would favour a method whose codes are fitted against those images' own predictions (FACE's KL term).
+The same explanation's C-Deletion and C-Insertion on the fit half are kept as the labelled extra
+``c_deletion_fit`` / ``c_insertion_fit`` (JSON only).
+
 Beside the localisation and importance scores, each row has the faithfulness numbers of
 :mod:`conceptlens.metrics`: C-Deletion (lower is better) and C-Insertion (higher is better) of CRAFT's
 authors (target logit, baseline 0, trapezoid AUC on ``[0, 1]``), ``fid_r`` (0 is perfect), ``sparsity``
@@ -39,7 +48,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from conceptlens.errors import ParameterError
 from conceptlens.metrics import groundtruth as _groundtruth
+from conceptlens.metrics.face import HOLDOUT, holdout_split
 from conceptlens.metrics.groundtruth import (
     MIN_PRESENCE,
     THRESHOLDS,
@@ -127,7 +138,7 @@ def class_images(
 # ------------------------------------------------------------------------------------------ the runner
 _RANDOM_DRAWS = 200  # random importances averaged for the chance level of recall@2 and Spearman
 _MAIN_COLS = ("iou", "iou_key", "pointing", "pointing_key", "recall_at_2", "spearman")
-_FAITH_COLS = ("c_deletion", "c_insertion", "fid_r", "sparsity", "fit_s")
+_FAITH_COLS = ("c_deletion", "c_insertion", "fid_r", "sparsity", "fit_s", "c_deletion_fit", "c_insertion_fit")
 
 
 def method_params(name: str, size: int, quick: bool) -> dict[str, Any]:
@@ -194,8 +205,9 @@ def _fit_explainer(split: Any, method: str, k: int, x: torch.Tensor, A: torch.Te
     return ex, time.perf_counter() - t0
 
 
-def _faithfulness(ex: Any, x: torch.Tensor, A: torch.Tensor, importance: torch.Tensor | None = None
-                  ) -> dict[str, float]:
+def _faithfulness(ex: Any, x: torch.Tensor, A: torch.Tensor, A_fit: torch.Tensor,
+                  importance: torch.Tensor | None = None) -> dict[str, float]:
+    """Faithfulness on the held-out ``x [n,3,S,S]`` / ``A [n,h,w,C]``, plus C-Del / C-Ins on ``A_fit``."""
     from conceptlens import metrics
 
     m = metrics.evaluate(ex, x, A=A)
@@ -204,6 +216,8 @@ def _faithfulness(ex: Any, x: torch.Tensor, A: torch.Tensor, importance: torch.T
         "c_insertion": metrics.c_insertion(ex, None, importance, A),
         "fid_r": m["fid_r"],
         "sparsity": m["sparsity"],
+        "c_deletion_fit": metrics.c_deletion(ex, None, importance, A_fit),
+        "c_insertion_fit": metrics.c_insertion(ex, None, importance, A_fit),
     }
 
 
@@ -228,7 +242,8 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
     methods
         Decompositions to score (default: every registered one).
     n_per_class, n_concepts, classes
-        Override the mode's images per class, ``k`` and the classes explained.
+        Override the mode's images per class (≥ 2: :data:`~conceptlens.metrics.face.HOLDOUT` of them are
+        held out for scoring, the rest fitted on), ``k`` and the classes explained.
     reference
         A decomposition among ``methods`` whose bank is also scored under every registered importance
         estimator (``importance_rows``) and whose fit time every row is divided by (``fit_vs_<reference>``);
@@ -254,12 +269,17 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
     S = world.size
     h, w = int(split.activation_shape[0]), int(split.activation_shape[1])
     n_img = n_per_class or (16 if quick else 100)
+    if n_img < 2:
+        raise ParameterError(f"n_per_class must be ≥ 2 (half of each class is fitted on, half scored), "
+                             f"got {n_img}")
     k = n_concepts or (6 if quick else 10)
     cls_list = classes if classes is not None else (list(range(min(2, world.n_classes))) if quick
                                                      else list(range(world.n_classes)))
     names = methods if methods is not None else registered_methods()
     estimators = registered_importances()
     data = class_images(world, n_img, cls_list, seed=seed)
+    # Each class's images: the explainer is fitted on one part and scored on the other (seeded per class).
+    parts = {c: holdout_split(torch.zeros(n_img, dtype=torch.long), HOLDOUT, seed=seed + c) for c in cls_list}
 
     per_class: dict[str, list[dict[str, Any]]] = {}
     imp_per_class: dict[str, list[dict[str, Any]]] = {}
@@ -281,7 +301,7 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
     for ref in ("oracle", "oracle@layer", "random"):
         rows = []
         for c in cls_list:
-            x, masks = data[c]
+            masks = data[c][1][parts[c][1]]
             rel = world.relevance[c]
             if ref == "oracle":
                 maps, imp = oracle_maps(masks), rel.clone()
@@ -307,20 +327,21 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
         params = method_params(name, S, quick)
         rows = []
         for c in cls_list:
-            x, masks = data[c]
-            A = acts[c]
+            fit, held = parts[c]
+            x, masks = data[c][0][held], data[c][1][held]
+            A, A_fit = acts[c][held], acts[c][fit]
             rel = world.relevance[c]
             try:
-                ex, fit_s = _fit_explainer(split, name, k, x, A, c, seed, params)
+                ex, fit_s = _fit_explainer(split, name, k, data[c][0][fit], A_fit, c, seed, params)
                 e = ex.explain(x, A=A)
                 r = score_class(e.maps, masks, ex.importance_, rel)
                 if _degenerate(ex.importance_, e.contributions):
                     r.update(recall_at_2=math.nan, spearman=math.nan, note=_DEGENERATE_NOTE)
-                r.update(_faithfulness(ex, x, A))
+                r.update(_faithfulness(ex, x, A, A_fit))
                 r["fit_s"] = fit_s
                 r["importance_method"] = ex.importance_result_.method
                 if name == reference:  # the same bank under every registered importance estimator
-                    U = ex.decomposition_.encode(A)
+                    U = ex.decomposition_.encode(A_fit)  # importance belongs to the fit, as ex.importance_
                     for est in estimators:
                         try:
                             ctx = Context(U=U, decomposition=ex.decomposition_, split=split, target=c,
@@ -331,7 +352,7 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
                             ri = score_class(e.maps, masks, imp, rel)
                             if _degenerate(imp, e.contributions):
                                 ri.update(recall_at_2=math.nan, spearman=math.nan, note=_DEGENERATE_NOTE)
-                            ri.update(_faithfulness(ex, x, A, imp))
+                            ri.update(_faithfulness(ex, x, A, A_fit, imp))
                             ri["fit_s"] = est_s
                         except Exception as err:  # noqa: BLE001 - one failing estimator is one row's note
                             ri = {"error": _error(err)}
@@ -362,7 +383,11 @@ def run(quick: bool = False, *, seed: int = 0, methods: list[str] | None = None,
     payload: dict[str, Any] = {
         "quick": quick,
         "config": {
-            "seed": seed, "n_per_class": n_img, "n_concepts": k,
+            "seed": seed, "n_per_class": n_img, "n_concepts": k, "holdout": HOLDOUT,
+            "n_fit_per_class": int(parts[cls_list[0]][0].numel()) if cls_list else 0,
+            "n_held_out_per_class": int(parts[cls_list[0]][1].numel()) if cls_list else 0,
+            "scored_on": "the held-out images of each class, codes from encode (no KL); *_fit: the fit "
+                         "images",
             "classes": [world.class_names[c] for c in cls_list],
             "layer": split.layer, "layer_grid": [h, w], "image_size": S, "thresholds": list(THRESHOLDS),
             "min_presence": MIN_PRESENCE, "methods": names, "estimators": estimators,
