@@ -258,7 +258,8 @@ def _hf(folder: str, weights: str | os.PathLike[str] | None) -> nn.Module:
         else:  # transformers maps older checkpoint key names; .bin files are read with weights_only=True
             model, info = tf.AutoModelForImageClassification.from_pretrained(
                 str(path), local_files_only=True, trust_remote_code=False,
-                use_safetensors=safetensors or None, output_loading_info=True)
+                use_safetensors=safetensors or None, output_loading_info=True,
+                ignore_mismatched_sizes=True)  # reported below with the key names, as a ModelError
     except Exception as exc:  # unknown model_type, a config that needs remote code, a corrupt file …
         raise ModelError(f"transformers cannot build an image classifier from {str(path)!r} "
                          f"({type(exc).__name__}: {exc}); conceptlens only builds model types transformers "

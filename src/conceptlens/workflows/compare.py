@@ -358,6 +358,7 @@ def compare(
         A = layer_activations(split, x, progress=progress)
     elif A.shape[0] != x.shape[0]:
         raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {x.shape[0]}; pass g(x)")
+    split.set_reference(x)  # a token layer's h then puts back these images' mean class tokens, not noise's
     with torch.no_grad():
         logits = split.h(A)
     if target is None:
