@@ -1,7 +1,10 @@
-"""The README's numbers are written by commands: the demo table block equals what `make demo` wrote."""
+"""The README's numbers are written by commands (the demo table block equals what `make demo` wrote), it stays
+short, its links resolve, its CLI lines name real commands and options, and its Python example runs."""
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -44,3 +47,56 @@ def test_markdown_table_and_splice(tmp_path) -> None:
     readme.write_text("no markers")
     with pytest.raises(Exception, match="markers"):
         splice_readme(readme, md)
+
+
+def _code_blocks(text: str, lang: str) -> list[str]:
+    return re.findall(rf"```{lang}\n(.*?)```", text, flags=re.S)
+
+
+def test_the_readme_is_short_and_every_table_is_written_by_a_command() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150
+    start, end = README_MARKERS
+    outside = text[: text.index(start)] + text[text.index(end):]
+    # Outside the demo block only tables without measured numbers are allowed (the methods table).
+    for line in outside.splitlines():
+        if line.startswith("|") and not set(line) <= set("|-: "):
+            assert not re.search(r"\d+(\.\d+)?\s?(%|×|s\b)|\b0\.\d{2,}", line), f"a typed number: {line}"
+
+
+def test_the_readme_links_resolve() -> None:
+    text = (ROOT / "README.md").read_text()
+    links = [link for link in re.findall(r"\]\(([^)#]+)", text) if "://" not in link]
+    assert len(links) >= 8
+    for link in links:
+        assert (ROOT / link).exists(), f"README links to a missing file: {link}"
+
+
+def test_the_readme_cli_lines_name_real_commands_and_options() -> None:
+    import typer.main
+
+    from conceptlens.cli import app
+
+    group = typer.main.get_command(app)
+    lines = [line for block in _code_blocks((ROOT / "README.md").read_text(), "bash")
+             for line in block.splitlines() if line.startswith("conceptlens ")]
+    assert len(lines) >= 5
+    for line in lines:
+        words = shlex.split(line.split("#")[0])
+        if words[1].startswith("--"):
+            continue
+        cmd = group.commands[words[1]]          # KeyError: the README names a command that does not exist
+        known = {opt for p in cmd.params for opt in p.opts}
+        for word in words[2:]:
+            if word.startswith("-"):
+                assert word in known, f"{words[1]} has no option {word}"
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs(tmp_path, monkeypatch) -> None:
+    blocks = _code_blocks((ROOT / "README.md").read_text(), "python")
+    (code,) = [b for b in blocks if "import conceptlens" in b]
+    assert len(code.strip().splitlines()) <= 11              # "Python in ten lines" (+ the blank line)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "cats.cl").exists() and (tmp_path / "report" / "index.html").is_file()
