@@ -40,8 +40,9 @@ ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step
 # once its natural residual is at most τ‖W a‖ with τ = √(ε/κ(WWᵀ)), which bounds its objective's excess by
 # ε·½‖a‖² (ε by dtype below: float32 cannot resolve a residual much under 1e-6·‖W a‖, so its ε is larger).
 # The rows that pass leave the sweeps; the others get the exact finish (block principal pivoting) after
-# ENCODE_HALS_SWEEPS sweeps, or as soon as at most ENCODE_EXACT_ROWS remain (a sweep over a few rows costs
-# its 2k kernel launches, ~100 µs at k = 25, while one pivoting step costs ~15 µs a row).
+# ENCODE_HALS_SWEEPS sweeps, or once at most ENCODE_EXACT_ROWS remain and a check found none passing (a
+# sweep over a few rows costs its 2k kernel launches, ~100 µs at k = 25; the finish ~1-2 ms whatever the
+# rows, plus ~15 µs a row and pivoting step).
 ENCODE_EXCESS = {torch.float64: 1e-14, torch.float32: 1e-9, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 ENCODE_FULL = 4
 ENCODE_CHECK = 2
@@ -49,10 +50,11 @@ ENCODE_HALS_SWEEPS = 60
 ENCODE_EXACT_ROWS = 32
 # The exact finish: an entry is infeasible once it is below −EXACT_TOL × the row's largest code (in the
 # support) or its gradient below −EXACT_TOL × (‖W a‖ + ‖Q‖‖x‖) (off it): float64 rounding of the
-# support's solve must not make entries change sides forever. Kim & Park's method is finite; the cap
-# only guards a singular Gram (duplicated bank rows), whose rows keep their HALS codes.
+# support's solve must not make entries change sides forever. Kim & Park's method is finite (from the HALS
+# support it took 1-3 steps in our tests); the cap only guards a singular Gram (duplicated bank rows),
+# whose rows that do not settle keep their HALS codes.
 EXACT_TOL = 1e-10
-EXACT_MAX_ITER = 100
+EXACT_MAX_ITER = 30
 # Codes per encode block (k × rows): bounds the encode's working memory (P and X, 16 MB each in float32).
 ENCODE_ELEMS = 2**22
 
