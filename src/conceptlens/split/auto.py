@@ -28,10 +28,12 @@ __all__ = ["block_names", "choose"]
 
 
 def block_names(model: nn.Module) -> set[str]:
-    """Dotted names of the modules that are children of a ``Sequential`` or ``ModuleList`` (whole blocks)."""
-    out = set()
+    """Dotted names of the whole blocks: children of a ``Sequential`` or ``ModuleList`` that is not itself
+    inside a block (``blocks.3``, ``layers.2``; not a block's own ``mlp.0``)."""
+    out: set[str] = set()
     for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Sequential, nn.ModuleList)):
+        if isinstance(mod, (nn.Sequential, nn.ModuleList)) and not any(
+                name.startswith(b + ".") or name == b for b in out):
             out.update(f"{name}.{child}" if name else child for child, _ in mod.named_children())
     return out
 
