@@ -41,7 +41,7 @@ def dist(tmp_path_factory) -> Path:
 
 def test_wheel_and_sdist_pass_twine_check(dist: Path) -> None:
     files = sorted(dist.iterdir())
-    assert [f.suffix for f in files if f.suffix in {".whl", ".gz"}] == [".gz", ".whl"]
+    assert sorted(f.suffix for f in files if f.suffix in {".whl", ".gz"}) == [".gz", ".whl"]
     res = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", *map(str, files)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
