@@ -17,6 +17,7 @@ streamed covariance equals the in-memory one up to the order of sums).
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import torch
@@ -97,7 +98,9 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
     Returns
     -------
     ConceptExplainer
-        ``ex``, fitted as by ``fit`` (``crops_`` for crop methods; no ``tree_``).
+        ``ex``, fitted as by ``fit`` (``crops_`` for crop methods; no ``tree_``), plus ``stream_`` (a dict):
+        seconds spent per stage (``extract``: reading the images and running ``g``, ``h``; ``crops``;
+        ``fit``; ``encode``: codes and importance), ``n_images``, ``on_disk`` (whether the store was used).
 
     Raises
     ------
@@ -121,7 +124,9 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
     src = _source(ex, data, select, o)
     budget = parse_bytes(o.get("memory_budget"))
     store_dir = o.get("store_dir")
+    t = [time.perf_counter()]
     ext = extract(split, src, memory_budget=budget, store_dir=store_dir)
+    t.append(time.perf_counter())
     crop_buf: RowBuffer | None = None
     try:
         logits = ext.logits
@@ -143,12 +148,14 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
             rows: Any = crop_buf.data()
         else:
             rows = ext.data()
+        t.append(time.perf_counter())
         if not isinstance(rows, torch.Tensor) and not fits_store(cls):
             raise ParameterError(
                 f"method {ex.method!r} fits in memory only, and the activations of these {ext.n_images} "
                 f"images exceed memory_budget={budget} bytes: raise memory_budget, use fewer images, or a "
                 "method with an out-of-core fit ('nmf', 'craft', 'pca', 'kmeans')")
         d.fit(rows)
+        t.append(time.perf_counter())
         d.load_state_tensors({k: v.detach().clone() for k, v in d.state_tensors().items()})
         ex.decomposition_ = d
         U = d.encode(ext.data()) if ext.in_memory else ext.map(d.encode, b)
@@ -160,6 +167,10 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
             scores = d.encode(rows) if isinstance(rows, torch.Tensor) else torch.cat(
                 [d.encode(r) for r in rows.iter_batches(8192)])
             ex.crops_ = CropSet(image_index=index, boxes=boxes, scores=scores, predicted=predicted)
+        t.append(time.perf_counter())
+        stages = zip(("extract", "crops", "fit", "encode"), t[:-1], t[1:], strict=True)
+        ex.stream_ = {**{k: round(t1 - t0, 4) for k, t0, t1 in stages}, "n_images": ext.n_images,
+                      "on_disk": not (ext.in_memory and isinstance(rows, torch.Tensor))}
     finally:
         ext.close()
         if crop_buf is not None:

@@ -22,6 +22,9 @@ Nothing in the library imports this package; peers (scikit-learn) are imported b
     and on-rate (also writes ``eddp.md``).
 ``conceptlens bench load``
     The demo's stages and the NMF fit against scikit-learn, alone and beside ``--busy`` CPU-bound processes.
+``conceptlens bench scale``
+    ICE, CRAFT and FACE on 100 and 1,000 generated images streamed from a DataLoader (EfficientNet-Lite0):
+    extraction and the rest against the bare forward pass, peak resident memory (one process per run).
 ``conceptlens bench summary``
     Rewrites ``summary.md``: every benchmark's headline ratio from the JSON files (``all`` ends with it).
 ``conceptlens bench sobol``
@@ -57,6 +60,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "sobol": ("conceptlens.bench.sobol", "run_benchmark"),
     "load": ("conceptlens.bench.load", "run_benchmark"),
     "eddp": ("conceptlens.bench.eddp", "run_benchmark"),
+    "scale": ("conceptlens.bench.scale", "run_benchmark"),
 }
 
 
