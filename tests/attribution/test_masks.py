@@ -116,8 +116,9 @@ def test_abductive_term_keeps_the_class_under_noise_backgrounds() -> None:
     x = object_images(8)
     assert bool((model(x).argmax(1) == 0).all())
     kw = dict(size=8, detail=0, steps=60, layers=["act"], area_end=2.0, area_pause=False, select="zero",
-              area_mode="penalty", refine=False, necessity=0.0)  # refine would shrink past the noise
-    # with select="zero"; the necessity term alone already makes these masks cover the object: off here
+              area_mode="penalty", refine=False, necessity=0.0, patience=None)  # refine would shrink past
+    # the noise with select="zero"; the necessity term alone already makes these masks cover the object, and
+    # an early stop would cut the trajectory whose end the term changes: both off here
     with_abd = MaskExplainer(model, **kw).explain(x)
     without = MaskExplainer(model, **kw, abductive=0.0).explain(x)
     assert bool(with_abd.same_top1.all()) and bool(without.same_top1.all())
@@ -347,6 +348,73 @@ def test_amortised_mode_gives_one_pass_binary_masks(tiny: TinyNet, tiny_images: 
     with pytest.raises(ParameterError, match="top-1"):
         wrong = (r.target + 1) % 4
         ex.explain(tiny_images[8:], target=wrong, amortised=True)
+
+
+# ----------------------------------------------------------------------------------------- speed: early stop
+def test_early_stop_leaves_the_other_rows_unchanged(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    x = tiny_images[:6]
+    full = MaskExplainer(tiny, **FAST, patience=None).explain(x)
+    never = MaskExplainer(tiny, **FAST, patience=FAST["steps"]).explain(x)  # never fires within the steps
+    assert torch.equal(full.masks, never.masks) and len(never.history) == FAST["steps"]
+    for mode in ("budget", "penalty"):  # one path: the pick between paths does not blur the comparison
+        full = MaskExplainer(tiny, **FAST, area_mode=mode, patience=None).explain(x)
+        early = MaskExplainer(tiny, **FAST, area_mode=mode, patience=4).explain(x)
+        active = [h["active"] for h in early.history]
+        assert active[0] == 1.0 and min(active) < 1.0 and active == sorted(active, reverse=True)
+        # cutting rows out changes nothing for the others: until it stops, every row follows its full-run
+        # trajectory, so its selected mask is one the full run selected too, at the same step, or earlier
+        # when the full run went on to smaller masks
+        assert bool((early.step <= full.step).all())
+        same = early.step == full.step
+        assert bool(same.any()) and torch.equal(early.masks[same], full.masks[same])
+        assert bool((early.kept_fraction[~same] > full.kept_fraction[~same]).all())
+    with pytest.raises(ParameterError, match="patience"):
+        MaskExplainer(tiny, patience=0)
+
+
+def test_cutting_rows_out_carries_their_weights_and_adam_state() -> None:
+    from conceptlens.attribution.masks.generator import GroupedUNet as _GroupedUNet
+    from conceptlens.attribution.masks.optimise import _select_rows
+
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    target = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+
+    def steps(net: nn.Module, opt: torch.optim.Optimizer, rows: list[int], k: int) -> None:
+        for _ in range(k):
+            opt.zero_grad()
+            ((net(x[rows]) - target[rows]) ** 2).sum().backward()
+            opt.step()
+
+    # three generators, two steps, cut to rows 0 and 2, three more steps ...
+    net = _GroupedUNet(4, 4, 3, 1.0, [0, 1, 2], free=True, detail=16)
+    opt = torch.optim.Adam(net.parameters(), lr=0.05)
+    steps(net, opt, [0, 1, 2], 2)
+    cut, cut_opt = _select_rows(net, opt, torch.tensor([0, 2]), 0.05)
+    steps(cut, cut_opt, [0, 2], 3)
+    # ... equals the two generators run alone for five steps (every generator sees only its own loss)
+    ref = _GroupedUNet(4, 4, 2, 1.0, [0, 2], free=True, detail=16)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=0.05)
+    steps(ref, ref_opt, [0, 2], 5)
+    with torch.no_grad():
+        torch.testing.assert_close(cut(x[[0, 2]]), ref(x[[0, 2]]), rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_is_restored_and_changes_no_value(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
+    from conceptlens.attribution.masks.optimise import channels_last
+
+    x = tiny_images[:3]
+    w = [p for p in tiny.parameters() if p.ndim == 4]
+    before = [p.detach().clone() for p in w]
+    with torch.no_grad():
+        y0 = tiny(x)
+        with channels_last(tiny) as fmt:
+            assert fmt is torch.channels_last
+            assert all(p.is_contiguous(memory_format=torch.channels_last) for p in w)
+            y1 = tiny(x.contiguous(memory_format=torch.channels_last))
+    assert all(p.is_contiguous() and torch.equal(p, b) for p, b in zip(w, before, strict=True))
+    torch.testing.assert_close(y1, y0)
+    with channels_last(ObjectVsNoise()) as none:
+        assert none is None
 
 
 # ----------------------------------------------------------------------------------------- the generator

@@ -170,6 +170,10 @@ class MaskExplainer:
     restarts
         U-Nets per image and path, each from its own seeded start (the smallest class-keeping mask over all
         of them wins); the cost grows in proportion.
+    patience
+        Early stop: an image's path leaves the optimisation once its selected mask has not shrunk by 2 % for
+        ``patience`` steps (its U-Net is cut out of the batch, so the remaining steps cost less); None runs
+        every step for every image.
     refine
         After the optimisation, shrink each image's mask along its own pixel ranking (the top 90 %, 81 %, …
         43 % of its pixels, checked in batched forward passes without gradient) and keep the smallest that
@@ -217,6 +221,7 @@ class MaskExplainer:
         budget_grow: float = 0.04,
         restarts: int = 1,
         refine: bool = True,
+        patience: int | None = 20,
         batch_size: int = 8,
         select: str = "zero",
         progress: bool | None = None,
@@ -251,6 +256,7 @@ class MaskExplainer:
         self.budget_grow = _check_rate("budget_grow", budget_grow)
         self.restarts = check_int("restarts", restarts, 1)
         self.refine = bool(refine)
+        self.patience = None if patience is None else check_int("patience", patience, 1)
         self.batch_size = check_int("batch_size", batch_size, 1)
         if select not in ("all", "zero"):
             raise ParameterError(f"select must be 'all' or 'zero', got {select!r}")
@@ -269,6 +275,7 @@ class MaskExplainer:
             "area_end": self.area_end, "area_pause": self.area_pause, "area_mode": self.area_mode,
             "budget_start": self.budget_start, "budget_min": self.budget_min, "budget_rate": self.budget_rate,
             "budget_grow": self.budget_grow, "restarts": self.restarts, "refine": self.refine,
+            "patience": self.patience,
             "batch_size": self.batch_size, "select": self.select, **self.weights,
         }
 
@@ -296,7 +303,7 @@ class MaskExplainer:
             init_logit=self.init_logit, area_end=self.area_end, area_pause=self.area_pause, modes=modes,
             budget_start=self.budget_start, budget_min=self.budget_min, budget_rate=self.budget_rate,
             budget_grow=self.budget_grow, restarts=self.restarts, refine=self.refine, select=self.select,
-            batch_size=self.batch_size, progress=self.progress,
+            batch_size=self.batch_size, progress=self.progress, patience=self.patience,
         )
 
     def _result(
@@ -352,22 +359,11 @@ class MaskExplainer:
         if amortised:
             return self._explain_amortised(x, target)
         sites = self._setup(x)
-        outs = []
-        history: list[dict[str, float]] = []
-        for i in range(0, x.shape[0], self.batch_size):
-            res = self._explain_batch(x[i: i + self.batch_size], target, sites, i)
-            outs.append(res)
-            # average the logged terms over batches, weighting by batch size
-            if not history:
-                history = [dict(h) for h in res.history]
-            else:
-                nb, nt = res.masks.shape[0], i
-                for h, r in zip(history, res.history, strict=True):
-                    for k in h:
-                        if k != "step":
-                            h[k] = (h[k] * nt + r[k] * nb) / (nt + nb)
+        outs = [self._explain_batch(x[i: i + self.batch_size], target, sites, i)
+                for i in range(0, x.shape[0], self.batch_size)]
         cat = {k: torch.cat([getattr(o, k) for o in outs]) for k in _PER_IMAGE}
-        return MaskExplanation(**cat, history=history)
+        return MaskExplanation(**cat, history=_merge_histories([o.history for o in outs],
+                                                               [o.masks.shape[0] for o in outs]))
 
     def _explain_batch(
         self, x: torch.Tensor, target: Any, sites: Sequence[CallSite], offset: int
@@ -453,6 +449,23 @@ class MaskExplainer:
     def __repr__(self) -> str:
         return (f"MaskExplainer({type(self.model).__name__}, layers={self.layers!r}, seed={self.seed}, "
                 f"steps={self.steps}, lr={self.lr}, size={self.size})")
+
+
+def _merge_histories(
+    histories: Sequence[list[dict[str, float]]], sizes: Sequence[int]
+) -> list[dict[str, float]]:
+    """The batches' step logs as one: per step, each number averaged over the batches that ran that step,
+    weighted by their images (batches that stopped early drop out of the later steps)."""
+    merged = []
+    for t in range(max((len(h) for h in histories), default=0)):
+        recs = [(h[t], nb) for h, nb in zip(histories, sizes, strict=True) if t < len(h)]
+        keys = dict.fromkeys(k for rec, _ in recs for k in rec)
+        row: dict[str, float] = {}
+        for k in keys:
+            have = [(rec[k], nb) for rec, nb in recs if k in rec]
+            row[k] = float(t) if k == "step" else sum(v * nb for v, nb in have) / sum(nb for _, nb in have)
+        merged.append(row)
+    return merged
 
 
 def _check_weights(weights: Mapping[str, Any]) -> dict[str, float]:

@@ -29,6 +29,7 @@ the features alone cannot separate.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 
@@ -38,7 +39,7 @@ from torch import nn
 
 from conceptlens.errors import ParameterError
 
-__all__ = ["GroupedUNet"]
+__all__ = ["GroupedUNet", "take_groups"]
 
 
 class GroupedUNet(nn.Module):
@@ -91,6 +92,24 @@ class GroupedUNet(nn.Module):
         d = self.detail
         self.free = nn.Parameter(torch.zeros(groups, 1, d, d)) if bool(flags.any()) else None
 
+    def select(self, rows: torch.Tensor) -> GroupedUNet:
+        """A new module holding only the generators ``rows`` (``[r]`` long indices), with their weights.
+
+        Every parameter and buffer is stacked group by group along its first dimension, so each is cut
+        with :func:`take_groups`; an optimiser's per-element state can be cut the same way.
+        """
+        new = copy.copy(self)  # the module's own dicts are replaced below, the tensors are fresh
+        new._parameters, new._buffers, new._modules = {}, {}, {}
+        new.groups = int(rows.numel())
+        new.weights = nn.ParameterDict(
+            {k: nn.Parameter(take_groups(v.detach(), self.groups, rows)) for k, v in self.weights.items()})
+        new.biases = nn.ParameterDict(
+            {k: nn.Parameter(take_groups(v.detach(), self.groups, rows)) for k, v in self.biases.items()})
+        new.register_buffer("free_on", take_groups(self.free_on, self.groups, rows))
+        free = self.free
+        new.free = None if free is None else nn.Parameter(take_groups(free.detach(), self.groups, rows))
+        return new
+
     def _conv(self, name: str, t: torch.Tensor, stride: int = 1) -> torch.Tensor:
         w = self.weights[name]
         return F.conv2d(t, w, self.biases[name], stride=stride, padding=w.shape[-1] // 2, groups=self.groups)
@@ -123,6 +142,11 @@ class GroupedUNet(nn.Module):
         if self.detail != s:
             z = F.interpolate(z, size=(self.detail, self.detail), mode="bilinear", align_corners=False)
         return z if self.free is None else z + self.free * self.free_on
+
+
+def take_groups(t: torch.Tensor, groups: int, rows: torch.Tensor) -> torch.Tensor:
+    """The slices of groups ``rows`` of ``t``, whose first dimension stacks ``groups`` equal blocks."""
+    return t.reshape(groups, -1, *t.shape[1:])[rows].reshape(-1, *t.shape[1:]).clone()
 
 
 def _initial_weights(

@@ -45,12 +45,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conceptlens.attribution.masks.generator import GroupedUNet
+from conceptlens.attribution.masks.generator import GroupedUNet, take_groups
 from conceptlens.attribution.masks.losses import mask_loss, noise_background, reference
 from conceptlens.progress import progress_bar
 from conceptlens.split.sites import CallSite, forward_chunks, logits_of
 
-__all__ = ["Search", "frozen", "search", "refine", "selection_key", "survives_noise", "train_amortised"]
+__all__ = ["Search", "SETTLE", "channels_last", "frozen", "search", "refine", "selection_key",
+           "survives_noise",
+           "train_amortised"]
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,11 @@ class Search:
     select: str
     batch_size: int
     progress: bool | None
+    patience: int | None = None  # stop a row after this many steps without a 2 % smaller selected mask
+
+
+#: A row's selected mask must shrink by this relative amount to count as progress for ``patience``.
+SETTLE = 0.02
 
 
 @dataclass
@@ -94,6 +101,7 @@ class _Best:
     last: torch.Tensor  # [n,1,H,W] the last binary mask
     clock: torch.Tensor  # [n] steps counted by the area schedule
     budget: torch.Tensor | None  # [n] kept fractions (NaN on penalised rows), None without budget rows
+    improved: torch.Tensor  # [n] long, the last step whose selected mask was SETTLE smaller than before
 
 
 @contextlib.contextmanager
@@ -116,13 +124,17 @@ def search(
     """Minimal binary masks of ``x [n0,3,H,W]`` for targets ``y [n0]``, one U-Net per image and path.
 
     ``ref`` and ``p_ref [n0,K]`` are the reference outputs and tempered softmax of ``x`` (see
-    :func:`~conceptlens.attribution.masks.losses.mask_loss`).
+    :func:`~conceptlens.attribution.masks.losses.mask_loss`). With ``s.patience``, a row (an image on one
+    path) leaves the batch once its selected mask has not shrunk by :data:`SETTLE` (2 %) for ``patience``
+    steps: its U-Net and optimiser state are cut out (:meth:`GroupedUNet.select`), the other rows go on
+    unchanged, and the loop ends when no row is left.
 
     Returns
     -------
     tuple
         ``masks [n0,1,H,W]`` (0 / 1), ``step [n0]`` (the step each was found at, -1 when none kept the
-        target) and the history (one dict per step, means over the rows).
+        target) and the history (one dict per step run, means over the rows still optimised; ``active``
+        is their fraction).
     """
     n0 = x.shape[0]
     paths = [(m, j) for j in range(s.restarts) for m in s.modes]
@@ -141,34 +153,50 @@ def search(
     use_abd = s.weights["abductive"] > 0
     ones = torch.ones(n, 1, *x.shape[2:], device=x.device, dtype=x.dtype)
     st = _Best(
-        mask=ones, area=torch.full((n,), math.inf, device=x.device),
+        mask=ones.clone(), area=torch.full((n,), math.inf, device=x.device),
         key=torch.full((n,), math.inf, device=x.device),
         step=torch.full((n,), -1, dtype=torch.long, device=x.device),
-        rank=torch.zeros_like(ones) if s.refine else None, last=ones,
+        rank=torch.zeros_like(ones) if s.refine else None, last=ones.clone(),
         clock=torch.zeros(n, device=x.device, dtype=x.dtype),
         budget=torch.where(budgeted, s.budget_start, math.nan).to(x.dtype) if bool(budgeted.any()) else None,
+        improved=torch.zeros(n, dtype=torch.long, device=x.device),
     )
+    rows = torch.arange(n, device=x.device)  # the rows still optimised
+    xa, ya, refa, p_refa = x, y, ref, p_ref
     history: list[dict[str, float]] = []
-    with frozen(s.model):
+    with frozen(s.model), channels_last(s.model) as fmt:
         for step in progress_bar(range(s.steps), desc="mask steps", enable=s.progress):
             noise = noise_background(step, x, noise_gen) if use_abd else None
-            area_w = s.weights["area"] * s.area_end * (st.clock + 1) / s.steps
+            area_w = s.weights["area"] * s.area_end * (st.clock[rows] + 1) / s.steps
+            budget = None if st.budget is None else st.budget[rows]
             loss, terms, hard, out, rank = mask_loss(
-                s.model, net, x, y, ref, p_ref, s.sites, s.layers, s.weights, area_w, noise, st.budget
+                s.model, net, xa, ya, refa, p_refa, s.sites, s.layers, s.weights, area_w, noise, budget,
+                memory_format=fmt,
             )
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
-            holds = _keep_if_smaller(s, st, step, hard, out, rank, x, y, noise, check_gen)
+            holds = _keep_if_smaller(s, st, rows, step, hard, out, rank, xa, ya, noise, check_gen)
             rec = {"step": float(step), "loss": float(loss.detach().mean()),
-                   "area_weight": float(area_w.mean())}
-            _advance(s, st, holds, budgeted, rec)
+                   "area_weight": float(area_w.mean()), "active": rows.numel() / n}
+            _advance(s, st, rows, holds, budgeted, rec)
             rec.update({k: float(v.detach().mean()) for k, v in terms.items()})
             rec["kept"] = float(hard.mean((1, 2, 3)).mean())
-            rec["top1"] = float((out["e"].argmax(1) == y).float().mean())
+            rec["top1"] = float((out["e"].argmax(1) == ya).float().mean())
             if "complement" in out:
-                rec["complement_top1"] = float((out["complement"].argmax(1) == y).float().mean())
+                rec["complement_top1"] = float((out["complement"].argmax(1) == ya).float().mean())
             history.append(rec)
+            if s.patience is None:
+                continue
+            go_on = (step - st.improved[rows]) < s.patience
+            if not bool(go_on.all()):
+                if not bool(go_on.any()):
+                    break
+                keep = go_on.nonzero()[:, 0]
+                rows = rows[keep]
+                net, opt = _select_rows(net, opt, keep, s.lr)
+                xa, ya, p_refa = xa[keep], ya[keep], p_refa[keep]
+                refa = {k: v[keep] for k, v in refa.items()}
     found = torch.isfinite(st.key)
     if st.rank is not None and bool(found.any()):
         st.mask, st.area, st.key = refine(s, x, y, st.mask, st.key, st.rank)
@@ -182,49 +210,95 @@ def search(
     return masks[rows], st.step[rows], history
 
 
+def _select_rows(
+    net: GroupedUNet, opt: torch.optim.Optimizer, keep: torch.Tensor, lr: float
+) -> tuple[GroupedUNet, torch.optim.Optimizer]:
+    """The generators ``keep`` and a new Adam carrying their state (moments cut the same way, same step)."""
+    new = net.select(keep)
+    new_opt = torch.optim.Adam(new.parameters(), lr=lr)
+    old = dict(net.named_parameters())
+    for name, p in new.named_parameters():
+        state = opt.state.get(old[name])
+        if state:
+            new_opt.state[p] = {k: v.clone() if k == "step" else take_groups(v, net.groups, keep)
+                                for k, v in state.items()}
+    return new, new_opt
+
+
+@contextlib.contextmanager
+def channels_last(model: nn.Module) -> Iterator[torch.memory_format | None]:
+    """The model's 4-D weights in channels-last layout for the duration (restored after).
+
+    oneDNN's CPU convolutions run about 1.3× faster forward and backward on EfficientNet-Lite0 with both the
+    weights and the input channels-last (they skip the layout conversions); the values are the same.
+    Yields the memory format the inputs should take (None when the model has no 4-D weights).
+    """
+    params = [p for p in model.parameters() if p.ndim == 4]
+    saved = [p.data for p in params]
+    try:
+        for p in params:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+        yield torch.channels_last if params else None
+    finally:
+        for p, d in zip(params, saved, strict=True):
+            p.data = d
+
+
 def _keep_if_smaller(
-    s: Search, st: _Best, step: int, hard: torch.Tensor, out: dict[str, torch.Tensor], rank: torch.Tensor,
-    x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None, check_gen: torch.Generator,
+    s: Search, st: _Best, rows: torch.Tensor, step: int, hard: torch.Tensor, out: dict[str, torch.Tensor],
+    rank: torch.Tensor, x: torch.Tensor, y: torch.Tensor, noise: torch.Tensor | None,
+    check_gen: torch.Generator,
 ) -> torch.Tensor:
     """Keep this step's binary masks where they are the smallest class-keeping ones so far.
 
-    The forward pass saw the binary mask: a mask qualifies when it keeps the target top-1 on the zero
-    background (and with ``select="all"`` also on this step's noise background and one draw of the other
-    kind). With the necessity term on, a mask whose complement loses the target beats every mask whose
-    complement keeps it (the selection key adds 2 to the area of the latter). Returns ``[n]`` bool: whether
-    the mask holds the class by the ``select`` rule (for the schedule).
+    ``rows [r]`` are the rows of the state ``st`` that this step optimised (``hard``, ``out``, ``rank``,
+    ``x`` and ``y`` hold those rows only). The forward pass saw the binary mask: a mask qualifies when it
+    keeps the target top-1 on the zero background (and with ``select="all"`` also on this step's noise
+    background and one draw of the other kind). With the necessity term on, a mask whose complement loses
+    the target beats every mask whose complement keeps it (the selection key adds 2 to the area of the
+    latter). Returns ``[r]`` bool: whether the mask holds the class by the ``select`` rule (for the
+    schedule).
     """
     area = hard.mean((1, 2, 3))
     kept_zero = out["e"].argmax(1) == y
     kept_noise = out["noise"].argmax(1) == y if noise is not None else kept_zero
     key = selection_key(area, out.get("complement"), y)
-    ok = kept_zero & (key < st.key)
+    best = st.key[rows]
+    ok = kept_zero & (key < best)
     if s.select == "all":
         # the step saw one noise kind (or none): check the candidates on the missing kind(s)
         kinds = [step + 1] if noise is not None else [0, 1]
         ok = survives_noise(s.model, ok & kept_noise, kinds, hard, x, y, check_gen)
-    st.mask = torch.where(ok[:, None, None, None], hard, st.mask)
+    # progress for patience: a necessary mask after unnecessary ones, or a mask SETTLE smaller in its group
+    gain = ok & ((key < best - 1) | (area < st.area[rows] * (1 - SETTLE)))
+    st.improved[rows] = torch.where(gain, step, st.improved[rows])
+    okb = ok[:, None, None, None]
+    st.mask[rows] = torch.where(okb, hard, st.mask[rows])
     if st.rank is not None:
-        st.rank = torch.where(ok[:, None, None, None], rank, st.rank)
-    st.area = torch.where(ok, area, st.area)
-    st.key = torch.where(ok, key, st.key)
-    st.step = torch.where(ok, torch.full_like(st.step, step), st.step)
-    st.last = hard
+        st.rank[rows] = torch.where(okb, rank, st.rank[rows])
+    st.area[rows] = torch.where(ok, area, st.area[rows])
+    st.key[rows] = torch.where(ok, key, best)
+    st.step[rows] = torch.where(ok, step, st.step[rows])
+    st.last[rows] = hard
     return kept_zero & kept_noise if s.select == "all" else kept_zero
 
 
 def _advance(
-    s: Search, st: _Best, holds: torch.Tensor, budgeted: torch.Tensor, rec: dict[str, float]
+    s: Search, st: _Best, rows: torch.Tensor, holds: torch.Tensor, budgeted: torch.Tensor,
+    rec: dict[str, float],
 ) -> None:
-    """Move the area schedules one step: the penalty's clock, and the budgets along the class frontier."""
-    st.clock = st.clock + (holds.to(st.clock.dtype) if s.area_pause else 1.0)
+    """Move the area schedules of ``rows`` one step: the penalty's clock, the budgets along the frontier."""
+    st.clock[rows] = st.clock[rows] + (holds.to(st.clock.dtype) if s.area_pause else 1.0)
     if st.budget is not None:
         # path following on the area itself: shrink the budget while the mask keeps the class,
         # let it grow back slowly while the other terms win the class back
-        shrunk = (st.budget * (1 - s.budget_rate)).clamp_min(s.budget_min)
-        grown = (st.budget * (1 + s.budget_grow)).clamp_max(1.0)
-        st.budget = torch.where(holds, shrunk, grown)
-        rec["budget"] = float(st.budget[budgeted].mean())
+        b = st.budget[rows]
+        shrunk = (b * (1 - s.budget_rate)).clamp_min(s.budget_min)
+        grown = (b * (1 + s.budget_grow)).clamp_max(1.0)
+        st.budget[rows] = torch.where(holds, shrunk, grown)
+        on = budgeted[rows]
+        if bool(on.any()):
+            rec["budget"] = float(st.budget[rows][on].mean())
 
 
 def selection_key(area: torch.Tensor, complement: torch.Tensor | None, y: torch.Tensor) -> torch.Tensor:
