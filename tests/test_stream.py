@@ -159,3 +159,40 @@ def test_peak_memory_is_flat_in_the_number_of_images(tmp_path: Path) -> None:
     assert large <= 1.3 * small, (small, large)
     # and the growth is well below what the 1,500 more images' activations (16·16·32 floats each) would take
     assert grew_large - grew_small < 0.6 * 1500 * 16 * 16 * 32 * 4 / 1024, (grew_small, grew_large)
+
+
+def test_compare_reads_a_folder(split: cl.ModelSplit, folder: Path) -> None:
+    from conceptlens.workflows.compare import compare
+
+    x = cl.data.load_images(folder, preset=split.preset)[:40]
+    paths = sorted(str(p) for p in folder.iterdir())[:40]
+    ref = compare(split, x, 1, methods=("nmf", "pca"), n_concepts=3)
+    got = compare(split, paths, 1, methods=("nmf", "pca"), n_concepts=3)
+    assert [r["method"] for r in got.rows] == ["nmf", "pca"]
+    for a, b in zip(ref.rows, got.rows, strict=True):
+        for key, v in a.items():
+            if isinstance(v, float) and key != "seconds":
+                assert v == pytest.approx(b[key], abs=1e-5, nan_ok=True), key
+
+
+def test_cli_fit_reads_one_class_folder_streamed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from conceptlens.cli import app
+
+    for cls, n in (("cat", 3), ("dog", 5)):
+        (tmp_path / "tree" / cls).mkdir(parents=True)
+        rng = np.random.default_rng(n)
+        for i in range(n):
+            pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "tree" / cls / f"{i}.png")
+    out = tmp_path / "dog.cl"
+    res = CliRunner().invoke(app, ["fit", "--images", str(tmp_path / "tree"), "--class-folder", "dog",
+                                   "-k", "3", "--memory-budget", "1MB", "--batch-size", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "on 5 images; streamed" in res.output
+    ex = cl.ConceptExplainer.load(out)
+    assert ex.concepts_.shape[0] == 3
+    res = CliRunner().invoke(app, ["fit", "--images", str(tmp_path / "tree"), "--class-folder", "dgo", "-o",
+                                   str(out)])
+    assert res.exit_code == 2 and "did you mean" in res.output.lower() and "dog" in res.output

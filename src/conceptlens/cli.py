@@ -149,8 +149,18 @@ def fit(
         None, "--layers", help="Earlier layer(s) for --recursive, deep to shallow, comma-separated (default: "
                                "the outputs of the two stages before --layer, printed)."),
     seed: int = typer.Option(0, help="Random seed."),
+    class_folder: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--class-folder", help="--images is an ImageFolder tree (data/<class>/*.jpg): read this "
+                                     "class's subfolder only (streamed)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward pass."),  # noqa: UP045
+    memory_budget: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--memory-budget", help="Stream the images in batches and keep at most this much activations "
+                                      "in memory (e.g. 2GB; more goes to an on-disk store)."),
 ) -> None:
     """Fit concepts for a class on a folder of images and save the explainer.
+
+    Large data: ``--memory-budget 2GB`` (or ``--class-folder``) reads the images batch by batch and keeps
+    the activations on disk above the budget.
 
     CRAFT: ``--method craft`` fits the bank on crops of the images (``--patch``, ``--stride``) and weighs the
     concepts by Sobol indices (``--importance auto``); ``--recursive --layers L1,L2`` grows its concept tree.
@@ -160,7 +170,13 @@ def fit(
 
     with _reported():
         m = cl.models.load(model, weights=weights, device=device)
-        x, _ = _images(images, m.preset, crop)
+        streamed = class_folder is not None or memory_budget is not None
+        if streamed and (crop or recursive):
+            raise ParameterError("--crop and --recursive need the images in memory: drop --memory-budget / "
+                                 "--class-folder, or those options")
+        src = images[0] if len(images) == 1 else images
+        x: Any = cl.data.ImageSource(src, m.preset, class_folder=class_folder) if streamed else \
+            _images(images, m.preset, crop)[0]
         method_params: dict[str, object] = {}
         if patch is not None or stride is not None:
             if cl.decompose.get(method).fit_on != "crops":
@@ -181,12 +197,15 @@ def fit(
             typer.echo(f"--recursive: splitting concepts at {layers_} (the stages before {ex.split.layer!r}; "
                        "--layers overrides)")
         out = out if out is not None else Path(f"{method}.cl")
+        stream = {k: v for k, v in (("batch_size", batch_size), ("memory_budget", memory_budget)) if v}
         ex.fit(x, target=target, recursive=recursive,  # type: ignore[arg-type]
-               layers=layers_.split(",") if recursive and layers_ else None)
+               layers=layers_.split(",") if recursive and layers_ else None, **stream)
         ex.save(out)
-        fid = cl.metrics.fidelity(ex, x)
+        fid = None if streamed else cl.metrics.fidelity(ex, x)
+    n = int(ex.fit_scores_.shape[0])
     typer.echo(f"fitted {n_concepts} {method} concepts for {ex.target_name_!r} at layer {ex.split.layer!r} "
-               f"on {x.shape[0]} images; fid_c = {fid['fid_c']:.3f}, fid_r = {fid['fid_r']:.3f}")
+               f"on {n} images; " + (f"fid_c = {fid['fid_c']:.3f}, fid_r = {fid['fid_r']:.3f}" if fid else
+                                     "streamed (fidelity: conceptlens evaluate on a sample)"))
     imp = ex.importance_result_
     if imp.ci_low is not None and imp.ci_high is not None:
         typer.echo(f"importance ({imp.method}) with 95 % intervals:")
@@ -312,15 +331,17 @@ def layers(
 
 @app.command()
 def bench(
-    what: str = typer.Argument("all", help="Which one: nmf, fidelity, groundtruth, face, masks or all."),
+    what: str = typer.Argument(
+        "all", help="Which one: nmf, fidelity, groundtruth, face, masks, eddp, sobol, load, … or all."),
     quick: bool = typer.Option(False, help="Small sizes (for tests)."),
     out: Path = typer.Option(Path("bench/results"), "--out", "-o", help="Folder for the JSON results."),
+    busy: int = typer.Option(1, min=0, help="bench load: competing 2-thread CPU-bound processes it starts."),
 ) -> None:
     """Run benchmarks that report ratios against peers measured in the same run; writes JSON."""
     from conceptlens import bench as bench_mod
 
     try:
-        bench_mod.run(what, quick=quick, out=out)
+        bench_mod.run(what, quick=quick, out=out, busy=busy)
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean exit code
         from conceptlens.errors import ConceptLensError
 

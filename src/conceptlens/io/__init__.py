@@ -14,7 +14,8 @@ from conceptlens.io.images import (
 )
 from conceptlens.io.presets import DEFAULT_PRESET, Preset
 from conceptlens.io.samples import sample_image_names, sample_images
+from conceptlens.io.sources import ImageSource
 
 __all__ = ["DEFAULT_PRESET", "IMAGE_EXTENSIONS", "Preset", "batched", "load_images", "load_pil",
            "resize_center_crop", "sample_image_names", "sample_images", "to_tensor01", "crops", "demo_set",
-           "CropSet", "crop_activations", "crop_images", "crop_rows"]
+           "CropSet", "crop_activations", "crop_images", "crop_rows", "ImageSource"]

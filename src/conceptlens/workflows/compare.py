@@ -42,6 +42,7 @@ from conceptlens._check import fmt_pct, is_finite
 from conceptlens._io import atomic_write
 from conceptlens.errors import ParameterError, TargetError
 from conceptlens.explainer import ConceptExplainer, layer_activations, resolve_target
+from conceptlens.io.sources import as_source
 from conceptlens.report.base import Section
 from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
@@ -313,7 +314,7 @@ def compare(
     split
         The model cut at a layer (a :class:`~conceptlens.ModelSplit`).
     x
-        ``[N,3,H,W]`` normalised images (ideally of the target class).
+        ``[N,3,H,W]`` normalised images (of the target class), or a folder, Dataset, DataLoader… (held).
     target
         Class index or name; None = the class the model predicts most often on ``x``.
     methods
@@ -354,6 +355,8 @@ def compare(
         raise ParameterError(f"method_params names {unused}, which are not in methods={names}")
     if isinstance(n_concepts, bool) or not isinstance(n_concepts, int) or n_concepts < 1:
         raise ParameterError(f"n_concepts must be a positive integer, got {n_concepts!r}")
+    if not isinstance(x, torch.Tensor):  # every metric reads every image: the images are held
+        x = as_source(x, split.preset, progress=progress).load_all()
     if A is None:
         A = layer_activations(split, x, progress=progress)
     elif A.shape[0] != x.shape[0]:
