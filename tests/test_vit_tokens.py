@@ -113,3 +113,17 @@ def test_every_concept_method_and_the_maps_on_a_vit() -> None:
     assert e.maps.shape == (2, 3, 32, 32) and torch.isfinite(e.maps).all()
     with pytest.raises(ActivationError, match="non-negative"):
         cl.ConceptExplainer(s, method="nmf", n_concepts=3, progress=False).fit(x, target=0)
+
+
+def test_masks_match_a_vits_token_blocks() -> None:
+    from conceptlens.attribution.masks.explainer import MaskExplainer
+    from conceptlens.split.sites import activation_sites, default_layers
+
+    m = ToyViT(pool="avg")
+    x = _x(2)
+    sites = activation_sites(m, x[:1])
+    assert [s.name for s in sites if s.tokens and s.block] == ["blocks.0", "blocks.1", "blocks.2"]
+    layers = default_layers(sites)  # no spatial activation: the token blocks, deepest weighted most
+    assert list(layers) == ["blocks.0", "blocks.1", "blocks.2"] and layers["blocks.2"] == max(layers.values())
+    masks = MaskExplainer(m, steps=3, seed=0, progress=False).explain(x, target=0)
+    assert masks.masks.shape[0] == 2 and torch.isfinite(masks.masks).all()

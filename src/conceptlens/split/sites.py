@@ -37,6 +37,8 @@ import torch
 from torch import nn
 
 from conceptlens.errors import ImageError, LayerError, ParameterError, SplitError, TargetError, nearest
+from conceptlens.split.auto import block_names
+from conceptlens.split.layout import classify, prefix_tokens
 
 __all__ = ["CallSite", "call_order", "activation_sites", "default_layers", "resolve_layers", "find_site",
            "forward_hooks", "capture", "logits_of", "forward_chunks", "check_images", "check_target_length",
@@ -148,6 +150,10 @@ class CallSite:
         Output shape for one image, channels-first as the model computes it (``(C, h, w)`` or ``(C,)``).
     activation : bool
         True for an activation module (ReLU, ReLU6, SiLU, GELU, … or a leaf named like one).
+    block : bool
+        True for a whole block (a child of a top-level ``Sequential`` / ``ModuleList``: ``blocks.3``).
+    tokens : bool
+        True for a token output ``(E + h·w, C)`` (see :mod:`conceptlens.split.layout`).
     """
 
     name: str
@@ -155,6 +161,8 @@ class CallSite:
     call: int
     shape: tuple[int, ...]
     activation: bool
+    block: bool = False
+    tokens: bool = False
 
 
 def _is_activation(mod: nn.Module, name: str) -> bool:
@@ -186,7 +194,10 @@ def activation_sites(model: nn.Module, probe: torch.Tensor) -> list[CallSite]:
         ``activation`` (True for activation modules: ReLU, ReLU6, SiLU, GELU, ... or a leaf module whose
         class or attribute name says so, e.g. EfficientNet's ``_swish``).
     """
-    return [CallSite(label, name, i, shape[1:], _is_activation(mod, name))
+    blocks, n_extra = block_names(model), prefix_tokens(model)
+    hw = (int(probe.shape[-2]), int(probe.shape[-1]))
+    return [CallSite(label, name, i, shape[1:], _is_activation(mod, name), name in blocks,
+                     classify(shape, hw, n_extra).kind == "tokens")
             for label, name, i, mod, shape in call_order(model, probe)]
 
 
@@ -196,7 +207,9 @@ def default_layers(sites: Sequence[CallSite]) -> dict[str, float]:
     For every spatial resolution (``h·w > 1``) in order of appearance, the last activation call site with
     that resolution (the post-activation output of each stage: ``relu``, ``layer1``…``layer4`` on a ResNet,
     the ReLU6 ``_swish`` sites on EfficientNet-Lite0). Without activation modules, the last call site of
-    each resolution. Weights: the authors' 1, 2, 2, 4, 8 aligned at the deepest layer (1 for any earlier).
+    each resolution. A transformer (token blocks, no spatial activation): the output of the last block of
+    each quarter of its depth (``blocks.2``, ``blocks.5``, ``blocks.8``, ``blocks.11`` on a ViT-Tiny).
+    Weights: the authors' 1, 2, 2, 4, 8 aligned at the deepest layer (1 for any earlier).
 
     Parameters
     ----------
@@ -209,7 +222,14 @@ def default_layers(sites: Sequence[CallSite]) -> dict[str, float]:
         ``{site name: α}`` in execution order.
     """
     spatial = [s for s in sites if len(s.shape) == 3 and s.shape[1] * s.shape[2] > 1]
-    acts = [s for s in spatial if s.activation] or spatial
+    acts = [s for s in spatial if s.activation]
+    token_blocks = [s for s in sites if s.tokens and s.block]
+    if token_blocks and not acts:  # a transformer: the outputs of the last block of each quarter of its depth
+        n = len(token_blocks)
+        chosen = [token_blocks[i] for i in sorted({max(0, round(n * q / 4) - 1) for q in (1, 2, 3, 4)})]
+        alphas = list(_AUTHOR_ALPHAS[-len(chosen):])
+        return {s.name: a / sum(alphas) for s, a in zip(chosen, alphas, strict=True)}
+    acts = acts or spatial
     if not acts:
         raise LayerError(
             "found no spatial layer (4-D output with h·w > 1) to match activations at; pass layers="
