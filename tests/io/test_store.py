@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -151,3 +153,55 @@ def test_format_1_stores_are_still_read(tmp_path):
     del meta["shards"][0]["sha256"]
     (tmp_path / "index.json").write_text(json.dumps(meta))
     assert torch.equal(ActivationStore(tmp_path).read_all(), A)
+
+
+# -- out-of-core fits of PCA, k-means and CRAFT from a store ---------------------------------------------
+def _store_of(A: torch.Tensor, path: Path, rows: int = 700) -> ActivationStore:
+    store = ActivationStore(path)
+    for b in A.split(rows):
+        store.append(b)
+    return store
+
+
+def test_pca_from_a_store_equals_pca_in_memory_and_scikit_learn(tmp_path: Path) -> None:
+    from sklearn.decomposition import PCA as SkPCA
+
+    from conceptlens.decompose import PCA
+
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(5000, 12, generator=g) @ torch.diag(torch.linspace(3, 0.1, 12)) + 50.0  # far from 0
+    mem, disk = PCA(4).fit(A), PCA(4).fit(_store_of(A, tmp_path))
+    for f in ("components_", "mean_", "explained_variance_", "explained_variance_ratio_"):
+        assert torch.allclose(getattr(mem, f), getattr(disk, f), rtol=1e-5, atol=1e-5), f
+    sk = SkPCA(4).fit(A.double().numpy())
+    assert np.allclose(disk.explained_variance_.numpy(), sk.explained_variance_, rtol=1e-4)
+    cos = (disk.components_.double() @ torch.from_numpy(sk.components_).T).diagonal().abs()
+    assert torch.allclose(cos, torch.ones(4, dtype=torch.float64), atol=1e-5)
+
+
+def test_kmeans_streamed_lloyd_is_the_same_from_memory_or_a_store(tmp_path: Path) -> None:
+    from sklearn.cluster import KMeans as SkKMeans
+
+    from conceptlens.decompose import KMeans
+
+    g = torch.Generator().manual_seed(1)
+    centres = 6 * torch.randn(5, 8, generator=g)
+    A = (centres[torch.randint(5, (4000,), generator=g)] + torch.randn(4000, 8, generator=g))
+    mem = KMeans(5, batch_size=1000, seed=0).fit(A)
+    disk = KMeans(5, batch_size=1000, seed=0).fit(_store_of(A, tmp_path, 333))
+    assert torch.equal(mem.components_, disk.components_) and mem.inertia_ == disk.inertia_
+    full = KMeans(5, seed=0).fit(A)
+    sk = SkKMeans(5, n_init=3, random_state=0).fit(A.numpy())
+    assert disk.inertia_ == pytest.approx(sk.inertia_, rel=1e-3)
+    assert disk.inertia_ == pytest.approx(full.inertia_, rel=1e-3)
+    assert torch.equal(disk.encode(A).argmax(1), mem.encode(A).argmax(1))
+
+
+def test_craft_fits_crop_rows_from_a_store(tmp_path: Path) -> None:
+    from conceptlens.decompose import CRAFT
+
+    rows = torch.rand(3000, 16, generator=torch.Generator().manual_seed(2))
+    mem = CRAFT(4, batch_size=1000, max_iter=30).fit(rows)
+    disk = CRAFT(4, batch_size=1000, max_iter=30).fit(_store_of(rows, tmp_path))
+    assert disk.n_crops_ == mem.n_crops_ == 3000
+    assert torch.allclose(mem.components_, disk.components_, atol=1e-5)
