@@ -112,8 +112,9 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
     """
     o = _options(options)
     if recursive or A is not None:
-        raise ParameterError("recursive=True and A= need the images in one tensor; load them with "
-                             "cl.data.load_images(...) or fit without them")
+        raise ParameterError("recursive=True and A= work on images in one tensor, without streaming "
+                             f"options ({', '.join(STREAM_OPTIONS)}): load them with "
+                             "cl.data.load_images(...) and drop those options, or fit without recursive / A")
     split = ex.split
     select = None
     if o.get("target_images", "all") == "label":
