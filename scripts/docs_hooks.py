@@ -216,8 +216,6 @@ def _api_markdown(mod: str) -> str:
     subs = [(n, _target(mod, n)[0]) for n in names if _is_module(_target(mod, n)[1])]
     if subs:
         lines += ["| name | module |", "|---|---|"] + [f"| `{n}` | {_link(m)} |" for n, m in subs] + [""]
-    if mod == "conceptlens":
-        lines += ["## Every module", "", "{{ api_index }}", ""]
     documented = api_modules()
     here, elsewhere = [], []
     for name in names:
@@ -225,11 +223,14 @@ def _api_markdown(mod: str) -> str:
         if not _is_module(obj):
             (here if _home(where, documented) == mod else elsewhere).append((name, where))
     if elsewhere:  # each object is rendered once, on the page of the module that defines it
-        lines += ["Also here, documented with their module:", "", "| name | documented as |", "|---|---|"]
+        lines += ["Documented with the module that defines them:", "",
+                  "| name | documented as |", "|---|---|"]
         lines += [f"| `{mod}.{n}` | [`{w}`][{w}] |" for n, w in elsewhere] + [""]
     for _, where in here:
         lines += [f"::: {where}", "    options:", "      show_root_heading: true",
                   "      show_root_full_path: false", ""]
+    if mod == "conceptlens":
+        lines += ["## Every module", "", "{{ api_index }}", ""]
     return "\n".join(lines)
 
 

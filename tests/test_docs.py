@@ -16,11 +16,15 @@ pytest.importorskip("mkdocs")
 pytest.importorskip("mkdocstrings")
 
 
-def _hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _hooks():
+    return _script("docs_hooks")
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +103,9 @@ def test_macros_fail_loudly() -> None:
         hooks.expand('{{ include "bench/results/missing.md" }}')
     with pytest.raises(PluginError, match="unknown macro"):
         hooks.expand("{{ nothing }}")
+
+
+def test_docstrings_are_turned_into_markdown() -> None:
+    markdown = _script("griffe_docstrings").markdown
+    text = "See :class:`~conceptlens.explainer.ConceptExplainer`, :func:`f`.\n\n>>> a = 1\n>>> a\n1\n\nEnd."
+    assert markdown(text) == "See `ConceptExplainer`, `f`.\n\n```python\n>>> a = 1\n>>> a\n1\n```\n\nEnd."
