@@ -419,8 +419,10 @@ class RowBuffer:
         return self.store is None
 
     def tensor(self) -> torch.Tensor:
-        """The blocks concatenated (in memory only)."""
-        return torch.cat(self.parts)
+        """The blocks concatenated (in memory only; concatenated once, the blocks then released)."""
+        if len(self.parts) > 1:
+            self.parts = [torch.cat(self.parts)]
+        return self.parts[0]
 
     def data(self) -> torch.Tensor | ActivationStore:
         """The rows: one tensor in memory, or the store."""
