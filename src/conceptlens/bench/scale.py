@@ -123,17 +123,17 @@ def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results"), 
                   memory_budget: str = "64MB", threads: int | None = None) -> dict[str, Any]:
     """Measure every (method, N) in a fresh process, print a table, write ``out/scale.json``."""
     sizes = sizes or ((16, 48) if quick else (100, 1000))
-    rows = []
-    for n in sizes:
-        for m in methods:
-            # FACE has no out-of-core fit (it refuses above the budget): it runs with the default budget
-            if m == "craft" and not quick and n > CRAFT_MAX_N:
-                continue
-            budget = "" if m == "face" else ("1MB" if quick else memory_budget)
-            r = _child(m, n, budget, threads)
-            rows.append(r)
-            print("  ".join(f"{c}={r[c]}" for c in COLUMNS), flush=True)
+    rows: list[dict[str, Any]] = []
     payload = {"model": "efficientnet_lite0", "layer": "auto", "n_concepts": 10,
                "images": "generated 224x224", "params": PARAMS, "rows": rows}
-    print(f"wrote {write_json(out, 'scale', payload)}")
+    for m in methods:
+        for n in sizes:
+            if m == "craft" and not quick and n > CRAFT_MAX_N:
+                continue
+            # FACE has no out-of-core fit (it refuses above the budget): it runs with the default budget
+            budget = "" if m == "face" else ("1MB" if quick else memory_budget)
+            rows.append(_child(m, n, budget, threads))
+            print("  ".join(f"{c}={rows[-1][c]}" for c in COLUMNS), flush=True)
+            path = write_json(out, "scale", payload)  # after every row: a long run keeps what it measured
+    print(f"wrote {path}")
     return payload
