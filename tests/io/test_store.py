@@ -205,3 +205,22 @@ def test_craft_fits_crop_rows_from_a_store(tmp_path: Path) -> None:
     disk = CRAFT(4, batch_size=1000, max_iter=30).fit(_store_of(rows, tmp_path))
     assert disk.n_crops_ == mem.n_crops_ == 3000
     assert torch.allclose(mem.components_, disk.components_, atol=1e-5)
+
+
+def test_each_shard_is_hashed_once_per_store_object(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import conceptlens.io.store as store_mod
+
+    _store_of(torch.rand(100, 4), tmp_path, 30)  # 4 shards
+    calls: list[int] = []
+    real = store_mod.sha256_bytes
+    monkeypatch.setattr(store_mod, "sha256_bytes", lambda b: calls.append(1) or real(b))
+    store = ActivationStore(tmp_path)
+    for _ in range(3):  # three passes, as an out-of-core fit makes
+        assert sum(b.shape[0] for b in store.iter_batches(16)) == 100
+    assert len(calls) == 4
+    shard = tmp_path / store.shards[0]["file"]
+    raw = bytearray(shard.read_bytes())
+    raw[-1] ^= 0xFF
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(StoreError, match="checksum"):  # a store opened again checks every shard again
+        ActivationStore(tmp_path).read_all()
