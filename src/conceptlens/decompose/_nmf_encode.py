@@ -20,8 +20,9 @@ through to the exact finish rather than stop early. A row that passes leaves the
 codes do not depend on which other rows share its block.
 
 **The solve.** HALS sweeps (:func:`~conceptlens.decompose._nmf_solvers._hals_sweeper`) from the clipped
-unconstrained solution: ``ENCODE_FULL`` sweeps, then a KKT check every ``ENCODE_CHECK`` sweeps, the rows
-that pass dropped from the block. Rows still failing after ``ENCODE_HALS_SWEEPS`` sweeps (or once at most
+unconstrained solution: ``ENCODE_FULL`` sweeps, then a KKT check every ``ENCODE_CHECK`` sweeps; a row's
+codes are taken at the check it passes (the block is compacted to the rows still running once they are
+few). Rows still failing after ``ENCODE_HALS_SWEEPS`` sweeps (or once at most
 ``ENCODE_EXACT_ROWS`` remain and none of them passed since the last check: a sweep over a few rows costs
 its kernel launches, not its flops) get the
 **exact finish**: batched block principal pivoting (Kim & Park, *Fast nonnegative matrix factorization:
@@ -40,6 +41,7 @@ from conceptlens.decompose._nmf_products import cross_product
 from conceptlens.decompose._nmf_solvers import SOLVERS, _gram_diagonal, _hals_sweeper, mu
 from conceptlens.decompose._nmf_tuning import (
     ENCODE_CHECK,
+    ENCODE_COMPACT,
     ENCODE_DELTA,
     ENCODE_ELEMS,
     ENCODE_EXACT_ROWS,
@@ -109,6 +111,9 @@ def kkt_residual(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor) -> torch.Ten
 def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) -> torch.Tensor:
     """HALS sweeps on the columns of ``X [k, m]`` (overwritten) until each passes the KKT test.
 
+    A column's codes are taken (copied aside) at the check it passes, so they do not depend on the other
+    columns; the block goes on being swept whole (cheaper than gathering it at every check) until at most
+    ``ENCODE_COMPACT`` of it is still running, then the running columns are gathered into a smaller block.
     ``P [k, m]`` is a temporary of the caller's and is scaled in place by ``Q``'s diagonal (fresh 10 MB
     temporaries cost page faults on every call: one buffer serves every check). Returns the indices
     ``[r]`` of the columns that have not passed (for the exact finish).
@@ -117,38 +122,45 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
     thr = P.square().sum(0).mul_(tau * tau)  # [m]: (τ‖p‖)², per column (a column norm reduces slowly)
     P.div_(d[:, None])
     Qd = Q / d[:, None]  # the scaled gradient D⁻¹(Q x − p) = Qd x − P/d in one product
-    d2 = d.square()[:, None]
+    # rows with no quadratic term (a zero row of W) have no gradient to test (their codes are 0)
+    d2 = torch.where(live, d.square(), torch.zeros_like(d))[:, None]
     sweep = _hals_sweeper(P, Q, X, 0.0, scaled=True)
     for _ in range(ENCODE_FULL):
         sweep()
     k, m = X.shape
     spare = torch.empty(k * m, dtype=X.dtype, device=X.device)
-    idx = torch.arange(m, device=X.device)  # columns of X held in Xa
+    idx = torch.arange(m, device=X.device)  # the columns of X held in Xa
+    running = torch.ones(m, dtype=torch.bool, device=X.device)  # over Xa's columns
+    taken: list[tuple[torch.Tensor, torch.Tensor]] = []  # (columns of X, their codes) as they passed
     Xa, Pa, done = X, P, ENCODE_FULL
-    while Xa.shape[1]:
+    while True:
         w = Xa.shape[1]
         R = spare[: k * w].view(k, w)
         torch.addmm(Pa, Qd, Xa, beta=-1.0, out=R)
         torch.minimum(R, Xa, out=R)
-        # rows with no quadratic term (a zero row of W) have no gradient to test: their codes stay 0
-        keep = R.square_().mul_(d2).masked_fill_(~live[:, None], 0.0).sum(0) > thr[idx]
-        left = int(keep.count_nonzero())
-        if left < w:  # the columns that passed go home (index_select/copy: 4× faster than [:, idx] here)
-            if Xa is not X:
-                out = (~keep).nonzero().squeeze(1)
-                X.index_copy_(1, idx.index_select(0, out), Xa.index_select(1, out))
-            sel = keep.nonzero().squeeze(1)
-            idx, Xa, Pa = idx.index_select(0, sel), Xa.index_select(1, sel), Pa.index_select(1, sel)
-            sweep = _hals_sweeper(Pa, Q, Xa, 0.0, scaled=True)
-        # the few rows HALS has stopped settling (none passed since the last check) go to the exact finish
-        if left == 0 or done >= ENCODE_HALS_SWEEPS or (left == w and left <= ENCODE_EXACT_ROWS):
+        fail = R.square_().mul_(d2).sum(0) > thr.index_select(0, idx)
+        passed = (running & ~fail).nonzero().squeeze(1)
+        if passed.numel():
+            taken.append((idx.index_select(0, passed), Xa.index_select(1, passed)))
+            running &= fail
+        left = int(running.count_nonzero())
+        # the few rows HALS has stopped settling (none passed at this check) go to the exact finish
+        if left == 0 or done >= ENCODE_HALS_SWEEPS or (not passed.numel() and left <= ENCODE_EXACT_ROWS):
             break
+        if left <= ENCODE_COMPACT * w:
+            sel = running.nonzero().squeeze(1)
+            idx, Xa, Pa = idx.index_select(0, sel), Xa.index_select(1, sel), Pa.index_select(1, sel)
+            running = torch.ones(left, dtype=torch.bool, device=X.device)
+            sweep = _hals_sweeper(Pa, Q, Xa, 0.0, scaled=True)
         for _ in range(ENCODE_CHECK):
             sweep()
         done += ENCODE_CHECK
-    if Xa is not X and Xa.shape[1]:
-        X.index_copy_(1, idx, Xa)
-    return idx
+    rest = running.nonzero().squeeze(1)
+    if Xa is not X and rest.numel():
+        X.index_copy_(1, idx.index_select(0, rest), Xa.index_select(1, rest))
+    for cols, codes in taken:
+        X.index_copy_(1, cols, codes)
+    return idx.index_select(0, rest)
 
 
 def exact_nnls(P: torch.Tensor, Q: torch.Tensor, passive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
