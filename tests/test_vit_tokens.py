@@ -127,3 +127,13 @@ def test_masks_match_a_vits_token_blocks() -> None:
     assert list(layers) == ["blocks.0", "blocks.1", "blocks.2"] and layers["blocks.2"] == max(layers.values())
     masks = MaskExplainer(m, steps=3, seed=0, progress=False).explain(x, target=0)
     assert masks.masks.shape[0] == 2 and torch.isfinite(masks.masks).all()
+
+
+def test_report_on_a_vit(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    s = cl.ModelSplit(ToyViT(pool="avg"), "auto")
+    x = _x(8)
+    ex = cl.ConceptExplainer(s, method="pca", n_concepts=3, seed=0, progress=False).fit(x, target=0)
+    page = cl.report.write(ex, x, tmp_path / "r")
+    html = page.read_text()
+    assert page.name == "index.html" and s.layer in html
+    assert any((tmp_path / "r" / "img").iterdir())
