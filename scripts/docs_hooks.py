@@ -6,6 +6,8 @@ written here from the code itself:
 
 ``{{ include "bench/results/face.md" }}``
     the file's text (its headings one level down, so that they sit under the page's own).
+``{{ code "examples/quickstart.py" "python" }}``
+    the file verbatim in a fenced block.
 ``{{ rows "bench/results/demo.md" "ICE|PCA" }}``
     of every table in the file that has rows whose first cell matches the regular expression (whole cell,
     ``**`` ignored), the header and those rows. No matching row is an error: a renamed method must not
@@ -62,6 +64,10 @@ def _read(rel: str) -> str:
 
 def _include(rel: str) -> str:
     return re.sub(r"^(#{1,5}) ", r"#\1 ", _read(rel), flags=re.M)
+
+
+def _code(rel: str, lang: str = "") -> str:
+    return f"```{lang}\n{_read(rel).rstrip()}\n```"
 
 
 def _tables(text: str) -> list[list[str]]:
@@ -252,8 +258,8 @@ def _api_index() -> str:
     return "\n".join(lines)
 
 
-MACROS = {"include": _include, "rows": _rows, "value": _value, "fidelity_table": _fidelity_table,
-          "nmf_table": _nmf_table, "cli": _cli, "api_index": _api_index}
+MACROS = {"include": _include, "code": _code, "rows": _rows, "value": _value,
+          "fidelity_table": _fidelity_table, "nmf_table": _nmf_table, "cli": _cli, "api_index": _api_index}
 
 
 def expand(markdown: str) -> str:

@@ -97,6 +97,9 @@ def test_macros_fail_loudly() -> None:
 
     hooks = _hooks()
     assert hooks.expand('{{ rows "bench/results/demo.md" "ICE" }}').count("\n") == 2   # header, rule, row
+    assert hooks.expand('{{ value "bench/results/nmf.json" "rows.0.k" "03d" }}') == "010"
+    with pytest.raises(PluginError, match="no number"):
+        hooks.expand('{{ value "bench/results/nmf.json" "rows.99.k" }}')
     with pytest.raises(PluginError, match="no row"):
         hooks.expand('{{ rows "bench/results/demo.md" "no such method" }}')
     with pytest.raises(PluginError, match="make bench"):
