@@ -141,7 +141,11 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
         fail = R.square_().mul_(d2).sum(0) > thr.index_select(0, idx)
         passed = (running & ~fail).nonzero().squeeze(1)
         if passed.numel():
-            taken.append((idx.index_select(0, passed), Xa.index_select(1, passed)))
+            codes = Xa.index_select(1, passed)
+            # a code the next projected step would zero (x ≤ its scaled gradient) is zeroed now: the
+            # residual allows such small codes, but the support (the implicit maps' active set) does not
+            grad = torch.addmm(Pa.index_select(1, passed), Qd, codes, beta=-1.0)
+            taken.append((idx.index_select(0, passed), codes.masked_fill_(codes <= grad, 0.0)))
             running &= fail
         left = int(running.count_nonzero())
         # the few rows HALS has stopped settling (none passed at this check) go to the exact finish
