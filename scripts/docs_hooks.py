@@ -159,11 +159,11 @@ def _cli() -> str:
     from conceptlens.cli import app
 
     group = typer.main.get_command(app)
-    env = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    env = {"COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}  # the width of the page's code column
     parts = []
     for name in [None, *group.commands]:  # type: ignore[attr-defined]
         args = ["--help"] if name is None else [name, "--help"]
-        res = CliRunner().invoke(app, args, env=env, terminal_width=100, prog_name="conceptlens")
+        res = CliRunner().invoke(app, args, env=env, terminal_width=80, prog_name="conceptlens")
         if res.exit_code != 0:
             raise PluginError(f"docs: `conceptlens {' '.join(args)}` exited with {res.exit_code}")
         text = "\n".join(line.rstrip() for line in res.output.strip("\n").splitlines())
