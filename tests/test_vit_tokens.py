@@ -137,3 +137,20 @@ def test_report_on_a_vit(tmp_path) -> None:  # type: ignore[no-untyped-def]
     html = page.read_text()
     assert page.name == "index.html" and s.layer in html
     assert any((tmp_path / "r" / "img").iterdir())
+
+
+@pytest.mark.parametrize("mode", ["fx", "hooks"])
+def test_signed_split_gives_nmf_like_methods_an_exact_non_negative_view(mode: str) -> None:
+    m = ToyViT(pool="token")
+    s = cl.ModelSplit(m, "auto", signed="split", mode=mode)
+    assert s.layer == "blocks.1" and s.activation_shape == (4, 4, 32)  # [max(A, 0), max(−A, 0)]: 2C
+    x = _x(8)
+    A, extra = s.g(x, return_extra=True)
+    plain = cl.ModelSplit(m, "blocks.1", mode=mode).g(x)
+    assert A.min() >= 0 and torch.equal(A[..., :16] - A[..., 16:], plain)
+    with torch.no_grad():
+        assert (s.h(A, extra) - m(x)).abs().max() < 1e-5
+    ex = cl.ConceptExplainer(s, method="nmf", n_concepts=3, seed=0, progress=False).fit(x, target=1)
+    assert ex.concepts_.shape == (3, 32) and ex.concepts_.min() >= 0
+    with pytest.raises(cl.ConceptLensError, match="signed must be 'keep' or 'split'"):
+        cl.ModelSplit(m, "auto", signed="abs")

@@ -9,7 +9,9 @@
   that classifies from its class token reads no patch token after the last block, so there it is the last
   block's input (the previous block's output), where the last attention still mixes patches into the class
   token. These activations are signed: NMF-like methods (ICE / NMF, CRAFT, FACE) refuse them, PCA, k-means and
-  EDDP take them. (A post-GELU MLP layer is not a clean cut: the block's residual stream skips over it.)
+  EDDP take them, and ``ModelSplit(..., signed="split")`` gives NMF-like methods an exact non-negative view
+  (``[max(A, 0), max(−A, 0)]``). (A post-GELU MLP layer is not a clean cut: the block's residual stream skips
+  over it, so ``h`` would need the residual of each image as well.)
 
 The choice is explained in ``split.auto_note``.
 """
@@ -76,7 +78,8 @@ def choose(sites: Sequence[Any], model: nn.Module, try_site: Callable[[Any], boo
                        "so the cut is one block earlier)" if skipped else "")
                 return s, (f"layer='auto' chose {s.name!r}, the output {what} of the last block whose "
                            f"patches reach the logits{why}; its activations are signed: use method='pca', "
-                           "'kmeans' or 'eddp' there (NMF-like methods need activations ≥ 0)")
+                           "'kmeans' or 'eddp' there, or ModelSplit(model, layer, signed='split') for "
+                           "NMF-like methods (they need activations ≥ 0)")
         except ConceptLensError:
             pass
         skipped.append(next((n for n in (s.name, *s.aliases) if n.split("@")[0] in blocks), s.name))

@@ -118,6 +118,10 @@ class ModelSplit:
         ``"auto"`` (fx when it traces, else hooks), ``"fx"`` or ``"hooks"``.
     progress
         Default for progress bars in :meth:`g` (None: only on a terminal).
+    signed
+        ``"keep"``: activations as the model computes them. ``"split"``: ``A⁺ = [max(A, 0), max(−A, 0)]``
+        (``2C`` channels, ≥ 0) and ``h(A⁺) = h(A⁺[..., :C] − A⁺[..., C:])``, an exact split of a signed layer
+        (a transformer's tokens, a layer before its ReLU) that NMF-like methods (ICE, CRAFT, FACE) can fit.
 
     Attributes
     ----------
@@ -149,6 +153,7 @@ class ModelSplit:
         atol: float = 1e-5,
         mode: str = "auto",
         progress: bool | None = None,
+        signed: str = "keep",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ParameterError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -161,6 +166,9 @@ class ModelSplit:
             model.eval()
         if mode not in ("auto", "fx", "hooks"):
             raise ParameterError(f"mode must be 'auto', 'fx' or 'hooks', got {mode!r}")
+        if signed not in ("keep", "split"):
+            raise ParameterError(f"signed must be 'keep' or 'split', got {signed!r}")
+        self.signed = signed
         self.model = model
         self.batch_size = check_int("batch_size", batch_size, 1, hint="images per forward pass")
         self.progress = progress
@@ -235,6 +243,8 @@ class ModelSplit:
         self.layer = site.name
         self.layout = site.layout
         self.activation_shape = site.grid
+        if self.signed == "split":
+            self.activation_shape = (*site.grid[:-1], 2 * site.grid[-1])
         self.extra_tokens_ = None
         if self.mode == "fx":
             gm, node = cast(fx.GraphModule, self._gm), cast(fx.Node, site.node)
@@ -336,6 +346,8 @@ class ModelSplit:
         A, extra = to_grid(self._g_raw(x), self.layout, hw, self.layer)
         if self.layout.spatial:
             self._input_for[tuple(A.shape[1:3])] = hw
+        if self.signed == "split":
+            A = torch.cat([A.clamp_min(0), (-A).clamp_min(0)], dim=-1)
         return _widen(A), None if extra is None else _widen(extra)
 
     def g(
@@ -410,6 +422,8 @@ class ModelSplit:
                     "size)" if grid else f"[N, {', '.join(map(str, shape))}]")
             raise ParameterError(f"h expects activations of shape {what} at layer {self.layer!r}, "
                                  f"got {list(A.shape)}")
+        if self.signed == "split":
+            A = A[..., : shape[-1] // 2] - A[..., shape[-1] // 2:]
         raw = from_grid(A, self.layout, self.extra_tokens_ if extra is None else extra).to(self._dtype)
         if self.mode == "fx":
             return _widen(_first_tensor(cast(fx.GraphModule, self._h_fx)(raw)))
