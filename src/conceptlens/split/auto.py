@@ -80,7 +80,7 @@ def choose(sites: Sequence[Any], model: nn.Module, try_site: Callable[[Any], boo
                            f"patches reach the logits{why}; its activations are signed: use method='pca', "
                            "'kmeans' or 'eddp' there, or ModelSplit(model, layer, signed='split') for "
                            "NMF-like methods (they need activations ≥ 0)")
-        except ConceptLensError:
+        except (ConceptLensError, RuntimeError):  # cannot be cut there, or h fails: try the block before
             pass
         skipped.append(next((n for n in (s.name, *s.aliases) if n.split("@")[0] in blocks), s.name))
         if len(skipped) >= 3:

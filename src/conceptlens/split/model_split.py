@@ -206,11 +206,13 @@ class ModelSplit:
         self._sites = sites
         self._h_fx: fx.GraphModule | None = None
         self._g_fx: fx.GraphModule | None = None
+        self._cut: _Site | None = None
         if isinstance(layer, str) and layer == "auto":
             site, self.auto_note = auto.choose(sites, model, self._try)
         else:
             site = self._resolve(layer)
-        self._select(site)
+        if self._cut is not site:  # auto's last try already cut there
+            self._select(site)
         self._linear: LinearHead | None | bool = False  # False = not computed yet
         if check:
             self.check(probe, atol=atol)
@@ -307,7 +309,8 @@ class ModelSplit:
     # ------------------------------------------------------------------ g and h
     @contextlib.contextmanager
     def _hook(self, fn: Callable[[Any], Any]) -> Iterator[None]:
-        mod, call = cast(nn.Module, self._cut.module), self._cut.call
+        cut = cast(_Site, self._cut)
+        mod, call = cast(nn.Module, cut.module), cut.call
         counter = {"i": 0}
 
         def hook(_m: nn.Module, _inp: Any, out: Any) -> Any:
