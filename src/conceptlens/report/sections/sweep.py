@@ -128,7 +128,7 @@ def sweep_figure(results: Sequence[Any], titles: Sequence[str] | None = None) ->
         title = (titles[row] if titles and row < len(titles) else "") or str(res.config.get("dataset", ""))
         axes[row][0].set_title(f"{title}: MSE" if title else "MSE", fontsize=9, loc="left")
         axes[row][1].set_title("KL(softmax h(A) ‖ softmax h(UW))", fontsize=9, loc="left")
-        axes[row][2].set_title("faithfulness (FACE's definitions)", fontsize=9, loc="left")
+        axes[row][2].set_title("faithfulness, held-out images (FACE's definitions)", fontsize=9, loc="left")
     fig.tight_layout()
     return fig
 
