@@ -31,6 +31,10 @@ def test_timm_with_local_weights_and_its_own_preset(tmp_path) -> None:  # type: 
     assert vit.preset.mean == pytest.approx(vit.pretrained_cfg["mean"]) and vit.preset.mean != cfg["mean"]
     assert len(vit.preset.classes) == 1000 and vit.preset.classes[0] == "tench"
     assert cl.models.is_zoo_name("timm:resnet18") and not cl.models.is_zoo_name("timm:no_such_net")
+    # a pretrained tag picks its pretrained_cfg (still no download): 21k classes named from timm's label info
+    tagged = cl.models.load("timm:vit_tiny_patch16_224.augreg_in21k")
+    assert cl.models.is_zoo_name("timm:vit_tiny_patch16_224.augreg_in21k")
+    assert len(tagged.preset.classes) == tagged.num_classes == 21843 and tagged.preset.classes[0] != "0"
 
 
 def test_weights_that_do_not_fit_name_the_keys(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -81,7 +81,7 @@ def is_zoo_name(name: str) -> bool:
             import timm
         except ImportError:
             return False
-        return arch in timm.list_models()
+        return arch.split(".", 1)[0] in timm.list_models()
     import torchvision.models as tvm
 
     return arch in tvm.list_models(module=tvm)
@@ -205,7 +205,7 @@ def _optional(module: str, extra: str) -> Any:
 def _timm(arch: str, weights: str | os.PathLike[str] | None, num_classes: int | None) -> nn.Module:
     """A timm architecture with random weights (``pretrained=False``: never a download), then ``weights``."""
     timm = _optional("timm", "timm")
-    if arch not in timm.list_models():
+    if arch.split(".", 1)[0] not in timm.list_models():  # "resnet50.a1_in1k": a tag picks the pretrained_cfg
         hint = nearest(arch, timm.list_models(), n=3)
         raise ModelError(f"unknown timm architecture {arch!r}; did you mean {', '.join(hint) or '(none)'}? "
                          "(timm.list_models() lists them)")
