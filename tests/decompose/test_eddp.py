@@ -121,7 +121,7 @@ def test_shapes_encode_decode() -> None:
     assert bool(((Y > 0) & (Y < 1)).all())
     assert d.decode(Y).shape == A.shape
     # decode is the signal model: the mean plus each response's deviation along its signal vector
-    torch.testing.assert_close(d.decode(Y), Y @ d.encoding_directions_ + d.decode_offset_)
+    torch.testing.assert_close(d.decode(Y), (Y * d.decode_gain_) @ d.encoding_directions_ + d.decode_offset_)
     rows = A.reshape(-1, C)
     ybar = Y.reshape(-1, K).mean(0)
     torch.testing.assert_close(d.decode(ybar[None])[0], rows.mean(0), rtol=1e-4, atol=1e-5)
@@ -273,8 +273,12 @@ def test_remove_concepts_edits_only_where_the_concept_is(
         # rows without the concept barely move
         rel = (X2[quiet] - X[quiet]).norm(dim=1) / X[quiet].norm(dim=1)
         assert float(rel.max()) < 1e-3
-        # the default factor 1 removes the typical positive's concept (mean response below ½)
-        assert float(d.encode(remove_concepts(X, d, [i]))[pos, i].mean()) < 0.5
+        # the paper's scale w_iᵀs_i = 1: factor k lowers the concept's own logit by exactly k·y_i
+        drop = d.logits(X)[:, i] - d.logits(remove_concepts(X, d, [], scale={i: 3.0}, relu=False))[:, i]
+        torch.testing.assert_close(drop, 3 * Y[:, i], atol=1e-3, rtol=1e-3)
+        # a factor of the concept's logit gap removes the typical positive (mean response below ½)
+        gap = {i: float(d.decode_gain_[i])}
+        assert float(d.encode(remove_concepts(X, d, [], scale=gap))[pos, i].mean()) < 0.5
 
 
 def test_remove_concepts_relu_and_validation(fitted: Fitted) -> None:
@@ -413,10 +417,13 @@ def test_real_activations_with_the_model_head(lite0_split: object, photo_acts: t
         torch.testing.assert_close(h2(photo_acts), split.h(remove_concepts(photo_acts, d, [0])))
 
 
-def test_signal_scale_is_the_logit_gap(fitted: Fitted) -> None:
+def test_signal_scale_is_the_papers_and_decode_gain_the_logit_gap(fitted: Fitted) -> None:
     d, X, _, _ = fitted
     a = d.logits(X)
     pos = a > 0
     gap = torch.stack([a[pos[:, i], i].mean() - a[~pos[:, i], i].mean() for i in range(K)])
     own = (d.decoding_directions_ * d.encoding_directions_).sum(1)
-    torch.testing.assert_close(own, gap, rtol=1e-3, atol=1e-3)
+    # edit_scale="unit" (the default): w_iᵀ s_i = 1, the paper's scale
+    torch.testing.assert_close(own, torch.ones(K), rtol=1e-4, atol=1e-4)
+    # decode keeps the logit-gap scale through its gain
+    torch.testing.assert_close(d.decode_gain_, gap, rtol=1e-3, atol=1e-3)

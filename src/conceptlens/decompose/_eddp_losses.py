@@ -19,6 +19,9 @@ from conceptlens.errors import ActivationError
 __all__ = [
     "spherical_kmeans",
     "detector_losses",
+    "self_weighted_mean",
+    "extra_sparsity_losses",
+    "orthonormalise",
     "orthogonality_loss",
     "entropy_bits",
     "SignalStats",
@@ -126,6 +129,64 @@ def detector_losses(
     inactive = (F.relu(nu - mean_act) / nu).mean()
     return {"sparsity": sparsity, "max_activation": max_act, "max_margin": (1.0 / margins).mean(),
             "inactive": inactive}
+
+
+def self_weighted_mean(v: torch.Tensor, p: float = 4.0) -> torch.Tensor:
+    """The self-weighted mean ``Σ v_j^{p+1} / Σ v_j^p`` of non-negative values: a soft maximum.
+
+    Each value is weighted by its own ``p``-th power, so the largest values dominate (``p = 0``: the plain
+    mean; ``p → ∞``: the maximum). 0 when every value is 0.
+
+    Parameters
+    ----------
+    v : Tensor ``[m]``
+        Non-negative values.
+    p : float
+        Exponent of the self-weights (the paper's 4).
+
+    Returns
+    -------
+    Tensor
+        Scalar in ``[mean(v), max(v)]``.
+    """
+    # scale by the maximum (detached) before the power: v^4 of small values would underflow
+    top = v.detach().max().clamp_min(EPS)
+    w = (v / top) ** p
+    return (w * v).sum() / w.sum().clamp_min(EPS)
+
+
+def extra_sparsity_losses(logits: torch.Tensor, *, p: float = 4.0) -> dict[str, torch.Tensor]:
+    """The paper's two later terms: the excessively-active penalty and the per-row sparsity bound.
+
+    Both are self-weighted (soft-max) reductions with exponent ``p`` (:func:`self_weighted_mean`): they
+    act on the worst detectors and the worst rows rather than on the averages the four basic losses use.
+
+    Parameters
+    ----------
+    logits : Tensor ``[B, k]``
+        Detector logits of ``B`` rows.
+    p : float
+        Exponent of the self-weighted reductions.
+
+    Returns
+    -------
+    dict
+        ``excess_activity``: ``k · SW_p(ρ)`` over detectors, ``ρ_i = E_rows[y_i]`` (1 when every
+        detector fires on the same share; larger when one detector claims more than its share of rows);
+        ``sparsity_bound``: ``SW_p(H(q_r))`` over rows, a soft maximum of the per-row entropy (bits).
+    """
+    k = logits.shape[1]
+    y = torch.sigmoid(logits)
+    rho = y.mean(0)
+    q = y / y.sum(1, keepdim=True).clamp_min(EPS)
+    h = -(q * torch.log2(q.clamp_min(EPS))).sum(1)
+    return {"excess_activity": k * self_weighted_mean(rho, p), "sparsity_bound": self_weighted_mean(h, p)}
+
+
+def orthonormalise(v: torch.Tensor) -> torch.Tensor:
+    """The orthonormal rows nearest to ``v [k, r]`` (polar factor ``U Vᵀ`` of ``v = U Σ Vᵀ``; ``k ≤ r``)."""
+    U, _, Vh = torch.linalg.svd(v, full_matrices=False)
+    return U @ Vh
 
 
 def orthogonality_loss(filters: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:

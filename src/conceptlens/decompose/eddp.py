@@ -30,12 +30,31 @@ dominated by high-variance distractors: on the paper's synthetic data, spherical
 standardised rows splits along the distractors on most seeds, and after whitening it recovers the
 planted clusters. The paper learns its filters "in a standardised space".
 
-Losses on the detectors (entropies in bits, averages over the rows of a mini-batch, ``I = k``):
+Losses on the detectors (entropies in bits, averages over the rows of a mini-batch, ``I = k``), with
+the weights of ``losses="paper"`` (``"legacy"``: the first four only, weights 1 / 1 / 0.1 / 1, ``τ = 0.5``):
 
-* sparsity ``E[H(q)]`` — each row should belong to few concepts;
-* maximum activation ``−E[qᵀ log₂ y]`` — the concepts a row belongs to should fire with confidence;
-* max margin ``(1/I) Σ 1/M_i`` (weight ``margin_weight``) — a gap around each boundary, as in an SVM;
-* inactive classifier ``E_i[(1/ν) ReLU(ν − E_rows[y_i^γ])]``, ``ν = τ/I`` — no dead detectors.
+* sparsity ``E[H(q)]`` (0.85) — each row should belong to few concepts;
+* maximum activation ``−E[qᵀ log₂ y]`` (2.8) — the concepts a row belongs to should fire with confidence;
+* max margin ``(1/I) Σ 1/M_i`` (0.6 · log₂ k / log₂ 500) — a gap around each boundary, as in an SVM;
+* inactive classifier ``E_i[(1/ν) ReLU(ν − E_rows[y_i^γ])]``, ``ν = τ/I`` (15; ``τ = 0.9``) — no dead
+  detectors;
+* excessively active ``I · SW(ρ)`` over detectors, ``ρ_i = E_rows[y_i]`` (1) — no detector claims much
+  more than its share of the rows;
+* sparsity bound ``SW(H(q_r))`` over rows (1) — the per-row entropy bounded where it is worst, not only
+  on average.
+
+``SW(v) = Σ v^5 / Σ v^4`` is the paper's self-weighted (soft-max) reduction with exponent 4. The four
+basic weights and ``τ = .9 / .2`` are the paper's as quoted by the review of issue #20; the forms and
+weights of the last two terms are our reading (the paper's text that fixes them was not available to us).
+``losses="paper_literal"`` takes all of it literally: margin weight 0.6 as it is, ``τ`` 0.9 in the
+orthogonal phase and 0.2 after it, the two extra terms only after the orthogonal phase. On the paper's
+own planted setting that collapses (``conceptlens bench eddp``): with the extra terms held back, the
+maximum-activation weight 2.8 drives every detector to fire on every row during the orthogonal phase, the
+unscaled margin weight inflates every margin until the same happens, and ``τ = 0.2`` lets one detector
+shrink to a sliver while another claims every row. The default ``"paper"`` therefore (a) scales the margin
+weight by ``log₂ k / log₂ 500`` (the paper set its weights for 500 detectors, whose entropy terms are
+``log₂ 500 / log₂ k`` times larger than with our ``k``, while ``mean 1/M`` does not grow with ``k``), (b)
+keeps ``τ = 0.9`` throughout and (c) lets the two extra terms act from the first step.
 
 Signal vectors start from the pattern estimator ``s_i = cov[x, a_i] / var(a_i)`` over the positives
 (``y_i > 0.5``; ``signal="weighted"`` weights every row by ``y_i`` instead). That estimator is the
@@ -62,27 +81,33 @@ reaches the detectors only: ``S`` is held constant inside the URA term (our choi
 signals remain estimates from the data and an edit subtracts what the data say the concept adds; the
 head's parameters are never written to.
 
-Schedule (after the paper's, simplified): (0) seeded spherical k-means (best of ``n_init``) on the
-unit-normalised rows of ``z`` gives the initial ``u_i``, thresholds half-way between the mean
-projections of members and non-members, and margins that put the average member at logit +2 (our
-choice; the paper does not say); (1) ``max_iter/2`` Adam steps on the detectors (+ URA); (2) signals
-from the covariance formula over all rows; (3) ``max_iter/2`` joint steps on detectors and signals
-(+ URA); (4) the signal polish. The paper's later extra sparsity terms (excessively-active penalty,
-per-pixel bound) and its orthogonal-filter constraint of phase 1 are not implemented.
+Schedule (after the paper's). (0) Seeded spherical k-means (best of ``n_init``) on the unit-normalised rows
+of ``z`` gives the initial ``u_i``, thresholds half-way between the mean projections of members and
+non-members, and margins that put the average member at logit +2 (our choice; the paper does not say).
+With ``losses="paper"``: (1) ``max_iter/3`` Adam steps on the detectors (+ URA) with *orthonormal*
+filters ``u_i`` in the standardised, whitened space (after every step the filters are replaced by the
+nearest orthonormal set, the polar factor); (2) ``max_iter/3`` steps with the constraint dropped, free
+filters (``"paper_literal"``: the two extra terms join here); (3) signals from the covariance formula
+over all rows; (4) the remaining steps jointly on detectors and signals (+ URA); (5) the signal polish.
+With ``losses="legacy"`` (the schedule before issue #20): no orthogonal phase and no extra terms,
+``max_iter/2`` steps on the detectors, then (3)–(5).
 
 ``encode(A)`` returns the detector responses ``y [..., k]`` (presence probabilities in (0, 1)).
-``decode(Y) = μ + (Y − ȳ) @ S`` (the signal model: the fit data's mean ``μ`` plus each response's deviation
-from its mean ``ȳ_i`` along its signal vector; stored as ``Y @ S + decode_offset_``), where each stored signal
-vector is scaled so that ``w_iᵀ s_i = m_i``, the mean logit gap between the concept's positives and
-negatives: for a row where the detector fires (``y ≈ 1``) ``y_i s_i`` is the typical activation change the
-concept accounts for, and removing it takes a typical positive to the level of a typical negative. The
-offset (like PCA's mean) goes into the bias of the local explanations. The pure functions
-:func:`remove_concepts` and :func:`unlearn` implement
-the paper's edit ``x' = ReLU(x − σ(w_iᵀx − b_i) · k · s_i)``.
+Edit scale: each stored signal vector is scaled so that ``w_iᵀ s_i = 1`` (the paper's scale and the
+pattern estimator's own, ``edit_scale="unit"``): the paper's edit ``x' = ReLU(x − σ(w_iᵀx − b_i)·k·s_i)``
+then lowers concept ``i``'s logit by ``k·y_i``. ``edit_scale="gap"`` (before issue #20) scales them to
+``w_iᵀ s_i = m_i``, the mean logit gap between the concept's positives and negatives, so that ``k = 1``
+takes a typical positive to the level of a typical negative. ``decode(Y) = μ + ((Y − ȳ) ⊙ g) @ S`` (the
+signal model: the fit data's mean ``μ`` plus each response's deviation from its mean ``ȳ_i`` along its
+signal vector, with gain ``g_i = m_i / w_iᵀs_i``, ``decode_gain_``; stored as ``(Y ⊙ g) @ S +
+decode_offset_``) is the same under both scales: for a row where the detector fires (``y ≈ 1``) the
+concept accounts for the typical activation change ``m_i s_i / w_iᵀs_i``. The offset (like PCA's mean)
+goes into the bias of the local explanations. The pure functions :func:`remove_concepts` and
+:func:`unlearn` implement the paper's edit.
 
 The building blocks (whitening, clustering, losses, signal statistics) live in
-:mod:`~conceptlens.decompose._eddp_losses`, the edits in :mod:`~conceptlens.decompose._eddp_edit`; their
-public names are re-exported here.
+:mod:`~conceptlens.decompose._eddp_losses`, the fitting steps in :mod:`~conceptlens.decompose._eddp_fit`,
+the edits in :mod:`~conceptlens.decompose._eddp_edit`; their public names are re-exported here.
 """
 
 from __future__ import annotations
@@ -96,31 +121,45 @@ from torch import nn
 
 from conceptlens._check import check_float, check_int
 from conceptlens.decompose._eddp_edit import UnlearnedHead, remove_concepts, unlearn
+from conceptlens.decompose._eddp_fit import (
+    LOSS_SETS,
+    WEIGHT_NAMES,
+    full_stats,
+    init_detectors,
+    logit_gap,
+    margin_scale,
+    signal_weights,
+    ura_entropy,
+)
 from conceptlens.decompose._eddp_losses import (
     CHUNK,
     EPS,
     SignalStats,
     detector_losses,
-    entropy_bits,
+    extra_sparsity_losses,
     orthogonality_loss,
+    orthonormalise,
     spherical_kmeans,
     whitening,
 )
 from conceptlens.decompose.base import Decomposition, as_rows, check_channels, register
-from conceptlens.errors import ActivationError, HeadError, NotFittedError, ParameterError
+from conceptlens.errors import ActivationError, NotFittedError, ParameterError
 from conceptlens.progress import progress_bar
 
 __all__ = [
     "EDDP",
     "spherical_kmeans",
     "detector_losses",
+    "extra_sparsity_losses",
     "orthogonality_loss",
+    "LOSS_SETS",
     "remove_concepts",
     "unlearn",
     "UnlearnedHead",
 ]
 
 _SIGNALS = ("positives", "weighted")
+_EDIT_SCALES = ("unit", "gap")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -140,12 +179,22 @@ class EDDP(Decomposition):
         :meth:`set_head` (the explainer does so).
     seed : int
         Seed of the clustering initialisation, the mini-batches and the URA step sizes.
+    losses : {"paper", "paper_literal", "legacy"}
+        The loss set and schedule (module docstring): ``"paper"``, the six terms with the paper's weights
+        (margin scaled to ``k``), ``τ = 0.9`` and an orthogonal first phase; ``"paper_literal"``, the
+        review's reading taken literally (collapses on the paper's planted data, kept to show it);
+        ``"legacy"``, the four basic terms with weights 1 / 1 / 0.1 / 1, ``τ = 0.5`` and no orthogonal
+        phase (this class before issue #20).
     gamma : float
         ``γ`` of the inactive-classifier loss.
-    tau : float
-        ``τ``: a detector whose mean ``y^γ`` falls below ``τ / k`` is pushed to fire more.
-    margin_weight : float
-        Weight of the max-margin loss (the other detector losses have weight 1).
+    tau, tau_late : float, optional
+        ``τ`` of the first phase and of the later ones: a detector whose mean ``y^γ`` falls below
+        ``τ / k`` is pushed to fire more. None: the loss set's (paper 0.9 / 0.9, paper_literal 0.9 / 0.2,
+        legacy 0.5 / 0.5).
+    sparsity_weight, activation_weight, margin_weight : float, optional
+    inactive_weight, excess_weight, bound_weight : float, optional
+        Weights of the six detector losses (sparsity, maximum activation, max margin, inactive
+        classifier, excessively active, sparsity bound). None: the loss set's.
     max_iter : int
         Adam steps in total, half on the detectors alone and half jointly with the signals.
     lr : float
@@ -155,6 +204,10 @@ class EDDP(Decomposition):
     signal : {"positives", "weighted"}
         Rows used by the signal estimator: the detector's positives (``y_i > 0.5``, the paper's first
         version) or every row weighted by ``y_i`` (its probabilistic view).
+    edit_scale : {"unit", "gap"}
+        Scale of the stored signal vectors: ``w_iᵀ s_i = 1`` (the paper's) or the mean logit gap
+        between positives and negatives (before issue #20). Edits use the stored scale; ``decode`` does
+        not depend on it.
     ura_weight : float
         Weight of the URA entropy term (used only with a head).
     ura_batch_size : int
@@ -188,8 +241,10 @@ class EDDP(Decomposition):
     margins_ : Tensor ``[k]``
         Geometric margins in activation space, ``1 / ‖w_i‖``.
     encoding_directions_ : Tensor ``[k, C]``
-        Signal vectors ``s_i``, scaled so that ``w_iᵀ s_i`` is the mean logit gap between positives
-        and negatives (see the module docstring). ``components_`` is the same tensor.
+        Signal vectors ``s_i``, scaled so that ``w_iᵀ s_i = 1`` (``edit_scale="unit"``) or the mean logit
+        gap between positives and negatives (``"gap"``). ``components_`` is the same tensor.
+    decode_gain_ : Tensor ``[k]``
+        ``g_i = m_i / w_iᵀs_i``: ``decode`` moves by ``m_i s_i / w_iᵀs_i`` per unit of response.
     input_min_ : Tensor ``[]``
         Smallest activation seen at fit (``≥ 0`` → :func:`remove_concepts` applies its ReLU by default).
     loss_history_ : list[dict[str, float]]
@@ -206,7 +261,7 @@ class EDDP(Decomposition):
     uses_head = True  # for URA, when a head is attached
     needs_head: ClassVar[bool] = False
     state_fields = ("decoding_directions_", "biases_", "margins_", "encoding_directions_", "input_min_",
-                    "decode_offset_")
+                    "decode_offset_", "decode_gain_")
     edit_rule = "own"  # the paper's edit: encoding directions weighted by the detectors (remove_concepts)
     report_sections = ("edits",)
     quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 60, "polish_iter": 10, "n_init": 1,
@@ -220,13 +275,21 @@ class EDDP(Decomposition):
         head: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
         *,
+        losses: str = "paper",
         gamma: float = 1.1,
-        tau: float = 0.5,
-        margin_weight: float = 0.1,
+        tau: float | None = None,
+        tau_late: float | None = None,
+        sparsity_weight: float | None = None,
+        activation_weight: float | None = None,
+        margin_weight: float | None = None,
+        inactive_weight: float | None = None,
+        excess_weight: float | None = None,
+        bound_weight: float | None = None,
         max_iter: int = 1000,
         lr: float = 0.02,
         batch_size: int = 1024,
         signal: str = "positives",
+        edit_scale: str = "unit",
         ura_weight: float = 0.25,
         ura_batch_size: int = 8,
         signal_weight: float = 1.0,
@@ -240,9 +303,17 @@ class EDDP(Decomposition):
     ) -> None:
         super().__init__(n_concepts=n_concepts, seed=seed)
         self.head = head
+        self.losses = losses
         self.gamma = gamma
         self.tau = tau
+        self.tau_late = tau_late
+        self.sparsity_weight = sparsity_weight
+        self.activation_weight = activation_weight
         self.margin_weight = margin_weight
+        self.inactive_weight = inactive_weight
+        self.excess_weight = excess_weight
+        self.bound_weight = bound_weight
+        self.edit_scale = edit_scale
         self.max_iter = max_iter
         self.lr = lr
         self.batch_size = batch_size
@@ -264,14 +335,23 @@ class EDDP(Decomposition):
         return UnlearnedHead(head, self, [], dict(removed))
 
     # ------------------------------------------------------------------ validation
-    def _check_params(self) -> None:
+    def _check_params(self) -> dict[str, float]:
+        """Validate the parameters; returns the loss weights and ``τ`` with the loss set's defaults."""
+        if not isinstance(self.losses, str) or self.losses not in LOSS_SETS:
+            raise ParameterError(f"losses must be one of {tuple(LOSS_SETS)}, got {self.losses!r}")
         for name in ("max_iter", "batch_size", "ura_batch_size", "init_rows", "n_init"):
             check_int(name, getattr(self, name), 1)
-        if self.max_iter < 2:
-            raise ParameterError(f"max_iter must be ≥ 2 (two phases), got {self.max_iter}")
-        for name in ("gamma", "tau", "lr"):
-            check_float(name, getattr(self, name), 0.0, strict_min=True)
-        for name in ("margin_weight", "ura_weight", "signal_weight", "orth_weight", "whiten"):
+        phases = 3 if LOSS_SETS[self.losses]["two_phase"] else 2
+        if self.max_iter < phases:
+            raise ParameterError(f"max_iter must be ≥ {phases} (one step per phase of losses="
+                                 f"{self.losses!r}), got {self.max_iter}")
+        ws = {name: getattr(self, name) for name in WEIGHT_NAMES}
+        ws = {name: float(LOSS_SETS[self.losses][name]) if v is None else v for name, v in ws.items()}
+        for name in ("gamma", "tau", "tau_late", "lr"):
+            check_float(name, ws.get(name, getattr(self, name)), 0.0, strict_min=True)
+        for name in WEIGHT_NAMES[:6]:
+            check_float(name, ws[name], 0.0)
+        for name in ("ura_weight", "signal_weight", "orth_weight", "whiten"):
             check_float(name, getattr(self, name), 0.0)
         check_int("polish_iter", self.polish_iter, 0)
         d = self.stats_decay
@@ -279,11 +359,14 @@ class EDDP(Decomposition):
             raise ParameterError(f"stats_decay must be in [0, 1), got {d!r}")
         if self.signal not in _SIGNALS:
             raise ParameterError(f"signal must be one of {_SIGNALS}, got {self.signal!r}")
+        if not isinstance(self.edit_scale, str) or self.edit_scale not in _EDIT_SCALES:
+            raise ParameterError(f"edit_scale must be one of {_EDIT_SCALES}, got {self.edit_scale!r}")
         check_int("seed", self.seed)
         if self.head is not None and not callable(self.head):
             raise ParameterError(
                 f"head must be callable (activations → logits), got {type(self.head).__name__}"
             )
+        return {name: float(v) for name, v in ws.items()}
 
     # ------------------------------------------------------------------ fit
     def fit(self, A: torch.Tensor, layer_name: str | None = None) -> EDDP:
@@ -302,7 +385,7 @@ class EDDP(Decomposition):
             ``self``, with ``decoding_directions_``, ``biases_``, ``margins_``,
             ``encoding_directions_`` (= ``components_``) and ``input_min_``.
         """
-        self._check_params()
+        ws = self._check_params()
         A = A.detach() if isinstance(A, torch.Tensor) else A
         rows = self._validate(A)
         n, C = rows.shape
@@ -327,30 +410,19 @@ class EDDP(Decomposition):
                 f"the activations{where} span only {r} independent directions, fewer than n_concepts={k}; "
                 "use fewer concepts or more varied images"
             )
-        Z0 = (rows[sub].to(dtype) - mu) @ P
-        best: tuple[float, torch.Tensor, torch.Tensor] | None = None
-        Zn = F.normalize(Z0, dim=1)
-        for _ in range(self.n_init):
-            cent, labels = spherical_kmeans(Zn, k, gen)
-            obj = float((Zn @ cent.T).max(1).values.sum())
-            if best is None or obj > best[0]:
-                best = (obj, cent, labels)
-        _, cent, labels = best  # type: ignore[misc]
-        proj = Z0 @ cent.T  # [m, k]
-        member = F.one_hot(labels, k).to(dtype)
-        m_in = (proj * member).sum(0) / member.sum(0).clamp_min(1.0)
-        m_out = (proj * (1 - member)).sum(0) / (1 - member).sum(0).clamp_min(1.0)
-        gap = (m_in - m_out).clamp_min(1e-3)
-        v = cent.clone().requires_grad_(True)
-        t = ((m_in + m_out) / 2).clone().requires_grad_(True)
-        # the typical member starts at logit +2 (y ≈ 0.88): confident but not saturated
-        logM = torch.log(gap / 4).clone().requires_grad_(True)
-        del Z0, Zn, proj, member
+        ws["margin_weight"] *= margin_scale(self.losses, k)
+        cent, t0, logM0 = init_detectors((rows[sub].to(dtype) - mu) @ P, k, self.n_init, gen)
+        two_phase = bool(LOSS_SETS[self.losses]["two_phase"])
+        extras_early = bool(LOSS_SETS[self.losses]["extras_early"])
+        # (1) the orthogonal phase (paper only), (2) free filters, (3) signals, (4) joint steps
+        ortho_end = self.max_iter // 3 if two_phase else 0
+        joint_start = 2 * (self.max_iter // 3) if two_phase else self.max_iter // 2
+        v = (orthonormalise(cent) if two_phase else cent).clone().requires_grad_(True)
+        t = t0.clone().requires_grad_(True)
+        logM = logM0.clone().requires_grad_(True)
 
-        leading = A.shape[0] if A.ndim >= 2 else 1
         use_ura = self.head is not None and self.ura_weight > 0 and A.ndim >= 2
         opt = torch.optim.Adam([v, t, logM], lr=self.lr)
-        half = self.max_iter // 2
         history: list[dict[str, float]] = []
         S: torch.Tensor | None = None
         stats: SignalStats | None = None
@@ -360,22 +432,29 @@ class EDDP(Decomposition):
             Wz = u / M[:, None]  # filters in the whitened space [k, r]
             Wx = Wz @ P.T  # the same filters in activation space [k, C]
             bx = t / M + Wx @ mu
-            if step == half:
-                # (2) signal vectors from the covariance formula over all rows
+            if step == joint_start:
+                # (3) signal vectors from the covariance formula over all rows
                 with torch.no_grad():
-                    stats = self._full_stats(rows, Wx.detach(), bx.detach(), mu, dtype)
+                    stats = full_stats(rows, Wx.detach(), bx.detach(), mu, dtype, self.signal)
                 S = stats.pattern(P).clone().requires_grad_(True)
                 opt.add_param_group({"params": [S]})
             idx = torch.randint(n, (self.batch_size,), generator=gen, device=dev)
             xb = rows[idx].to(dtype)
             a = xb @ Wx.T - bx
-            L = detector_losses(a, M, gamma=self.gamma, tau=self.tau)
-            loss = L["sparsity"] + L["max_activation"] + self.margin_weight * L["max_margin"] + L["inactive"]
+            late = step >= ortho_end
+            L = detector_losses(a, M, gamma=self.gamma, tau=ws["tau_late" if late else "tau"])
+            loss = (ws["sparsity_weight"] * L["sparsity"] + ws["activation_weight"] * L["max_activation"]
+                    + ws["margin_weight"] * L["max_margin"] + ws["inactive_weight"] * L["inactive"])
+            if (late or extras_early) and (ws["excess_weight"] > 0 or ws["bound_weight"] > 0):
+                X2 = extra_sparsity_losses(a)
+                loss = (loss + ws["excess_weight"] * X2["excess_activity"]
+                        + ws["bound_weight"] * X2["sparsity_bound"])
+                L.update(X2)
             terms = {key: float(val.detach()) for key, val in L.items()}
             if S is not None and stats is not None:
                 with torch.no_grad():
                     ad = a.detach()
-                    sums = SignalStats.batch(xb - mu, ad, self._weights(ad))
+                    sums = SignalStats.batch(xb - mu, ad, signal_weights(ad, self.signal))
                     stats.update(sums, xb.shape[0], self.stats_decay)
                     target = stats.pattern(P)
                 reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(EPS)).mean()
@@ -383,7 +462,8 @@ class EDDP(Decomposition):
                 loss = loss + self.signal_weight * reg + self.orth_weight * orth
                 terms.update(signal_regression=float(reg.detach()), orthogonality=float(orth.detach()))
             if use_ura:
-                ent = self._ura_entropy(A, leading, Wx, bx, Q, Wz, S, gen, dtype)
+                ent = ura_entropy(self.head, A, self.ura_batch_size, Wx, bx, Q, Wz, S, gen,  # type: ignore[arg-type]
+                                  dtype)
                 loss = loss - self.ura_weight * ent
                 terms["ura_entropy"] = float(ent.detach())
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -392,18 +472,20 @@ class EDDP(Decomposition):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g if g is not None else torch.zeros_like(p)
             opt.step()
+            if step < ortho_end:
+                with torch.no_grad():  # projected step: back to the nearest orthonormal filters
+                    v.copy_(orthonormalise(v))
             if step % 50 == 0 or step == self.max_iter - 1:
                 history.append({"step": float(step), "loss": float(loss.detach()), **terms})
         if S is None:
-            raise ParameterError(f"max_iter must be ≥ 2 (two phases), got {self.max_iter}")
+            raise ParameterError(f"max_iter is too small for the schedule, got {self.max_iter}")
         with torch.no_grad():
             u = F.normalize(v, dim=1)
             M = logM.exp()
             Wx = (u / M[:, None]) @ P.T
             bx = t / M + Wx @ mu
-            stats = self._full_stats(rows, Wx, bx, mu, dtype)
-            target = stats.pattern(P)
-        # (4) the signals' objective for the final filters, from exact full-data statistics: cheap
+            target = full_stats(rows, Wx, bx, mu, dtype, self.signal).pattern(P)
+        # (5) the signals' objective for the final filters, from exact full-data statistics: cheap
         # (no data access), and it removes the lag of the moving averages behind the moving filters
         S = S.detach().clone().requires_grad_(True)
         opt_s = torch.optim.Adam([S], lr=self.lr)
@@ -413,117 +495,38 @@ class EDDP(Decomposition):
             (g,) = torch.autograd.grad(loss, [S])
             S.grad = g
             opt_s.step()
+        self._store(rows, Wx, bx, S.detach() @ Q, mu, dtype)
+        self.loss_history_ = history
+        return self
+
+    def _store(self, rows: torch.Tensor, Wx: torch.Tensor, bx: torch.Tensor, S_x: torch.Tensor,
+               mu: torch.Tensor, dtype: torch.dtype) -> None:
+        """Set the fitted tensors from the final detectors and signals ``S_x [k, C]`` (activation space)."""
         with torch.no_grad():
             W = Wx.to(rows.dtype)
             b = bx.to(rows.dtype)
-            # the gap between each detector's positives and negatives sets the signals' scale
-            gap_final = self._logit_gap(rows, W, b).to(dtype)
-            S_x = S.detach() @ Q
-            # exactly w_iᵀ s_i = m_i, so that removing y_i s_i lowers the logit by y_i m_i (the raw
-            # signals only approximately satisfy w_iᵀ s_i = 1 once the orthogonality term has acted)
+            # the gap between each detector's positives and negatives: decode's scale (and "gap" edits')
+            gap = logit_gap(rows, W, b, self.signal).to(dtype)
+            # exactly w_iᵀ s_i = 1 (or m_i): the raw signals only approximately satisfy w_iᵀ s_i = 1 once
+            # the orthogonality term has acted; a signal that points away from its filter keeps its length
             own = (Wx * S_x).sum(1)
-            S_x = S_x * torch.where(own > EPS, gap_final / own.clamp_min(EPS), gap_final)[:, None]
+            want = torch.ones_like(gap) if self.edit_scale == "unit" else gap
+            S_x = S_x * torch.where(own > EPS, want / own.clamp_min(EPS), want)[:, None]
             self.decoding_directions_ = W.contiguous()
             self.biases_ = b.contiguous()
             self.margins_ = (1.0 / W.norm(dim=1)).contiguous()
             self.encoding_directions_ = S_x.to(rows.dtype).contiguous()
             self.components_ = self.encoding_directions_
+            self.decode_gain_ = (gap / want).to(rows.dtype).contiguous()
             self.input_min_ = rows.min().to(rows.dtype).reshape(())
-            # decode = the signal model x ≈ μ + Σ_i (y_i − ȳ_i) s_i: the mean carries what no concept
+            # decode = the signal model x ≈ μ + Σ_i (y_i − ȳ_i) g_i s_i: the mean carries what no concept
             # explains, so that h(decode(encode(A))) is comparable with the other methods' reconstructions
             ybar = torch.zeros(W.shape[0], dtype=torch.float64, device=rows.device)
             for i in range(0, rows.shape[0], CHUNK):
                 ybar += self._encode_rows(rows[i : i + CHUNK]).sum(0, dtype=torch.float64)
             ybar = (ybar / rows.shape[0]).to(rows.dtype)
-            self.decode_offset_ = (mu.to(rows.dtype) - ybar @ self.encoding_directions_).contiguous()
-        self.loss_history_ = history
-        return self
-
-    # ------------------------------------------------------------------ fit helpers
-    def _weights(self, a: torch.Tensor) -> torch.Tensor:
-        """Signal-estimator weights ``[B, k]`` from detector logits: positives mask or ``y``."""
-        return (a > 0).to(a.dtype) if self.signal == "positives" else torch.sigmoid(a)
-
-    def _full_stats(
-        self, rows: torch.Tensor, Wx: torch.Tensor, bx: torch.Tensor, mu: torch.Tensor, dtype: torch.dtype
-    ) -> SignalStats:
-        """Signal statistics over every row (chunked); a concept with no positive falls back to ``y``."""
-        acc: list[torch.Tensor] = []
-        acc_y: list[torch.Tensor] = []
-        for i in range(0, rows.shape[0], CHUNK):
-            xc = rows[i : i + CHUNK].to(dtype) - mu
-            a = xc @ Wx.T - (bx - Wx @ mu)
-            s = SignalStats.batch(xc, a, self._weights(a))
-            sy = SignalStats.batch(xc, a, torch.sigmoid(a))
-            acc = list(s) if not acc else [x + y for x, y in zip(acc, s, strict=True)]
-            acc_y = list(sy) if not acc_y else [x + y for x, y in zip(acc_y, sy, strict=True)]
-        # a detector without positives (a rare concept) gets the weighted estimate
-        empty = acc[0] < 0.5
-        if bool(empty.any()):
-            for j, (x, y) in enumerate(zip(acc, acc_y, strict=True)):
-                acc[j] = torch.where(empty if x.ndim == 1 else empty[:, None], y, x)
-        st = SignalStats()
-        st.set(acc, rows.shape[0])
-        return st
-
-    def _logit_gap(self, rows: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``m_i = E_pos[a_i] − E_neg[a_i]`` over all rows (weights per ``signal``), ``[k]``."""
-        dt = torch.float64
-        sums = torch.zeros(8, W.shape[0], dtype=dt, device=rows.device)
-        for i in range(0, rows.shape[0], CHUNK):
-            a = (rows[i : i + CHUNK] @ W.T - b).to(dt)
-            om, y = self._weights(a), torch.sigmoid(a)
-            sums += torch.stack([(om * a).sum(0), ((1 - om) * a).sum(0), om.sum(0), (1 - om).sum(0),
-                                 (y * a).sum(0), ((1 - y) * a).sum(0), y.sum(0), (1 - y).sum(0)])
-        sp, sn, cp, cn, spy, sny, cpy, cny = sums
-        ok = (cp > 0.5) & (cn > 0.5)
-        gap = torch.where(ok, sp / cp.clamp_min(EPS) - sn / cn.clamp_min(EPS),
-                          spy / cpy.clamp_min(EPS) - sny / cny.clamp_min(EPS))
-        return gap.clamp_min(EPS).to(W.dtype)
-
-    def _ura_entropy(
-        self,
-        A: torch.Tensor,
-        leading: int,
-        Wx: torch.Tensor,
-        bx: torch.Tensor,
-        Q: torch.Tensor,
-        Wz: torch.Tensor,
-        S: torch.Tensor | None,
-        gen: torch.Generator,
-        dtype: torch.dtype,
-    ) -> torch.Tensor:
-        """Entropy (bits) of ``h(x')`` on a mini-batch of whole items moved towards the boundaries."""
-        B = min(self.ura_batch_size, leading)
-        items = torch.randint(leading, (B,), generator=gen, device=A.device)
-        Xb = A[items].to(dtype)
-        x = Xb.reshape(-1, Xb.shape[-1])
-        # products ordered so that only [k, C] matrices meet the R rows (never an [R, C] × [C, C])
-        r = x @ Wx.T - bx  # [R, k] detector logits
-        if S is None:
-            step = torch.linalg.pinv(Wz).T @ Q  # (Wᵀ)⁺: the shortest move onto all boundaries
-        else:
-            # S enters as a constant: URA aligns the detectors with the classifier, while the signals
-            # stay estimates from the data (what an edit subtracts must be what the concept adds)
-            Sd = S.detach()
-            step = torch.linalg.pinv(Wz @ Sd.T).T @ (Sd @ Q)  # S (WᵀS)⁺: the move along the signals
-        kappa = 0.5 + 0.4 * torch.rand(x.shape[0], 1, generator=gen, device=A.device, dtype=dtype)
-        x_moved = x - kappa * (r @ step)
-        head = self.head
-        try:
-            logits = head(x_moved.reshape(Xb.shape).to(A.dtype))  # type: ignore[misc]
-        except Exception as exc:  # a head that cannot take the batch is a user error worth naming
-            raise HeadError(
-                f"the head given to EDDP failed on activations of shape {list(Xb.shape)} ({exc}); it must "
-                "map [B, ...] activations with the fit input's layout to logits [B, K]"
-            ) from exc
-        if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or not logits.requires_grad:
-            raise HeadError(
-                "the head given to EDDP must return differentiable logits [B, K]; got "
-                + (f"shape {list(logits.shape)}, requires_grad={logits.requires_grad}"
-                   if isinstance(logits, torch.Tensor) else type(logits).__name__)
-            )
-        return entropy_bits(logits.to(dtype))
+            self.decode_offset_ = (mu.to(rows.dtype) - (ybar * self.decode_gain_) @ self.encoding_directions_
+                                   ).contiguous()
 
     # ------------------------------------------------------------------ encode / decode
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:
@@ -532,10 +535,11 @@ class EDDP(Decomposition):
         return torch.sigmoid(A @ W.T - self.biases_.to(A.device))
 
     def _decode_rows(self, U: torch.Tensor) -> torch.Tensor:
-        """``Â = μ + (y − ȳ) S = y S + offset`` ``[n, C]`` from detector responses ``U = y [n, k]``."""
+        """``Â = μ + ((y − ȳ) ⊙ g) S = (y ⊙ g) S + offset`` ``[n, C]`` from responses ``U = y [n, k]``."""
         S = self.encoding_directions_.to(U.device, U.dtype)
         off = getattr(self, "decode_offset_", None)  # absent in files saved before it existed
-        out = U @ S
+        gain = getattr(self, "decode_gain_", None)  # likewise: older files stored gap-scaled signals
+        out = (U if gain is None else U * gain.to(U.device, U.dtype)) @ S
         return out if off is None else out + off.to(U.device, U.dtype)
 
     def logits(self, A: torch.Tensor) -> torch.Tensor:
@@ -559,6 +563,7 @@ class EDDP(Decomposition):
             "encoding_directions_": self.encoding_directions_,
             "input_min_": self.input_min_,
             "decode_offset_": self.decode_offset_,
+            "decode_gain_": self.decode_gain_,
         }
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
@@ -568,3 +573,7 @@ class EDDP(Decomposition):
             raise NotFittedError(f"EDDP state lacks {sorted(missing)}; it was not saved from a fitted EDDP")
         super().load_state_tensors(tensors)
         self.components_ = self.encoding_directions_
+        if "decode_gain_" not in tensors:
+            # saved before issue #20: the signals carry the logit-gap scale, and decode used them as they are
+            self.edit_scale = "gap"
+            self.decode_gain_ = torch.ones_like(self.biases_)
