@@ -399,24 +399,6 @@ def test_cutting_rows_out_carries_their_weights_and_adam_state() -> None:
         torch.testing.assert_close(cut(x[[0, 2]]), ref(x[[0, 2]]), rtol=1e-4, atol=1e-5)
 
 
-def test_channels_last_is_restored_and_changes_no_value(tiny: TinyNet, tiny_images: torch.Tensor) -> None:
-    from conceptlens.attribution.masks.optimise import channels_last
-
-    x = tiny_images[:3]
-    w = [p for p in tiny.parameters() if p.ndim == 4]
-    before = [p.detach().clone() for p in w]
-    with torch.no_grad():
-        y0 = tiny(x)
-        with channels_last(tiny) as fmt:
-            assert fmt is torch.channels_last
-            assert all(p.is_contiguous(memory_format=torch.channels_last) for p in w)
-            y1 = tiny(x.contiguous(memory_format=torch.channels_last))
-    assert all(p.is_contiguous() and torch.equal(p, b) for p, b in zip(w, before, strict=True))
-    torch.testing.assert_close(y1, y0)
-    with channels_last(ObjectVsNoise()) as none:
-        assert none is None
-
-
 # ----------------------------------------------------------------------------------------- the generator
 def test_detail_map_upsamples_the_unet_logits_and_adds_a_per_image_map() -> None:
     from conceptlens.attribution.masks.generator import GroupedUNet as _GroupedUNet

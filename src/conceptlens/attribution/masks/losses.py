@@ -170,8 +170,6 @@ def mask_loss(
     area_w: float | torch.Tensor,
     noise: torch.Tensor | None,
     budget: torch.Tensor | None = None,
-    *,
-    memory_format: torch.memory_format | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The objective ``L`` per image, for the masks ``generator`` proposes for ``x``.
 
@@ -197,8 +195,6 @@ def mask_loss(
         ``[1,3,H,W]`` this step's noise background (None: no abductive term).
     budget
         ``[n]`` kept fractions of the budgeted rows (NaN on penalised rows), or None.
-    memory_format
-        Layout of the model's input batch (``torch.channels_last`` when its weights are; None: as is).
 
     Returns
     -------
@@ -220,8 +216,6 @@ def mask_loss(
     if w["necessity"] > 0:
         parts["complement"] = (1 - m) * x
     batch = torch.cat(list(parts.values())) if len(parts) > 1 else e
-    if memory_format is not None:
-        batch = batch.contiguous(memory_format=memory_format)
     with capture(model, sites) as acts:
         out = logits_of(model(batch))
     outs = dict(zip(parts, out.split(n), strict=True))
