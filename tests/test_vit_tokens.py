@@ -154,3 +154,28 @@ def test_signed_split_gives_nmf_like_methods_an_exact_non_negative_view(mode: st
     assert ex.concepts_.shape == (3, 32) and ex.concepts_.min() >= 0
     with pytest.raises(cl.ConceptLensError, match="signed must be 'keep' or 'split'"):
         cl.ModelSplit(m, "auto", signed="abs")
+
+
+def test_cli_signed_split_and_device(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from conceptlens.cli import app
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(torch.rand(6, 32, 32, 3, generator=torch.Generator().manual_seed(0))):
+        Image.fromarray((img.numpy() * 255).astype("uint8")).save(folder / f"{i}.png")
+    model = ["--model", "test_vit_tokens:ToyViT"]
+    fit = ["fit", "--images", str(folder), *model, "--method", "nmf", "-k", "2", "--target", "0"]
+    run = CliRunner().invoke
+    res = run(app, [*fit, "-o", str(tmp_path / "a.cl")])
+    assert res.exit_code == 2 and "non-negative" in res.output  # signed tokens
+    res = run(app, [*fit, "--signed", "split", "-o", str(tmp_path / "b.cl")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b.cl").exists()
+    res = run(app, ["layers", *model])
+    assert res.exit_code == 0 and "* blocks.1" in res.output and "signed='split'" in res.output
+    if not torch.cuda.is_available():
+        res = run(app, ["layers", *model, "--device", "cuda"])
+        assert res.exit_code == 2 and "no CUDA GPU" in res.output

@@ -32,6 +32,9 @@ _FILE = typer.Argument(..., help="A fitted explainer (.cl).")
 _IMAGE_FILES = typer.Option(..., "--images", help="Folder, file or glob of images (repeatable).")
 _MODEL_OVERRIDE = typer.Option(None, help="The model the file was fitted on (unless it is the bundled one).")
 _WEIGHTS = typer.Option(None, help="Local weights file for the model.")
+_SIGNED = typer.Option("keep", "--signed",
+                       help="keep: activations as they are; split: [max(A,0), max(-A,0)], an exact "
+                            "non-negative view of a signed layer (a ViT's tokens) for ice, nmf, craft, face.")
 _DEVICE = typer.Option("cpu", "--device", help="Where the model and every computation run: cpu, cuda, "
                                                "cuda:N or auto (cuda when there is a GPU).")
 _TRUST = typer.Option(False, "--trust-model-factory",
@@ -130,6 +133,7 @@ def fit(
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
     device: str = _DEVICE,
+    signed: str = _SIGNED,
     layer: str = typer.Option("auto", help="Layer name, or 'auto' (the last spatial layer before pooling)."),
     target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
     method: str = typer.Option("nmf", help="Concept method: nmf, pca, kmeans, …"),
@@ -188,7 +192,7 @@ def fit(
                 method_params["patch_size"] = patch
             if stride is not None:
                 method_params["stride"] = int(stride) if stride >= 1 and stride == int(stride) else stride
-        ex = cl.ConceptExplainer(cl.ModelSplit(m, layer), method=method, n_concepts=n_concepts,
+        ex = cl.ConceptExplainer(cl.ModelSplit(m, layer, signed=signed), method=method, n_concepts=n_concepts,
                                  importance=importance, seed=seed, method_params=method_params)
         if recursive and not layers_:
             from conceptlens.stages import earlier_stages
@@ -359,6 +363,7 @@ def compare(
     model: str = typer.Option("efficientnet_lite0", help=_MODEL_HELP),
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
     device: str = _DEVICE,
+    signed: str = _SIGNED,
     layer: str = typer.Option("auto", help="Layer name, or 'auto'."),
     target: Optional[str] = typer.Option(None, help="Class index or name (default: most predicted class)."),  # noqa: UP045
     methods: str = typer.Option("ice,pca,kmeans,craft,face",
@@ -382,7 +387,7 @@ def compare(
     with _reported():
         m = cl.models.load(model, weights=weights, device=device)
         x, names = _images(images or [], m.preset, crop)
-        split = cl.ModelSplit(m, layer)
+        split = cl.ModelSplit(m, layer, signed=signed)
         A = split.g(x)
         res = run_compare(split, x, target, methods=methods, n_concepts=n_concepts, seed=seed, A=A,
                           stability=stability, mask_images=masks or None)
