@@ -89,6 +89,13 @@ def test_local_explanation_card_has_one_bar_chart_per_image_with_its_numbers(fit
     expect = [c0[j] for j in sorted(range(3), key=lambda j: -abs(c0[j]))] + [float(e.residual[0]), e.bias]
     np.testing.assert_allclose(values, expect, rtol=1e-3, atol=1e-6)
     assert "exact (GAP + linear head)" in html
+    # the residual and the bias are drawn in the neutral colour, the concepts by sign
+    from conceptlens.report.figures import NEGATIVE, NEUTRAL, POSITIVE
+
+    assert re.search(rf"residual</td><td[^>]*><span[^>]*><span[^>]*background:{NEUTRAL}", block)
+    j0 = max(range(3), key=lambda j: abs(c0[j]))
+    sign = POSITIVE if c0[j0] >= 0 else NEGATIVE
+    assert re.search(rf"concept {j0}</td><td[^>]*><span[^>]*><span[^>]*background:{sign}", block)
     many = fitted.explain(tiny_images)._repr_html_()
     assert many.count('class="image"') == 8 and "and 4 more images" in many
 

@@ -118,11 +118,13 @@ def explainer_html(ex: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- explanations
-def _bar(value: float, scale: float, width: int = 180) -> str:
+def _bar(value: float, scale: float, neutral: bool = False, width: int = 180) -> str:
+    """A horizontal bar of ``|value| / scale`` of ``width`` (cut at ``width`` and ended by "»" beyond)."""
     w = 0 if scale <= 0 else round(width * min(1.0, abs(value) / scale))
-    color = figures.POSITIVE if value >= 0 else figures.NEGATIVE
-    return (f'<span style="display:inline-block;width:{width}px"><span style="display:inline-block;'
-            f'height:10px;width:{w}px;background:{color}"></span></span>')
+    color = figures.NEUTRAL if neutral else figures.POSITIVE if value >= 0 else figures.NEGATIVE
+    cut = "»" if scale > 0 and abs(value) > scale else ""
+    return (f'<span style="display:inline-block;width:{width + 12}px"><span style="display:inline-block;'
+            f'height:10px;width:{w}px;background:{color}"></span>{cut}</span>')
 
 
 def explanation_html(e: Any, *, max_images: int = _MAX_IMAGES) -> str:
@@ -139,14 +141,16 @@ def explanation_html(e: Any, *, max_images: int = _MAX_IMAGES) -> str:
         order = [int(j) for j in np.argsort(-contrib[i].abs().numpy(), kind="stable")]
         lines = [(f"concept {j}", contrib[i, j]) for j in order]
         lines += [("residual", float(e.residual[i])), ("bias", float(e.bias))]
-        trs = "".join(f'<tr><td style="{_TD}">{name}</td><td style="{_TD}">{_bar(float(v), scale)}</td>'
+        trs = "".join(f'<tr><td style="{_TD}">{name}</td><td style="{_TD}">'
+                      f'{_bar(float(v), scale, not name.startswith("concept"))}</td>'
                       f'<td style="{_TD};text-align:right">{num(v)}</td></tr>' for name, v in lines)
         blocks.append(f'<div class="image" style="display:inline-block;margin:6px 16px 6px 0;'
                       f'vertical-align:top"><div>image {i}: logit {num(e.logits[i])} = Σ contributions '
                       f'{num(contrib[i].sum())} + residual {num(e.residual[i])} + bias {num(e.bias)}</div>'
                       f'<table style="border-collapse:collapse">{trs}</table></div>')
     more = f"<div>… and {n - shown} more images (e.plot(i) draws any)</div>" if n > shown else ""
-    return _card(title, f"<div>{kind}</div>" + "".join(blocks) + more)
+    note = "; bars on the concepts' scale (» : longer, cut)"
+    return _card(title, f"<div>{kind}{note}</div>" + "".join(blocks) + more)
 
 
 def explanation_figure(e: Any, *, i: int = 0, n_concepts: int | None = None) -> Any:
