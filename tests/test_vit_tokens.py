@@ -179,3 +179,18 @@ def test_cli_signed_split_and_device(tmp_path) -> None:  # type: ignore[no-untyp
     if not torch.cuda.is_available():
         res = run(app, ["layers", *model, "--device", "cuda"])
         assert res.exit_code == 2 and "no CUDA GPU" in res.output
+
+
+class _OddTokens(ToyViT):
+    """A ViT whose blocks also carry 3 pooled tokens at the end: 1 + 16 + 3 tokens, no patch grid."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        t = torch.cat([t, t[:, 1:].reshape(x.shape[0], 4, 4, -1).mean(2)[:, :3]], dim=1)
+        return self.head(self.norm(self.blocks(t))[:, 0])
+
+
+def test_a_token_layer_with_an_unexpected_token_count_is_refused() -> None:
+    with pytest.raises(cl.ConceptLensError, match=r"'blocks\.1' gave 20 tokens for a 32×32 input.*1 class"):
+        cl.ModelSplit(_OddTokens(), "blocks.1")

@@ -58,7 +58,15 @@ from conceptlens.errors import ImageError, LayerError, ParameterError, SplitErro
 from conceptlens.io.models import check_weights
 from conceptlens.progress import progress_bar
 from conceptlens.split import _fx, auto
-from conceptlens.split.layout import Layout, channels_last_shape, classify, from_grid, prefix_tokens, to_grid
+from conceptlens.split.layout import (
+    Layout,
+    channels_last_shape,
+    classify,
+    from_grid,
+    grid_of,
+    prefix_tokens,
+    to_grid,
+)
 from conceptlens.split.sites import _first_tensor, call_order
 
 __all__ = ["ModelSplit", "LinearHead", "list_layers"]
@@ -240,7 +248,10 @@ class ModelSplit:
                 for label, _, i, mod, shape in call_order(self.model, probe)]
 
     def _select(self, site: _Site) -> None:
-        """Cut at ``site``: build fx's g / h and the default extra tokens (SplitError when it cannot)."""
+        """Cut at ``site``: build fx's g / h and the default extra tokens (SplitError when it cannot; a
+        LayerError for ``[N,T,C]`` tokens that are no patch grid)."""
+        if len(site.shape) == 3 and site.layout.kind == "other":
+            grid_of(Layout("tokens", prefix_tokens(self.model) or 0), site.shape[1], self._hw(), site.name)
         self._cut = site
         self.layer = site.name
         self.layout = site.layout
