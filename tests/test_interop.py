@@ -129,3 +129,15 @@ def test_one_quantus_metric_scores_concepts_masks_and_grad_cam_in_one_call(setup
     np.testing.assert_allclose(res["grad-cam"], res["captum grad-cam"], atol=1e-6)
     after = np.random.get_state()  # noqa: NPY002
     assert np.array_equal(after[1], state[1]) and after[2] == state[2]  # the global NumPy state is restored
+
+
+def test_region_perturbation_keeps_its_per_image_curves(setup, tiny_images):
+    quantus = pytest.importorskip("quantus")
+    model, ex = setup
+    y = model(tiny_images).argmax(1)
+    metric = quantus.RegionPerturbation(patch_size=4, regions_evaluation=4, return_aggregate=False,
+                                        disable_warnings=True)
+    res = cl.interop.quantus_scores(metric, model, tiny_images, y,
+                                    {"concepts": cl.interop.quantus_explain_func(ex),
+                                     "grad-cam": cl.interop.gradcam_explain_func()}, device="cpu")
+    assert all(v.shape == (12, 4) and np.isfinite(v).all() for v in res.values())

@@ -142,7 +142,9 @@ def quantus_scores(metric: Callable[..., Any], model: torch.nn.Module, x: Any, y
     Returns
     -------
     dict
-        Name → the metric's scores as a float64 array (``[N]``, or one value when the metric aggregates).
+        Name → the metric's scores as a float64 array, shaped as the metric returns them: ``[N]`` per image
+        (``FaithfulnessCorrelation``), ``[N, R]`` per-image curves (``RegionPerturbation``'s ``R`` regions),
+        ``[1]`` when the metric aggregates.
     """
     if not explain_funcs:
         raise ParameterError("explain_funcs is empty: give {name: explain_func, …}")
@@ -156,7 +158,7 @@ def quantus_scores(metric: Callable[..., Any], model: torch.nn.Module, x: Any, y
         for name, fn in explain_funcs.items():
             np.random.seed(seed)  # noqa: NPY002
             res = metric(model=model, x_batch=xb, y_batch=yb, a_batch=None, explain_func=fn, **call_kwargs)
-            out[name] = np.asarray(res, dtype=np.float64).reshape(-1)
+            out[name] = np.asarray(res, dtype=np.float64)
     finally:
         np.random.set_state(state)  # noqa: NPY002
     return out
