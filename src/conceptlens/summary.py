@@ -12,7 +12,8 @@ HTML and figures live in one place.
 
 At the end of :meth:`~conceptlens.ConceptExplainer.fit` the explainer keeps (``keep_fit_summary``):
 
-* ``fit_fidelity_``: ICE's ``fid_c`` / ``fid_r`` on the fit images (one extra head pass on ``decode(U)``);
+* ``fit_fidelity_``: ICE's ``fid_c`` / ``fid_r`` on the fit images (one extra head pass on ``decode(U)``, in
+  chunks of 256 images);
 * ``display_images_ [k,3,s,s]``: for each concept the fit image where it scores highest (normalised as the
   model sees it, downsized), and ``display_maps_ [k,s,s]`` the concept's map on it.
 
@@ -51,8 +52,9 @@ def keep_fit_summary(ex: Any, x: Any, A: torch.Tensor, U: torch.Tensor, logits: 
     logits
         ``[N,K]`` ``h(A)``.
     """
+    d, h, b = ex.decomposition_, ex.split.h, 256  # in chunks: Â of every image at once would double A's memory
     with torch.no_grad():
-        approx = ex.split.h(ex.decomposition_.decode(U))
+        approx = torch.cat([h(d.decode(U[i: i + b])) for i in range(0, U.shape[0], b)])
     t = ex.target_
     ex.fit_fidelity_ = {"fid_c": fid_c(logits, approx), "fid_r": fid_r(logits[:, t], approx[:, t])}
     ex.display_images_ = ex.display_maps_ = None
