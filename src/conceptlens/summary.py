@@ -52,7 +52,7 @@ def keep_fit_summary(ex: Any, x: Any, A: torch.Tensor, U: torch.Tensor, logits: 
     logits
         ``[N,K]`` ``h(A)``.
     """
-    d, h, b = ex.decomposition_, ex.split.h, 256  # in chunks: Â of every image at once would double A's memory
+    d, h, b = ex.decomposition_, ex.split.h, 256  # chunks: Â of all images at once would double the memory
     with torch.no_grad():
         approx = torch.cat([h(d.decode(U[i: i + b])) for i in range(0, U.shape[0], b)])
     t = ex.target_
