@@ -123,7 +123,7 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
     P.div_(d[:, None])
     Qd = Q / d[:, None]  # the scaled gradient D⁻¹(Q x − p) = Qd x − P/d in one product
     # rows with no quadratic term (a zero row of W) have no gradient to test (their codes are 0)
-    d2 = torch.where(live, d.square(), torch.zeros_like(d))[:, None]
+    d2 = torch.where(live, d.square(), torch.zeros_like(d))
     sweep = _hals_sweeper(P, Q, X, 0.0, scaled=True)
     for _ in range(ENCODE_FULL):
         sweep()
@@ -138,7 +138,7 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
         R = spare[: k * w].view(k, w)
         torch.addmm(Pa, Qd, Xa, beta=-1.0, out=R)
         torch.minimum(R, Xa, out=R)
-        fail = R.square_().mul_(d2).sum(0) > thr.index_select(0, idx)
+        fail = torch.mv(R.square_().T, d2) > thr.index_select(0, idx)  # ‖D r‖² per column, one pass
         passed = (running & ~fail).nonzero().squeeze(1)
         if passed.numel():
             codes = Xa.index_select(1, passed)
@@ -282,6 +282,7 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
     Qinv = torch.linalg.pinv(Q)
     tau = kkt_tolerance(Q, W.dtype) if solver == "hals" else 0.0
     live = _gram_diagonal(Q)[0]
+    all_live = bool(live.all())
     k, n = W.shape[0], A.shape[0]
     # The codes are solved as X = Uᵀ [k, n] in the output's own storage (returned transposed): no copy
     # into a separate [n, k] result.
@@ -303,7 +304,8 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
         else:
             X.copy_(Qinv @ P)
         X.clamp_min_(0.0)
-        X[~live] = 0.0  # a zero bank row (a dead concept) explains nothing: its codes are 0
+        if not all_live:
+            X[~live] = 0.0  # a zero bank row (a dead concept) explains nothing: its codes are 0
         if solver == "hals":
             idx = _nnls_hals(P, Q, X, tau)
             if idx.numel():  # the exact finish, on products recomputed in float64 for these rows only
