@@ -47,7 +47,11 @@ ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step
 # sweep over a few rows costs its 2k kernel launches, ~100 µs at k = 25; the finish ~1-2 ms whatever the
 # rows, plus ~15 µs a row and pivoting step).
 ENCODE_EXCESS = {torch.float64: 1e-14, torch.float32: 1e-8, torch.float16: 1e-5, torch.bfloat16: 1e-4}
-ENCODE_FULL = 4
+# The first check after ENCODE_FULL sweeps: checks before the block is compacted cost without saving sweeps
+# (the block is swept whole until ≤ ENCODE_COMPACT still runs). CPU time / the old step-size rule's on 20,000
+# real Lite0 rows (k = 25, our bank, κ = 14): 1.22 / 1.16 / 1.14 with the first check at 4 / 6 / 8 sweeps
+# (on the quick bank, κ = 607: 1.45 / 1.39 / 1.29); 6 keeps easy (well-conditioned) rows at the old 6.
+ENCODE_FULL = 6
 ENCODE_CHECK = 2
 ENCODE_HALS_SWEEPS = 60
 # The block is swept whole (the rows that passed keep the codes taken when they passed) until at most this
