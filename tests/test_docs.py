@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,16 @@ def test_docstrings_are_turned_into_markdown() -> None:
     markdown = _script("griffe_docstrings").markdown
     text = "See :class:`~conceptlens.explainer.ConceptExplainer`, :func:`f`.\n\n>>> a = 1\n>>> a\n1\n\nEnd."
     assert markdown(text) == "See `ConceptExplainer`, `f`.\n\n```python\n>>> a = 1\n>>> a\n1\n```\n\nEnd."
+
+
+@pytest.mark.slow
+def test_docs_figures_script_writes_the_pictures_the_page_shows(tmp_path: Path) -> None:
+    written = _script("docs_figures").main(tmp_path)
+    names = {p.name for p in written}
+    page = (ROOT / "docs" / "concepts.md").read_text(encoding="utf-8")
+    shown = set(re.findall(r"\(img/([\w.]+\.png)\)", page))
+    assert shown and shown <= names                                  # every picture the page shows is made
+    assert all((ROOT / "docs" / "img" / n).is_file() for n in shown)   # and committed
+    from PIL import Image
+
+    assert all(Image.open(p).width <= 900 for p in written)
