@@ -151,3 +151,16 @@ def test_explainer_layer_names_no_report_module_and_loads_it_only_on_display():
     code = ("import sys, conceptlens as cl, conceptlens.explainer, conceptlens.edit\n"
             "assert 'conceptlens.report.display' not in sys.modules and 'matplotlib' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("method", cl.decompose.available())
+def test_every_method_gets_a_card_with_its_fidelity_and_prototypes(method, tiny, tiny_images):
+    params = {"patch_size": 8} if cl.decompose.get(method).fit_on == "crops" else {}
+    ex = cl.ConceptExplainer(cl.ModelSplit(tiny, "auto"), method=method, n_concepts=3, seed=0,
+                             method_params=params).fit(tiny_images, target=1)
+    html = ex._repr_html_()
+    fid = cl.metrics.fidelity(ex, tiny_images)
+    assert f"Fid<sub>c</sub> = {num(fid['fid_c'])}, Fid<sub>r</sub> = {num(fid['fid_r'])}" in html
+    assert len(_pngs(html)) == 3
+    torch.testing.assert_close(cl.interop.CaptumConcepts(ex).attribute(tiny_images).mean((2, 3)),
+                               ex.explain(tiny_images).contributions, rtol=1e-5, atol=1e-6)
