@@ -155,7 +155,8 @@ def test_explainer_layer_names_no_report_module_and_loads_it_only_on_display():
 
 @pytest.mark.parametrize("method", cl.decompose.available())
 def test_every_method_gets_a_card_with_its_fidelity_and_prototypes(method, tiny, tiny_images):
-    params = {"patch_size": 8} if cl.decompose.get(method).fit_on == "crops" else {}
+    cls = cl.decompose.get(method)
+    params = {**cls.quick_params, **({"patch_size": 8} if cls.fit_on == "crops" else {})}
     ex = cl.ConceptExplainer(cl.ModelSplit(tiny, "auto"), method=method, n_concepts=3, seed=0,
                              method_params=params).fit(tiny_images, target=1)
     html = ex._repr_html_()
