@@ -8,6 +8,7 @@ import io
 import re
 import subprocess
 import sys
+from html import escape as html_escape
 
 import numpy as np
 import pytest
@@ -113,6 +114,12 @@ def test_edit_card_holds_before_after_and_flips(fitted, tiny_images):
     assert "concept 0 removed, concept 1 removed, concept 2 removed" in html
     half = fitted.edit(tiny_images[:2], scale={1: 0.5})._repr_html_()
     assert "concept 1 × 0.5" in half
+    # classes by name (escaped), index in brackets
+    assert "&lt;b&gt;cat&lt;/b&gt; &amp; co (1)" in html and "<b>cat</b>" not in html
+    names = fitted.classes
+    for i, c in enumerate(r.original.argmax(1).tolist()):
+        assert re.search(rf"<td[^>]*>{i}</td>(<td[^>]*>[^<]*</td>){{3}}<td[^>]*>(<strong[^>]*>)?"
+                         rf"{re.escape(html_escape(names[c]))} \({c}\)", html)
 
 
 def test_compare_card_marks_the_best_value_of_each_column_and_escapes_errors():

@@ -49,6 +49,8 @@ class EditResult:
     removed : dict[int, float]
         Concept → the fraction of its component taken away (``1`` removed, ``0.5`` halved, ``−1``
         doubled); concepts left as they are do not appear.
+    classes : tuple[str, ...]
+        The model's class names (may be empty), for display.
     """
 
     logits: torch.Tensor
@@ -56,6 +58,7 @@ class EditResult:
     delta_target: torch.Tensor
     target: int
     removed: dict[int, float]
+    classes: tuple[str, ...] = ()
 
     @property
     def delta(self) -> torch.Tensor:

@@ -536,7 +536,7 @@ class ConceptExplainer(ExplainerDisplay):
             logits = edit_head(self.split.h, self.decomposition_, removed)(A) if removed else original.clone()
         t = self.target_
         return EditResult(logits=logits, original=original, delta_target=logits[:, t] - original[:, t],
-                          target=t, removed=removed)
+                          target=t, removed=removed, classes=tuple(self.classes))
 
     def unlearn(self, concepts: int | Sequence[int]) -> torch.nn.Module:
         """A head ``h'`` (activations → logits) that ignores the given concept(s), without retraining.

@@ -210,9 +210,11 @@ def concepts_figure(ex: Any, *, x: torch.Tensor | None = None, n_prototypes: int
 
 
 # ------------------------------------------------------------------------------------------------ edits
-def edit_html(r: Any, *, classes: Sequence[str] = (), max_images: int = 20) -> str:
+def edit_html(r: Any, *, classes: Sequence[str] | None = None, max_images: int = 20) -> str:
     """An edit's card: what was removed or rescaled, then per image the target logit before and after, its
-    change, and the top-1 class before → after (flips marked)."""
+    change, and the top-1 class before → after (flips marked); class names from ``classes`` (default: the
+    result's own ``classes``)."""
+    classes = list(getattr(r, "classes", ()) if classes is None else classes)
     what = ", ".join(f"concept {j} removed" if f == 1 else f"concept {j} × {num(1 - f)}"
                      for j, f in sorted(r.removed.items())) or "nothing (no concept removed)"
     n = int(r.logits.shape[0])
