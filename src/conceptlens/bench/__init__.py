@@ -70,7 +70,7 @@ def peer(module: str, package: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ParameterError(f"this benchmark compares against {package}, which is not installed: "
-                             f"pip install {package} (or pip install -e '.[dev]')") from exc
+                             f"pip install {package} (or pip install -e '.[bench]')") from exc
 
 
 def env() -> dict[str, Any]:
