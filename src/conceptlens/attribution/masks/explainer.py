@@ -172,8 +172,11 @@ class MaskExplainer:
         of them wins); the cost grows in proportion.
     patience
         Early stop: an image's path leaves the optimisation once its selected mask has not shrunk by 2 % for
-        ``patience`` steps (its U-Net is cut out of the batch, so the remaining steps cost less); None runs
-        every step for every image.
+        ``patience`` steps (its U-Net is cut out of the batch, so the remaining steps cost less); None (the
+        default) runs every step for every image. Off by default because it costs area: on the espresso
+        photo (sufficiency only, both paths) ``patience=20`` stopped both paths near step 63 with 11.2 % of
+        the pixels, where the full 100 steps reach 3 % (the penalty path's pressure keeps growing to the
+        last step, and its masks shrink again after a plateau).
     refine
         After the optimisation, shrink each image's mask along its own pixel ranking (the top 90 %, 81 %, …
         43 % of its pixels, checked in batched forward passes without gradient) and keep the smallest that
@@ -221,7 +224,7 @@ class MaskExplainer:
         budget_grow: float = 0.04,
         restarts: int = 1,
         refine: bool = True,
-        patience: int | None = 20,
+        patience: int | None = None,
         batch_size: int = 8,
         select: str = "zero",
         progress: bool | None = None,
