@@ -114,7 +114,8 @@ def test_heatmap_overlay_keeps_exactly_the_pixels_above_half_the_range() -> None
     keep_max = np.array([[False, False, False], [True, True, False]])
     np.testing.assert_array_equal(figures.keep_mask(m, 0.5, normalise="max"), keep_max)
     # the boundary value exactly at the threshold is dimmed: (1.5 + 1) / 5 == 0.5
-    np.testing.assert_array_equal(figures.keep_mask(np.array([[-1.0, 1.5, 4.0]]), 0.5), [[False, False, True]])
+    edge = figures.keep_mask(np.array([[-1.0, 1.5, 4.0]]), 0.5)
+    np.testing.assert_array_equal(edge, [[False, False, True]])
 
 
 def test_signed_pca_map_region_is_judged_on_its_whole_range() -> None:
