@@ -38,8 +38,8 @@ from conceptlens.importance.base import Context, Importance, concept_directions
 from conceptlens.importance.linear import scores as spatial_scores
 from conceptlens.io.crops import CropSet, crop_activations
 from conceptlens.split.model_split import ModelSplit
-from conceptlens.stages import earlier_stages
 from conceptlens.split.sites import resolve_target
+from conceptlens.stages import earlier_stages
 from conceptlens.stream import check_sign, explain_source, fit_source
 from conceptlens.summary import ExplainerDisplay, ExplanationDisplay, keep_fit_summary
 
