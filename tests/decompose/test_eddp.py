@@ -264,11 +264,13 @@ def test_remove_concepts_edits_only_where_the_concept_is(
         pos = Y[:, i] > 0.5
         quiet = Y[:, i] < 1e-3
         assert pos.sum() > 500 and quiet.sum() > 500
-        X2 = remove_concepts(X, d, [i], scale={i: 2.0})
+        # twice the logit gap (w_iᵀ s_i = 1: factor k lowers the logit by k·y_i) flips the positives
+        f = 2 * float(d.decode_gain_[i])
+        X2 = remove_concepts(X, d, [i], scale={i: f})
         Y2 = d.encode(X2)
         assert float((Y2[pos, i] < 0.5).float().mean()) >= 0.99
-        # the change is along s_i only, by σ(w_iᵀx − b_i) · 2 (no ReLU clipping: X > 0 here)
-        expect = (2 * Y[:, i : i + 1]) * d.encoding_directions_[i]
+        # the change is along s_i only, by σ(w_iᵀx − b_i) · f (no ReLU clipping: X > 0 here)
+        expect = (f * Y[:, i : i + 1]) * d.encoding_directions_[i]
         torch.testing.assert_close(X - X2, expect, atol=1e-4, rtol=1e-4)
         # rows without the concept barely move
         rel = (X2[quiet] - X[quiet]).norm(dim=1) / X[quiet].norm(dim=1)
@@ -325,19 +327,20 @@ def test_unlearn_keeps_images_without_the_concept(
     i = 0
     without = X[Y[:, i] < 1e-3][:400].reshape(25, 4, 4, C)
     with_ = X[Y[:, i] > 0.9][:400].reshape(25, 4, 4, C)
-    h2 = unlearn(head, d, i)
+    g = float(d.decode_gain_[i])  # the logit gap: at the paper's scale, the factor that removes the concept
+    h2 = unlearn(head, d, i, scale=g)
     assert isinstance(h2, UnlearnedHead) and isinstance(h2, nn.Module)
     with torch.no_grad():
         base_wo, new_wo = head(without), h2(without)
         base_w, new_w = head(with_), h2(with_)
     scale = float(base_wo.std())
     assert float((new_wo - base_wo).abs().max()) < 1e-3 * scale
-    # on images with the concept the head's output moves, exactly by −mean_hw(y_i)·W s_i (linear head)
+    # on images with the concept the head's output moves, exactly by −g·mean_hw(y_i)·W s_i (linear head)
     assert float((new_w - base_w).abs().max()) > 0.1 * scale
-    expect = -(Y[Y[:, i] > 0.9][:400].reshape(25, 16, K)[..., i].mean(1, keepdim=True)) * (
+    expect = -g * (Y[Y[:, i] > 0.9][:400].reshape(25, 16, K)[..., i].mean(1, keepdim=True)) * (
         d.encoding_directions_[i] @ head.fc.weight.T)
     torch.testing.assert_close(new_w - base_w, expect, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(h2.edit(with_), remove_concepts(with_, d, [i]))
+    torch.testing.assert_close(h2.edit(with_), remove_concepts(with_, d, [], scale={i: g}))
     # a list of concepts and a factor
     h3 = unlearn(head, d, [0, 1], scale=2.0)
     torch.testing.assert_close(h3.edit(with_), remove_concepts(with_, d, [], scale={0: 2.0, 1: 2.0}))

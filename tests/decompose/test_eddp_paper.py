@@ -112,8 +112,8 @@ def test_first_phase_keeps_the_filters_orthonormal(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(eddp_mod, "orthonormalise", spy)
     data = planted_pairs(600, seed=0)
     EDDP(n_concepts=3, seed=0, max_iter=30, polish_iter=0, n_init=1).fit(data.X)
-    # the initial projection plus one after each of the first max_iter // 3 steps
-    assert len(calls) == 1 + 10
+    # the initial projection plus one after each of the first max_iter // 10 steps
+    assert len(calls) == 1 + 3
     for u in calls:
         torch.testing.assert_close(u @ u.T, torch.eye(3), atol=1e-5, rtol=0)
     calls.clear()
@@ -158,8 +158,9 @@ def test_edit_scale_is_the_papers_by_default_and_decode_keeps_its_scale(easy: tu
     own = (d.decoding_directions_ * d.encoding_directions_).sum(1)
     torch.testing.assert_close(own, torch.ones(3), atol=1e-5, rtol=1e-5)
     g = EDDP(n_concepts=3, seed=1, edit_scale="gap").fit(X)
-    # same detectors; the signals differ by the scale only, and decode is identical
-    torch.testing.assert_close(g.decoding_directions_, d.decoding_directions_)
+    # same detectors (up to the fixture's thread count); the signals differ by the scale only, and decode
+    # is the same
+    torch.testing.assert_close(g.decoding_directions_, d.decoding_directions_, atol=1e-4, rtol=1e-4)
     own_g = (g.decoding_directions_ * g.encoding_directions_).sum(1)
     torch.testing.assert_close(own_g, d.decode_gain_, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g.decode_gain_, torch.ones(3), rtol=1e-6, atol=1e-6)

@@ -22,22 +22,23 @@ __all__ = ["LOSS_SETS", "WEIGHT_NAMES", "margin_scale", "signal_weights", "full_
 #: The loss weights, thresholds and schedules of ``EDDP(losses=...)``. ``tau`` is the inactive
 #: classifier's ``τ`` in the first phase, ``tau_late`` in the later ones; ``two_phase``: an orthogonal
 #: first phase, then free filters; ``extras_early``: the two extra terms act from the first step (else
-#: only after the first phase); ``reference_detectors``: the number of
+#: only after the first phase); ``ortho_fraction``: the share of ``max_iter`` in the orthogonal phase;
+#: ``reference_detectors``: the number of
 #: detectors ``I_ref`` the weights were set for (the margin term is scaled by ``log₂ k / log₂ I_ref``,
 #: see :func:`margin_scale`; 0: no scaling).
 LOSS_SETS: Mapping[str, Mapping[str, float | bool]] = MappingProxyType({
     "paper": MappingProxyType({
         "sparsity_weight": 0.85, "activation_weight": 2.8, "margin_weight": 0.6, "inactive_weight": 15.0,
         "excess_weight": 1.0, "bound_weight": 1.0, "tau": 0.9, "tau_late": 0.9, "two_phase": True,
-        "extras_early": True, "reference_detectors": 500}),
+        "extras_early": True, "reference_detectors": 500, "ortho_fraction": 0.1}),
     "paper_literal": MappingProxyType({
         "sparsity_weight": 0.85, "activation_weight": 2.8, "margin_weight": 0.6, "inactive_weight": 15.0,
         "excess_weight": 1.0, "bound_weight": 1.0, "tau": 0.9, "tau_late": 0.2, "two_phase": True,
-        "extras_early": False, "reference_detectors": 0}),
+        "extras_early": False, "reference_detectors": 0, "ortho_fraction": 1 / 3}),
     "legacy": MappingProxyType({
         "sparsity_weight": 1.0, "activation_weight": 1.0, "margin_weight": 0.1, "inactive_weight": 1.0,
         "excess_weight": 0.0, "bound_weight": 0.0, "tau": 0.5, "tau_late": 0.5, "two_phase": False,
-        "extras_early": False, "reference_detectors": 0}),
+        "extras_early": False, "reference_detectors": 0, "ortho_fraction": 0.0}),
 })
 #: The constructor arguments a loss set fills in when left at None.
 WEIGHT_NAMES = ("sparsity_weight", "activation_weight", "margin_weight", "inactive_weight", "excess_weight",

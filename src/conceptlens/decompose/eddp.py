@@ -84,11 +84,13 @@ head's parameters are never written to.
 Schedule (after the paper's). (0) Seeded spherical k-means (best of ``n_init``) on the unit-normalised rows
 of ``z`` gives the initial ``u_i``, thresholds half-way between the mean projections of members and
 non-members, and margins that put the average member at logit +2 (our choice; the paper does not say).
-With ``losses="paper"``: (1) ``max_iter/3`` Adam steps on the detectors (+ URA) with *orthonormal*
+With ``losses="paper"``: (1) ``max_iter/10`` Adam steps on the detectors (+ URA) with *orthonormal*
 filters ``u_i`` in the standardised, whitened space (after every step the filters are replaced by the
-nearest orthonormal set, the polar factor); (2) ``max_iter/3`` steps with the constraint dropped, free
-filters (``"paper_literal"``: the two extra terms join here); (3) signals from the covariance formula
-over all rows; (4) the remaining steps jointly on detectors and signals (+ URA); (5) the signal polish.
+nearest orthonormal set, the polar factor; a third of the steps, as first written, broke the paper's
+one-hot setting on some draws: concepts that exclude each other do not have orthogonal whitened filters);
+(2) free filters until ``2·max_iter/3`` (``"paper_literal"``: a third of the steps orthogonal, and the two
+extra terms join after them); (3) signals from the covariance formula over all rows; (4) the remaining
+steps jointly on detectors and signals (+ URA); (5) the signal polish.
 With ``losses="legacy"`` (the schedule before issue #20): no orthogonal phase and no extra terms,
 ``max_iter/2`` steps on the detectors, then (3)–(5).
 
@@ -415,7 +417,10 @@ class EDDP(Decomposition):
         two_phase = bool(LOSS_SETS[self.losses]["two_phase"])
         extras_early = bool(LOSS_SETS[self.losses]["extras_early"])
         # (1) the orthogonal phase (paper only), (2) free filters, (3) signals, (4) joint steps
-        ortho_end = self.max_iter // 3 if two_phase else 0
+        # a short orthogonal phase: with a third of the steps the constraint (wrong for concepts that exclude
+        # each other, whose whitened filters are not orthogonal) broke the one-hot setting on some draws
+        frac = float(LOSS_SETS[self.losses]["ortho_fraction"])
+        ortho_end = max(1, int(self.max_iter * frac)) if two_phase else 0
         joint_start = 2 * (self.max_iter // 3) if two_phase else self.max_iter // 2
         v = (orthonormalise(cent) if two_phase else cent).clone().requires_grad_(True)
         t = t0.clone().requires_grad_(True)
