@@ -88,9 +88,11 @@ class MaskExplanation:
         ``[N]`` long, the explained classes.
     history : list of dict
         One dict per optimisation step (mean over images): ``step``, ``loss`` and each weighted term
-        (``act``, ``ce``, ``kl``, ``area``, ``bin``, ``tv``, ``abductive``), ``area_weight`` (the scheduled
-        ``λ_area``), ``kept`` (binary kept fraction) and ``top1`` (fraction of images whose current mask keeps
-        the target). Empty in amortised mode.
+        (``act``, ``ce``, ``kl``, ``area``, ``bin``, ``tv``, ``abductive``, ``necessity``), ``area_weight``
+        (the scheduled ``λ_area``), ``kept`` (binary kept fraction), ``top1`` (fraction of images whose
+        current mask keeps the target), ``complement_top1`` (fraction whose complement still keeps it; with
+        the necessity term) and ``active`` (fraction of rows still optimised, < 1 only with ``patience``).
+        Empty in amortised mode.
     step : torch.Tensor
         ``[N]`` long, the step at which the returned mask was found (-1 in amortised mode).
     complement_top1 : torch.Tensor
