@@ -116,6 +116,16 @@ def test_a_row_gets_the_same_codes_alone_as_within_a_bigger_block(monkeypatch):
         assert torch.equal(alone > 0, whole[sel] > 0)
     monkeypatch.setattr(_nmf_encode, "ENCODE_ELEMS", 12 * 64)  # blocks of 64 rows, the last one ragged
     torch.testing.assert_close(nnls_codes(A, W), whole, rtol=1e-9, atol=0.0)
+    # float32 on a well-conditioned bank, where rows end by the residual test, not the exact finish: a row
+    # alone used to go to the finish (no other row passed at its check) and differed by 1e-4 from itself
+    # in a block (CRAFT's per-position test)
+    W32 = random_bank().float()
+    A32 = rows_for(random_bank(), n=300, seed=14).float()
+    whole = nnls_codes(A32, W32)
+    for i in (0, 17, 299):
+        # (float32 rounding differs between a one-column and a wide product: 1e-7 of the codes)
+        torch.testing.assert_close(nnls_codes(A32[i : i + 1], W32), whole[i : i + 1], rtol=1e-5,
+                                   atol=1e-6 * float(whole.max()))
 
 
 def test_nmf_encode_uses_the_exact_encoder():

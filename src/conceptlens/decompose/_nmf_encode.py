@@ -22,11 +22,10 @@ codes do not depend on which other rows share its block.
 **The solve.** HALS sweeps (:func:`~conceptlens.decompose._nmf_solvers._hals_sweeper`) from the clipped
 unconstrained solution: ``ENCODE_FULL`` sweeps, then a KKT check every ``ENCODE_CHECK`` sweeps; a row's
 codes are taken at the check it passes (the block is compacted to the rows still running once they are
-few). Rows still failing after ``ENCODE_HALS_SWEEPS`` sweeps (or once at most
-``ENCODE_EXACT_ROWS`` remain and none of them passed since the last check: a sweep over a few rows costs
-its kernel launches, not its flops) get the
-**exact finish**: batched block principal pivoting (Kim & Park, *Fast nonnegative matrix factorization:
-an active-set-like method and comparisons*, SIAM J. Sci. Comput. 2011) started from the HALS support, on
+few). A row whose residual, falling at its last rate, would not pass within ``ENCODE_HALS_SWEEPS`` sweeps
+(an ill-conditioned row, or one at the dtype's rounding floor) leaves for the **exact finish**: batched
+block principal pivoting (Kim & Park, *Fast nonnegative matrix factorization: an active-set-like method
+and comparisons*, SIAM J. Sci. Comput. 2011) started from the HALS support, on
 ``Q`` and ``P`` recomputed in float64 for those rows (a float32 Gram cannot resolve a near-collinear pair),
 which ends at the exact NNLS solution (up to rounding), usually in one or two solves.
 """
@@ -44,7 +43,6 @@ from conceptlens.decompose._nmf_tuning import (
     ENCODE_COMPACT,
     ENCODE_DELTA,
     ENCODE_ELEMS,
-    ENCODE_EXACT_ROWS,
     ENCODE_EXCESS,
     ENCODE_FULL,
     ENCODE_HALS_SWEEPS,
@@ -131,14 +129,18 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
     spare = torch.empty(k * m, dtype=X.dtype, device=X.device)
     idx = torch.arange(m, device=X.device)  # the columns of X held in Xa
     running = torch.ones(m, dtype=torch.bool, device=X.device)  # over Xa's columns
-    taken: list[tuple[torch.Tensor, torch.Tensor]] = []  # (columns of X, their codes) as they passed
+    prev = torch.full((m,), math.inf, dtype=X.dtype, device=X.device)  # ‖D r‖² at the last check
+    taken: list[tuple[torch.Tensor, torch.Tensor]] = []  # (columns of X, their codes) as they left
+    finish: list[torch.Tensor] = []  # columns of X for the exact finish
     Xa, Pa, done = X, P, ENCODE_FULL
     while True:
         w = Xa.shape[1]
         R = spare[: k * w].view(k, w)
         torch.addmm(Pa, Qd, Xa, beta=-1.0, out=R)
         torch.minimum(R, Xa, out=R)
-        fail = torch.mv(R.square_().T, d2) > thr.index_select(0, idx)  # ‖D r‖² per column, one pass
+        res = torch.mv(R.square_().T, d2)  # ‖D r‖² per column, one pass
+        goal = thr.index_select(0, idx)
+        fail = res > goal
         passed = (running & ~fail).nonzero().squeeze(1)
         if passed.numel():
             codes = Xa.index_select(1, passed)
@@ -147,24 +149,32 @@ def _nnls_hals(P: torch.Tensor, Q: torch.Tensor, X: torch.Tensor, tau: float) ->
             grad = torch.addmm(Pa.index_select(1, passed), Qd, codes, beta=-1.0)
             taken.append((idx.index_select(0, passed), codes.masked_fill_(codes <= grad, 0.0)))
             running &= fail
+        # a row whose residual, falling at its last rate, would not pass within the sweeps left (an
+        # ill-conditioned row, or one at the dtype's rounding floor) goes to the exact finish now
+        checks_left = max(ENCODE_HALS_SWEEPS - done, 0) / ENCODE_CHECK
+        rate = (res / prev).clamp_max_(1.0)
+        need = torch.log(res / goal) / -torch.log(rate)  # checks still needed (inf when stalled)
+        stuck = (running & (need > checks_left)).nonzero().squeeze(1)
+        if stuck.numel():
+            cols = idx.index_select(0, stuck)
+            taken.append((cols, Xa.index_select(1, stuck)))
+            finish.append(cols)
+            running.index_fill_(0, stuck, False)
+        prev = res
         left = int(running.count_nonzero())
-        # the few rows HALS has stopped settling (none passed at this check) go to the exact finish
-        if left == 0 or done >= ENCODE_HALS_SWEEPS or (not passed.numel() and left <= ENCODE_EXACT_ROWS):
+        if left == 0:
             break
         if left <= ENCODE_COMPACT * w:
             sel = running.nonzero().squeeze(1)
             idx, Xa, Pa = idx.index_select(0, sel), Xa.index_select(1, sel), Pa.index_select(1, sel)
-            running = torch.ones(left, dtype=torch.bool, device=X.device)
+            prev, running = prev.index_select(0, sel), torch.ones(left, dtype=torch.bool, device=X.device)
             sweep = _hals_sweeper(Pa, Q, Xa, 0.0, scaled=True)
         for _ in range(ENCODE_CHECK):
             sweep()
         done += ENCODE_CHECK
-    rest = running.nonzero().squeeze(1)
-    if Xa is not X and rest.numel():
-        X.index_copy_(1, idx.index_select(0, rest), Xa.index_select(1, rest))
     for cols, codes in taken:
         X.index_copy_(1, cols, codes)
-    return idx.index_select(0, rest)
+    return torch.cat(finish) if finish else idx[:0]
 
 
 def exact_nnls(P: torch.Tensor, Q: torch.Tensor, passive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,10 +42,10 @@ ENCODE_DELTA = 1e-4  # the mu solver's stopping rule (relative to its first step
 # float32's ε: on the quick Lite0 bank (k = 25, κ = 607; 20,000 rows) 1e-9, 1e-8 and 1e-7 left a worst
 # excess over scipy of 3e-11, 6e-10 and 5e-9 (relative; the old step-size rule 8e-8, scikit-learn 1e-7)
 # for 8.3, 7.5 and 6.8 sweeps a row (old rule 6.2): 1e-8 keeps most of the speed.
-# The rows that pass leave the sweeps; the others get the exact finish (block principal pivoting) after
-# ENCODE_HALS_SWEEPS sweeps, or once at most ENCODE_EXACT_ROWS remain and a check found none passing (a
-# sweep over a few rows costs its 2k kernel launches, ~100 µs at k = 25; the finish ~1-2 ms whatever the
-# rows, plus ~15 µs a row and pivoting step).
+# The rows that pass leave the sweeps; a row whose residual, falling at its last rate, would not pass
+# within ENCODE_HALS_SWEEPS sweeps leaves for the exact finish (block principal pivoting: ~1-2 ms a call
+# plus ~15 µs a row and pivoting step at k = 25). Every decision is the row's own: its codes do not depend
+# on the rows encoded with it.
 ENCODE_EXCESS = {torch.float64: 1e-14, torch.float32: 1e-8, torch.float16: 1e-5, torch.bfloat16: 1e-4}
 # The first check after ENCODE_FULL sweeps: checks before the block is compacted cost without saving sweeps
 # (the block is swept whole until ≤ ENCODE_COMPACT still runs). CPU time / the old step-size rule's on 20,000
@@ -58,7 +58,6 @@ ENCODE_HALS_SWEEPS = 60
 # fraction of it still runs; then the running rows are gathered into a smaller block (0.4: 8.9 sweeps a row
 # on the quick Lite0 bank at ε = 1e-9, 0.8: 8.4, gathering at every check: 8.3 but slower in all).
 ENCODE_COMPACT = 0.8
-ENCODE_EXACT_ROWS = 32
 # The exact finish: an entry is infeasible once it is below −EXACT_TOL × the row's largest code (in the
 # support) or its gradient below −EXACT_TOL × (‖W a‖ + ‖Q‖‖x‖) (off it): float64 rounding of the
 # support's solve must not make entries change sides forever. Kim & Park's method is finite (from the HALS
