@@ -60,13 +60,14 @@ def kkt_tolerance(Q: torch.Tensor, dtype: torch.dtype) -> float:
     """The relative KKT tolerance ``τ = √(ε / κ)`` of the stopping rule (see the module docstring).
 
     ``κ = λ_max / λ_min⁺`` over the bank's live rows (non-zero diagonal), where ``λ_min⁺`` is the smallest
-    eigenvalue above ``k · eps(dtype) · λ_max``: the gradient ``Q x − W a`` lies in ``Q``'s range, so an
-    (numerically) singular direction, such as a duplicated bank row, does not bound the excess.
+    eigenvalue above ``k · eps(Q.dtype) · λ_max``: the gradient ``Q x − W a`` lies in ``Q``'s range, so a
+    singular direction, such as a duplicated bank row, does not bound the excess. Pass ``Q`` in float64
+    (as the encoder does): a float32 Gram blurs a near-collinear pair (κ ~ 1e7) into a duplicate.
 
     Parameters
     ----------
     Q : Tensor ``[k, k]``
-        The bank's Gram matrix ``W Wᵀ``.
+        The bank's Gram matrix ``W Wᵀ`` (its dtype sets the resolution of "singular").
     dtype : torch.dtype
         The codes' dtype: picks ``ε`` (``ENCODE_EXCESS``; float64's for unknown types).
 
@@ -80,7 +81,7 @@ def kkt_tolerance(Q: torch.Tensor, dtype: torch.dtype) -> float:
     top = float(ev[-1]) if ev.numel() else 0.0
     if top <= 0:
         return 1.0
-    eps = torch.finfo(dtype).eps if dtype.is_floating_point else torch.finfo(torch.float64).eps
+    eps = torch.finfo(Q.dtype).eps if Q.dtype.is_floating_point else torch.finfo(torch.float64).eps
     low = float(ev[ev > ev.numel() * eps * top].min())
     return math.sqrt(ENCODE_EXCESS.get(dtype, ENCODE_EXCESS[torch.float64]) * low / top)
 
@@ -290,7 +291,8 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
         raise ParameterError(f"solver must be one of {sorted(SOLVERS)}, got {solver!r}")
     Q = W @ W.T
     Qinv = torch.linalg.pinv(Q)
-    tau = kkt_tolerance(Q, W.dtype) if solver == "hals" else 0.0
+    W64 = W.double()
+    tau = kkt_tolerance(W64 @ W64.T, W.dtype) if solver == "hals" else 0.0
     live = _gram_diagonal(Q)[0]
     all_live = bool(live.all())
     k, n = W.shape[0], A.shape[0]
@@ -319,7 +321,6 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
         if solver == "hals":
             idx = _nnls_hals(P, Q, X, tau)
             if idx.numel():  # the exact finish, on products recomputed in float64 for these rows only
-                W64 = W.double()
                 exact, ok = exact_nnls(W64 @ rows[idx].double().T, W64 @ W64.T, X[:, idx] > 0)
                 X[:, idx] = torch.where(ok, exact.to(X.dtype), X[:, idx])
             continue
