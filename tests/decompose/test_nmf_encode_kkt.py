@@ -95,8 +95,9 @@ def test_well_conditioned_random_bank_matches_scipy():
 
 
 def test_float32_codes_are_the_nnls_optimum_of_the_float32_problem():
-    """float32 rows and bank (the real activations' dtype): scipy on the same rounded numbers."""
-    for W in (collinear_bank(), random_bank()):
+    """float32 rows and bank (the real activations' dtype): scipy on the same rounded numbers; κ = 1e7 too
+    (a float32 Gram cannot tell that pair from a duplicate: the tolerance and the finish work in float64)."""
+    for W in (collinear_bank(), collinear_bank(eps=3e-3), random_bank()):
         W32 = W.float()
         A32 = rows_for(W, seed=5).float()
         U = nnls_codes(A32, W32)
