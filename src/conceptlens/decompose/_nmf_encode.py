@@ -15,9 +15,13 @@ points into the feasible set). Where ``x`` has the optimal support, the objectiv
     ``‖D r‖ ≤ τ ‖p‖``  with  ``τ = √(ε / κ)``,  ``κ = λ_max(Q) / λ_min(Q)``
 
 bounds the excess by ``½ ε ‖a‖²`` for every row at its own scale (``ε`` by dtype:
-``ENCODE_EXCESS``). An ill-conditioned bank asks for a small ``τ``, which is what makes such rows fall
-through to the exact finish rather than stop early. A row that passes leaves the sweeps at once: its
-codes do not depend on which other rows share its block.
+``ENCODE_EXCESS``; ``λ_min`` is the smallest non-zero eigenvalue, see :func:`kkt_tolerance`). An
+ill-conditioned bank asks for a small ``τ``, which is what makes such rows fall through to the exact
+finish rather than stop early. A row that passes leaves the sweeps at once, with the codes its next
+projected step would zero set to zero (the residual tolerates them; the support must not). Every decision
+is the row's own, so its codes do not depend on which other rows share its block (up to rounding: a
+float32 product over one column and over many may differ in the last bit, which can move the check at
+which an ill-conditioned row stops).
 
 **The solve.** HALS sweeps (:func:`~conceptlens.decompose._nmf_solvers._hals_sweeper`) from the clipped
 unconstrained solution: ``ENCODE_FULL`` sweeps, then a KKT check every ``ENCODE_CHECK`` sweeps; a row's
@@ -25,9 +29,9 @@ codes are taken at the check it passes (the block is compacted to the rows still
 few). A row whose residual, falling at its last rate, would not pass within ``ENCODE_HALS_SWEEPS`` sweeps
 (an ill-conditioned row, or one at the dtype's rounding floor) leaves for the **exact finish**: batched
 block principal pivoting (Kim & Park, *Fast nonnegative matrix factorization: an active-set-like method
-and comparisons*, SIAM J. Sci. Comput. 2011) started from the HALS support, on
-``Q`` and ``P`` recomputed in float64 for those rows (a float32 Gram cannot resolve a near-collinear pair),
-which ends at the exact NNLS solution (up to rounding), usually in one or two solves.
+and comparisons*, SIAM J. Sci. Comput. 2011) started from the HALS support, on ``Q`` and ``P``
+recomputed in float64 for those rows (a float32 Gram cannot resolve a near-collinear pair), which ends at
+the exact NNLS solution (up to rounding), usually in one or two solves.
 """
 
 from __future__ import annotations
