@@ -275,3 +275,15 @@ def test_holdout_zero_scores_the_fitted_images_and_tiny_classes_are_refused(face
         face_sweep(A[one], head, c, (0.0,), n_concepts=3, references=())
     with pytest.raises(ParameterError, match="holdout"):
         face_sweep(A, head, c, (0.0,), n_concepts=3, references=(), holdout=1.5)
+
+
+def test_same_seed_same_numbers_other_seed_other_split(face_toy) -> None:
+    from conceptlens.workflows.sweep import face_sweep
+
+    A, head = face_toy
+    c = int(head(A).argmax(1).mode().values)
+    kw = dict(n_concepts=3, n_designs=16, references=("ice",), max_iter=5)
+    a, b, other = (face_sweep(A, head, c, (0.5,), seed=s, **kw) for s in (0, 0, 1))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.rows]
+    assert a.config["split"] == b.config["split"] != other.config["split"]
