@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         diffs = {k: _relative(got[k], ref[k]) for k in ref}
         ok = not wrong_device and all(d <= args.rtol for d in diffs.values())
         failed += [] if ok else [method]
-        print(f"  {method:<8} {'ok  ' if ok else 'FAIL'} " + " ".join(f"{k} {d:.1e}" for k, d in diffs.items())
+        numbers = " ".join(f"{k} {d:.1e}" for k, d in diffs.items())
+        print(f"  {method:<8} {'ok  ' if ok else 'FAIL'} {numbers}"
               + f"  cpu {t1 - t0:.2f}s {device.type} {t2 - t1:.2f}s"
               + (f"  on the wrong device: {wrong_device}" if wrong_device else ""))
     print(f"gpu-check: {len(methods) - len(failed)}/{len(methods)} methods agree"
