@@ -14,7 +14,7 @@ import torch
 
 from conceptlens.bench import write_json
 from conceptlens.explainer import ConceptExplainer
-from conceptlens.io import crops as io_crops
+from conceptlens.io.crops import demo_set
 from conceptlens.io import models, samples
 from conceptlens.metrics.ice import evaluate
 from conceptlens.report.table import Column, Table
@@ -38,7 +38,7 @@ def demo_activations(quick: bool = False) -> tuple[ModelSplit, torch.Tensor, tor
     photos = samples.sample_images(model.preset)
     with torch.no_grad():
         target = int(model(photos[:1]).argmax(1))
-    x = photos if quick else io_crops.demo_set(model.preset)[0]
+    x = photos if quick else demo_set(model.preset)[0]
     return split, x, split.g(x), target
 
 
