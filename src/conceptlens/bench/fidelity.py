@@ -14,8 +14,8 @@ import torch
 
 from conceptlens.bench import write_json
 from conceptlens.explainer import ConceptExplainer
-from conceptlens.io.crops import demo_set
 from conceptlens.io import models, samples
+from conceptlens.io.crops import demo_set
 from conceptlens.metrics.ice import evaluate
 from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
