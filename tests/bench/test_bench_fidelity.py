@@ -14,3 +14,8 @@ def test_quick_fidelity_bench(tmp_path, one_thread_unless_slow) -> None:  # noqa
         assert 0.0 <= r["fid_c"] <= 1.0 and r["reconstruction_error"] >= 0.0
     # more concepts reconstruct NMF's activations better (same data, same seed)
     assert rows[("nmf", 10)]["reconstruction_error"] < rows[("nmf", 5)]["reconstruction_error"]
+
+
+def test_full_demo_activations_are_the_demo_crops(one_thread_unless_slow) -> None:  # noqa: ANN001
+    split, x, A, target = fidelity.demo_activations(quick=False)
+    assert x.shape == (117, 3, 224, 224) and A.shape == (117, 7, 7, 1280) and 0 <= target < 1000
