@@ -493,7 +493,9 @@ class Extracted:
                 out = r.new_empty((self.n_images, *r.shape[1:]))
             out[i : i + r.shape[0]] = r
             i += int(r.shape[0])
-        assert out is not None and i == self.n_images  # extract() refuses an empty source
+        if out is None or i != self.n_images:  # extract() refuses an empty source; a store changed under us
+            raise ActivationError(f"read {i} images' activations where {self.n_images} were extracted; "
+                                  "extract the images again (was the activation store modified?)")
         return out
 
     def close(self) -> None:
