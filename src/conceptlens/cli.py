@@ -340,12 +340,24 @@ def bench(
     quick: bool = typer.Option(False, help="Small sizes (for tests)."),
     out: Path = typer.Option(Path("bench/results"), "--out", "-o", help="Folder for the JSON results."),
     busy: int = typer.Option(1, min=0, help="bench load: competing 2-thread CPU-bound processes it starts."),
+    rows: Optional[str] = typer.Option(  # noqa: UP045
+        None, help="bench scale: only these rows, merged into scale.json, e.g. "
+                   "'nmf:100,1000;timm:resnet18/nmf:1000' ([model/]method:N,…)."),
 ) -> None:
     """Run benchmarks that report ratios against peers measured in the same run; writes JSON."""
     from conceptlens import bench as bench_mod
 
     try:
-        bench_mod.run(what, quick=quick, out=out, busy=busy)
+        if rows is not None:
+            if what != "scale":
+                from conceptlens.errors import ParameterError
+
+                raise ParameterError(f"--rows is for bench scale, not bench {what}: drop it")
+            from conceptlens.bench.scale import run_benchmark
+
+            run_benchmark(quick=quick, out=out, rows=rows)
+        else:
+            bench_mod.run(what, quick=quick, out=out, busy=busy)
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean exit code
         from conceptlens.errors import ConceptLensError
 

@@ -1,27 +1,34 @@
 """The pipeline at scale: ICE, CRAFT and FACE on N generated images, against the bare forward pass.
 
-Data: ``N`` generated images (smooth random colour fields, 224 × 224, made on the fly by a DataLoader, so
-no run holds them all; generated images are fine for timing, not for concepts), EfficientNet-Lite0 at
-``layer="auto"`` (7 × 7 × 1280), target = the class the model predicts most often, ``k = 10``.
+Data: ``N`` generated images (smooth random colour fields at the model's input size, made on the fly by a
+DataLoader, so no run holds them all; generated images are fine for timing, not for concepts), the model's
+``layer="auto"``, target = the class the model predicts most often, ``k = 10``. Models: EfficientNet-Lite0
+(7 × 7 × 1280) for every method and size; timm ``resnet18`` (7 × 7 × 512, NMF) and
+``vit_tiny_patch16_224`` (patch tokens 14 × 14 × 192 of ``blocks.10``, signed, so PCA) with random
+weights (``pretrained=False``: nothing downloaded) at 1,000 images.
 
-Each (method, N) runs in a fresh process (peak resident memory is a per-process high-water mark), which
-measures, on the same images, in this order:
+Each row (model, method, N) runs in a fresh process (peak resident memory is a per-process high-water
+mark), which measures, on the same images, in this order:
 
 * ``forward_s``: the bare forward pass ``model(x)`` over the DataLoader (the peer);
 * the explainer's streamed fit with ``memory_budget`` (default 64 MB: the activations of more than ~250
-  images go to the on-disk store; FACE, which has no out-of-core fit, gets the default budget), split
-  into ``extract_s`` (reading the images and running ``g`` and ``h`` once), ``crops_s`` (CRAFT: cutting
-  and running the crops), ``fit_s`` (the bank) and ``encode_s`` (codes and importance);
+  EfficientNet images go to the on-disk store; a method without an out-of-core fit gets the default budget,
+  a quarter of the RAM), split into ``extract_s`` (reading the images and running ``g`` and ``h`` once),
+  ``crops_s`` (CRAFT: cutting and running the crops), ``fit_s`` (the bank) and ``encode_s`` (codes and
+  importance);
 * ``ratio`` = the whole pipeline over ``forward_s``; CRAFT needs ``1 + crops per image`` forward passes by
   design, so its ratio is also given per forward pass it makes (``ratio_per_pass``);
 * ``peak_rss_mb``: ``resource.getrusage`` high-water mark of the process, ``base_rss_mb`` the same
   before the first image (model and libraries loaded, one warm-up image) and ``forward_peak_rss_mb`` after
-  the bare forward pass (what batches of 32 images through the network take by themselves).
+  the bare forward pass (what batches of 32 images through the network take by themselves);
+* ``loadavg``: the machine's load average when the row started (each row is its own measurement).
 
 CRAFT runs 1 + 25 forward passes per image (64-px crops, stride 51, each resized to 224): it is measured
-up to ``CRAFT_MAX_N`` images (100) outside ``quick``; its ``ratio_per_pass`` is what scales.
+up to ``CRAFT_MAX_N`` images. Rows are merged into ``scale.json`` by (model, method, N), so a subset can be
+re-measured (``conceptlens bench scale --rows …``); ``scale.md`` (the docs' table) is written from the JSON
+by :func:`write_table` after every row and by ``conceptlens bench summary``.
 
-The numbers depend on the machine's load (written with the result): compare ratios, not seconds.
+The numbers depend on the machine's load (written with each row): compare ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -34,17 +41,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conceptlens._io import atomic_write
 from conceptlens.bench import write_json
+from conceptlens.errors import ParameterError
 
-__all__ = ["run_benchmark", "measure", "COLUMNS"]
+__all__ = ["run_benchmark", "measure", "parse_rows", "scale_table", "write_table", "COLUMNS", "PLAN"]
 
+DEFAULT_MODEL = "efficientnet_lite0"
 METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (26 passes per image), last
 #: Parameters that keep a run within minutes on a laptop CPU (the same for every N).
 PARAMS: dict[str, dict[str, Any]] = {"nmf": {"max_iter": 100}, "craft": {"max_iter": 100},
-                                     "face": {"max_iter": 20}}
-CRAFT_MAX_N = 100
-COLUMNS = ("method", "n_images", "on_disk", "forward_s", "extract_s", "crops_s", "fit_s", "encode_s",
+                                     "face": {"max_iter": 20}, "pca": {}}
+CRAFT_MAX_N = 1000
+#: The full run: (model, method, N), in the order measured.
+PLAN: tuple[tuple[str, str, int], ...] = (
+    *((DEFAULT_MODEL, "nmf", n) for n in (100, 1000, 10000)),
+    *((DEFAULT_MODEL, "face", n) for n in (100, 1000, 10000)),  # 10,000 only with an out-of-core FACE
+    *((DEFAULT_MODEL, "craft", n) for n in (100, 1000)),
+    ("timm:resnet18", "nmf", 1000),
+    ("timm:vit_tiny_patch16_224", "pca", 1000),  # layer='auto' is a signed token layer: PCA accepts it
+)
+COLUMNS = ("model", "method", "n_images", "on_disk", "forward_s", "extract_s", "crops_s", "fit_s", "encode_s",
            "ratio", "ratio_per_pass", "peak_rss_mb", "forward_peak_rss_mb", "base_rss_mb")
+#: Where the docs' scale table lives, next to ``scale.json``.
+TABLE = "scale.md"
 
 
 def _images(n: int, size: int = 224, batch: int = 32) -> Any:
@@ -65,8 +85,36 @@ def _images(n: int, size: int = 224, batch: int = 32) -> Any:
     return DataLoader(Generated(), batch_size=None)
 
 
-def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | None = None) -> dict[str, Any]:
-    """One (method, N) run in this process: the timings and memory the module docstring lists."""
+def _out_of_core(method: str) -> bool:
+    from conceptlens import decompose
+    from conceptlens.stream import fits_store
+
+    return fits_store(decompose.get(method))
+
+
+def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | None = None,
+            model: str = DEFAULT_MODEL) -> dict[str, Any]:
+    """One (model, method, N) run in this process: the timings and memory the module docstring lists.
+
+    Parameters
+    ----------
+    method
+        A registered concept method (``"nmf"``, ``"face"``, ``"craft"``, ``"pca"``, …).
+    n
+        Number of generated images.
+    memory_budget
+        Bytes of activations kept in memory (``""``: the default, a quarter of the RAM).
+    threads
+        ``torch.set_num_threads`` (None: torch's default).
+    model
+        A name :func:`conceptlens.io.models.load` takes (timm models get random weights).
+
+    Returns
+    -------
+    dict
+        One row: :data:`COLUMNS` and ``total_s``, ``forward_passes_per_image``, ``memory_budget``,
+        ``loadavg``, ``threads``, ``layer``.
+    """
     import resource
 
     import torch
@@ -77,63 +125,155 @@ def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | Non
 
     if threads:
         torch.set_num_threads(threads)
-    model = models.load("efficientnet_lite0")
-    split = ModelSplit(model, "auto", progress=False)
+    load = [round(v, 2) for v in os.getloadavg()]
+    net = models.load(model)
+    size = int(net.preset.size)
+    split = ModelSplit(net, "auto", progress=False)
     with torch.no_grad():
-        model(next(iter(_images(1))))  # warm-up: first-call allocations are no one's cost
+        net(next(iter(_images(1, size))))  # warm-up: first-call allocations are no one's cost
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     with torch.no_grad():
-        for x in _images(n):
-            model(x)
+        for x in _images(n, size):
+            net(x)
     forward = time.perf_counter() - t0
     fwd_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ex = ConceptExplainer(split, method, 10, seed=0, method_params=PARAMS[method], progress=False)
+    ex = ConceptExplainer(split, method, 10, seed=0, method_params=PARAMS.get(method, {}), progress=False)
     t0 = time.perf_counter()
-    ex.fit(_images(n), batch_size=32, memory_budget=memory_budget or None)
+    ex.fit(_images(n, size), batch_size=32, memory_budget=memory_budget or None)
     total = time.perf_counter() - t0
     s = ex.stream_
     passes = 1.0
     if ex.crops_ is not None:
         passes += len(ex.crops_) / n
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"method": method, "n_images": n, "on_disk": s["on_disk"], "forward_s": round(forward, 2),
+    return {"model": model, "layer": str(split.layer), "method": method, "n_images": n,
+            "on_disk": s["on_disk"], "forward_s": round(forward, 2),
             "extract_s": s["extract"], "crops_s": s["crops"], "fit_s": s["fit"], "encode_s": s["encode"],
             "total_s": round(total, 2), "ratio": round(total / forward, 2),
             "ratio_per_pass": round(total / forward / passes, 2),
             "forward_passes_per_image": round(passes, 2),
             "peak_rss_mb": round(peak / 1024), "base_rss_mb": round(base / 1024),
             "forward_peak_rss_mb": round(fwd_peak / 1024),
-            "memory_budget": memory_budget or "default (RAM/4)"}
+            "memory_budget": memory_budget or "default (RAM/4)", "loadavg": load,
+            "threads": torch.get_num_threads()}
 
 
-def _child(method: str, n: int, budget: str, threads: int | None) -> dict[str, Any]:
+def _child(model: str, method: str, n: int, budget: str, threads: int | None) -> dict[str, Any]:
     code = ("import json, sys; from conceptlens.bench.scale import measure; "
-            f"print('RESULT ' + json.dumps(measure({method!r}, {n}, {budget!r}, {threads!r})))")
+            f"print('RESULT ' + json.dumps(measure({method!r}, {n}, {budget!r}, {threads!r}, {model!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
-        raise RuntimeError(f"bench scale: {method} at N={n} failed:\n{out.stderr[-2000:]}")
+        raise RuntimeError(f"bench scale: {model} {method} at N={n} failed:\n{out.stderr[-2000:]}")
     return dict(json.loads(lines[-1][len("RESULT "):]))
 
 
+def parse_rows(spec: str) -> tuple[tuple[str, str, int], ...]:
+    """Rows to measure from ``"nmf:100,1000; timm:resnet18/nmf:1000"`` (model defaults to EfficientNet-Lite0).
+
+    Raises
+    ------
+    ParameterError
+        An item that is not ``[model/]method:N[,N…]`` with positive integers.
+    """
+    rows: list[tuple[str, str, int]] = []
+    for item in filter(None, (s.strip() for s in spec.split(";"))):
+        head, _, sizes = item.rpartition(":")
+        model, _, method = head.rpartition("/")
+        try:
+            ns = [int(v) for v in sizes.split(",")]
+        except ValueError:
+            ns = []
+        if not method or not ns or min(ns) < 1:
+            raise ParameterError(f"bench scale rows: {item!r} is not '[model/]method:N[,N…]'; e.g. "
+                                 "'nmf:100,1000;timm:resnet18/nmf:1000'")
+        rows += [(model or DEFAULT_MODEL, method, n) for n in ns]
+    return tuple(rows)
+
+
+def _key(r: dict[str, Any]) -> tuple[str, str, int]:
+    return (str(r.get("model", DEFAULT_MODEL)), str(r["method"]), int(r["n_images"]))
+
+
 def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results"), *,
-                  sizes: tuple[int, ...] | None = None, methods: tuple[str, ...] = METHODS,
-                  memory_budget: str = "64MB", threads: int | None = None) -> dict[str, Any]:
-    """Measure every (method, N) in a fresh process, print a table, write ``out/scale.json``."""
-    sizes = sizes or ((16, 48) if quick else (100, 1000))
-    rows: list[dict[str, Any]] = []
-    payload = {"model": "efficientnet_lite0", "layer": "auto", "n_concepts": 10,
-               "images": "generated 224x224", "params": PARAMS, "rows": rows}
-    for m in methods:
-        for n in sizes:
-            if m == "craft" and not quick and n > CRAFT_MAX_N:
-                continue
-            # FACE has no out-of-core fit (it refuses above the budget): it runs with the default budget
-            budget = "" if m == "face" else ("1MB" if quick else memory_budget)
-            rows.append(_child(m, n, budget, threads))
-            print("  ".join(f"{c}={rows[-1][c]}" for c in COLUMNS), flush=True)
-            path = write_json(out, "scale", payload)  # after every row: a long run keeps what it measured
+                  rows: tuple[tuple[str, str, int], ...] | str | None = None,
+                  sizes: tuple[int, ...] | None = None,
+                  methods: tuple[str, ...] = METHODS, memory_budget: str = "64MB",
+                  threads: int | None = None) -> dict[str, Any]:
+    """Measure rows in fresh processes, print them, merge them into ``out/scale.json``, write ``scale.md``.
+
+    Parameters
+    ----------
+    quick
+        Small sizes (16 and 48 images) of ``methods`` on EfficientNet-Lite0, a 1 MB budget.
+    out
+        Folder of ``scale.json`` and ``scale.md``; rows already there for other (model, method, N) stay.
+    rows
+        ``(model, method, N)`` triples or a :func:`parse_rows` spec (default: :data:`PLAN`; FACE at
+        10,000 only when FACE fits out of core).
+    sizes, methods
+        Instead of ``rows``: every method at every size, EfficientNet-Lite0.
+    memory_budget, threads
+        Passed to :func:`measure`.
+    """
+    if isinstance(rows, str):
+        rows = parse_rows(rows)
+    if rows is None:
+        if quick or sizes is not None:
+            rows = tuple((DEFAULT_MODEL, m, n) for m in methods for n in (sizes or (16, 48)))
+        else:
+            rows = tuple(r for r in PLAN if not (r[1] == "face" and r[2] > 1000 and not _out_of_core("face")))
+    path = Path(out) / "scale.json"
+    old = json.loads(path.read_text()).get("rows", []) if path.is_file() else []
+    measured: dict[tuple[str, str, int], dict[str, Any]] = {_key(r): r for r in old}
+    payload = {"layer": "auto", "n_concepts": 10, "images": "generated, at the model's input size",
+               "params": PARAMS, "rows": []}
+    for model, m, n in rows:
+        if m == "craft" and not quick and n > CRAFT_MAX_N:
+            continue
+        budget = "1MB" if quick else memory_budget
+        if not _out_of_core(m):
+            budget = ""  # no out-of-core fit (it would refuse above the budget): the default budget
+        r = _child(model, m, n, budget, threads)
+        measured[_key(r)] = r
+        print("  ".join(f"{c}={r[c]}" for c in COLUMNS), flush=True)
+        payload["rows"] = sorted(measured.values(), key=lambda v: (_plan_rank(_key(v)), _key(v)))
+        write_json(out, "scale", payload)  # after every row: a long run keeps what it measured
+        write_table(out)
     print(f"wrote {path}")
     return payload
+
+
+def _plan_rank(key: tuple[str, str, int]) -> int:
+    return PLAN.index(key) if key in PLAN else len(PLAN)
+
+
+def _gb(mb: float) -> str:
+    return f"{mb / 1000:.2f}"
+
+
+def scale_table(payload: dict[str, Any]) -> str:
+    """The docs' scale table (markdown) from a ``scale.json`` payload: one line per row, in its order."""
+    lines = ["| model | method | images | activations | forward pass (s) | pipeline (s) | extract / crops / "
+             "fit / encode (s) | pipeline / forward | per forward pass | peak memory (GB) | load |",
+             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
+    for r in payload.get("rows", []):
+        model = str(r.get("model", DEFAULT_MODEL)).removeprefix("timm:")
+        stages = " / ".join(f"{float(r[k]):.1f}" for k in ("extract_s", "crops_s", "fit_s", "encode_s"))
+        per_pass = f"{r['ratio_per_pass']:.2f}×" if r.get("forward_passes_per_image", 1) > 1 else "–"
+        load = r.get("loadavg") or []
+        where = "disk" if r["on_disk"] else "memory"
+        lines.append(f"| {model} | {r['method']} | {r['n_images']:,} | {where} | {r['forward_s']:.1f} "
+                     f"| {r['total_s']:.1f} | {stages} | {r['ratio']:.2f}× | {per_pass} "
+                     f"| {_gb(r['peak_rss_mb'])} | {f'{load[0]:.1f}' if load else '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(out: Path | str = Path("bench/results")) -> Path | None:
+    """Write ``out/scale.md`` from ``out/scale.json`` (None when there is no JSON); returns its path."""
+    src = Path(out) / "scale.json"
+    if not src.is_file():
+        return None
+    return atomic_write(Path(out) / TABLE, scale_table(json.loads(src.read_text())))
