@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -27,9 +28,11 @@ from conceptlens.errors import ActivationError, ParameterError
 from conceptlens.importance.linear import scores as spatial_scores
 from conceptlens.io.crops import CropSet, stream_crop_activations
 from conceptlens.io.sources import RowBuffer, as_source, extract, parse_bytes
+from conceptlens.metrics.ice import fid_r, sparsity
 from conceptlens.split.sites import resolve_target
 
-__all__ = ["fit_source", "explain_source", "check_sign", "fits_store", "STREAM_OPTIONS"]
+__all__ = ["fit_source", "explain_source", "evaluate_source", "scan_source", "concat_explanations",
+           "MetricSums", "check_sign", "fits_store", "STREAM_OPTIONS"]
 
 #: The keyword options of ``fit`` / ``explain`` for image sources (see :func:`fit_source`).
 STREAM_OPTIONS = ("batch_size", "num_workers", "memory_budget", "store_dir", "target_images", "class_folder")
@@ -186,11 +189,93 @@ def explain_source(ex: Any, data: Any, maps: str = "upsample", **options: Any) -
     fitted target; ``memory_budget`` and ``store_dir`` are not used). Returns one
     :class:`~conceptlens.explainer.LocalExplanation` for all images, rows in the source's order.
     """
-    o = _options(options)
-    ex._fitted("explain")
-    select = ex.target_ if o.get("target_images", "all") == "label" else None
-    parts = [ex.explain(x, maps=maps) for x, _ in _source(ex, data, select, o).batches()]
+    parts: list[Any] = []
+    scan_source(ex, data, lambda x, A: parts.append(ex.explain(x, A=A, maps=maps)), what="explain", **options)
+    return concat_explanations(parts)
+
+
+def concat_explanations(parts: list[Any]) -> Any:
+    """One :class:`~conceptlens.explainer.LocalExplanation` from those of consecutive batches (in order)."""
     first = parts[0]
     cat = {f: torch.cat([getattr(p, f) for p in parts]) for f in
            ("scores", "contributions", "residual", "logits", "maps")}
     return type(first)(weights=first.weights, bias=first.bias, target=first.target, exact=first.exact, **cat)
+
+
+def scan_source(ex: Any, data: Any, visit: Callable[[torch.Tensor, torch.Tensor], None], *,
+                what: str = "explain", **options: Any) -> Any:
+    """Call ``visit(x_b [b,3,H,W], A_b [b,h,w,C])`` on every batch of a source, in order; returns the source.
+
+    ``options`` as in :func:`explain_source` (``target_images="label"``: only the images labelled with the
+    fitted target); ``what`` names the caller in the error of an unfitted explainer. One batch of images
+    and activations is held at a time.
+    """
+    o = _options(options)
+    ex._fitted(what)
+    src = _source(ex, data, ex.target_ if o.get("target_images", "all") == "label" else None, o)
+    for x, _ in src.batches():
+        with torch.no_grad():
+            A = ex.activations(x)
+        visit(x, A)
+    return src
+
+
+class MetricSums:
+    """:func:`conceptlens.metrics.evaluate`'s numbers accumulated batch by batch (``add(A_b)``, then
+    ``result()``): the same values as on all activations at once (sums of squares and counts in float64)."""
+
+    def __init__(self, ex: Any) -> None:
+        self.ex, self.c = ex, int(ex.target_)
+        self.top: list[torch.Tensor] = []  # [b, 4]: argmax F, argmax F̂, F_c, F̂_c
+        self.sq = torch.zeros(2, dtype=torch.float64)  # ‖A − Â‖², ‖A‖²
+        self.nonzero, self.codes = 0.0, 0
+
+    def add(self, A: torch.Tensor) -> None:
+        """Account for the activations ``A [b,h,w,C]`` of one batch."""
+        d, h = self.ex.decomposition_, self.ex.split.h
+        with torch.no_grad():
+            U = d.encode(A)
+            A_hat = d.decode(U)
+            F, Fh = h(A), h(A_hat)
+        self.top.append(torch.stack([F.argmax(1).double(), Fh.argmax(1).double(), F[:, self.c].double(),
+                                     Fh[:, self.c].double()], 1).cpu())
+        self.sq += torch.stack([torch.linalg.vector_norm((A - A_hat).double()) ** 2,
+                                torch.linalg.vector_norm(A.double()) ** 2]).cpu()
+        self.nonzero += sparsity(U, dtype=torch.float64) * U.numel()
+        self.codes += U.numel()
+
+    def result(self) -> dict[str, float]:
+        """``fid_c``, ``fid_r``, ``accuracy``, ``model_accuracy``, ``reconstruction_error``, ``sparsity``,
+        ``n_images`` (as :func:`conceptlens.metrics.evaluate`)."""
+        if not self.top:
+            raise ParameterError("no images were measured: the source gave no batch")
+        t = torch.cat(self.top)
+        num, den = (float(v) for v in self.sq.sqrt())
+        return {"fid_c": float((t[:, 0] == t[:, 1]).float().mean()), "fid_r": fid_r(t[:, 2], t[:, 3]),
+                "accuracy": float((t[:, 1] == self.c).float().mean()),
+                "model_accuracy": float((t[:, 0] == self.c).float().mean()),
+                "reconstruction_error": num / den if den > 0 else num,
+                "sparsity": self.nonzero / self.codes, "n_images": float(t.shape[0])}
+
+
+def evaluate_source(ex: Any, data: Any, **options: Any) -> dict[str, float]:
+    """:func:`conceptlens.metrics.evaluate` on an image source, batch by batch (the same numbers).
+
+    Parameters
+    ----------
+    ex
+        A fitted explainer.
+    data
+        Anything :func:`fit_source` reads (a tensor ``[N,3,H,W]``, files, a Dataset, a DataLoader, …).
+    **options
+        As in :func:`explain_source`.
+
+    Returns
+    -------
+    dict
+        ``fid_c``, ``fid_r``, ``accuracy``, ``model_accuracy``, ``reconstruction_error``, ``sparsity``,
+        ``n_images``.
+    """
+    sums = MetricSums(ex)
+    scan_source(ex, data, lambda _x, A: sums.add(A), what="evaluate", **options)
+    return sums.result()

@@ -226,6 +226,11 @@ class ImageSource:
         """Whether batches come with labels (an ImageFolder tree; a Dataset / DataLoader: once read)."""
         return self._file_labels is not None or _is_dataset(self.data) or _is_loader(self.data)
 
+    @property
+    def paths(self) -> list[Path] | None:
+        """The image files in the order :meth:`batches` reads them (None for tensors, Datasets, loaders)."""
+        return None if self._files is None else list(self._files)
+
     def __len__(self) -> int:
         """``N`` when known without reading (tensor, files, Dataset); a TypeError otherwise."""
         if isinstance(self.data, torch.Tensor):

@@ -46,6 +46,8 @@ from conceptlens.report.base import Section, short, signed
 __all__ = ["Section", "write", "metric_rows"]
 
 _IMG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\.png$")
+#: CRAFT's maps section shows the first images (upsampled and implicit maps side by side).
+_N_MAPS = 3
 
 
 # ------------------------------------------------------------------------------------------------ text
@@ -162,8 +164,9 @@ def write(
     A: torch.Tensor | None = None,
     craft_sections: bool | None = None,
     edit_sections: bool | None = None,
+    **stream: Any,
 ) -> Path:
-    """Write the HTML report of a fitted explainer on images ``x``.
+    """Write the HTML report of a fitted explainer on images ``x`` (a tensor, or any image source, streamed).
 
     Parameters
     ----------
@@ -172,7 +175,10 @@ def write(
     x
         ``[N,3,H,W]`` normalised images: the prototypes are picked among them and the metrics measured on
         them (``ex.split.preset.denormalize`` turns them back into pictures; without a preset each image
-        is min-max scaled).
+        is min-max scaled). Or any source ``ex.fit`` reads (a path, folder, glob, list of paths, Dataset,
+        DataLoader, :class:`~conceptlens.io.sources.ImageSource`): read once, batch by batch, keeping only
+        each image's row of numbers; the shown images (prototypes, local explanations) are then fetched
+        again by position, so memory does not grow with ``N`` beyond ``[N, k]`` numbers.
     out_dir
         Folder to write ``index.html`` and ``img/*.png`` into (created if missing; files of the same names
         are replaced, other files are left alone).
@@ -195,7 +201,7 @@ def write(
     threshold, dim
         The heatmap's region threshold and dimming (see :func:`figures.heatmap_overlay`).
     A
-        Precomputed activations ``g(x) [N,h,w,C]`` (skips the forward pass).
+        Precomputed activations ``g(x) [N,h,w,C]`` (skips the forward pass; a tensor ``x`` only).
     craft_sections
         Add CRAFT's sections after ``extra_sections``: the concept tree (when ``ex.tree_`` exists) and, for
         a non-negative bank, the upsampled and implicit-differentiation maps side by side for the first
@@ -206,29 +212,34 @@ def write(
         the target logit on every image when the concept is removed (:meth:`ConceptExplainer.edit`), as a
         chart and a table next to the concept's prototypes. None (default): for methods that declare
         ``"edits"`` in ``report_sections`` (EDDP); True adds it for any method.
+    stream
+        Options of a streamed source (``batch_size``, ``num_workers``, ``class_folder``,
+        ``target_images``), as in :meth:`ConceptExplainer.explain <conceptlens.ConceptExplainer.explain>`;
+        any of them streams a tensor too.
 
     Returns
     -------
     pathlib.Path
         The path of ``out_dir/index.html``.
     """
-    from conceptlens import metrics as metrics_mod
+    from conceptlens.report import source
 
-    N, n_prototypes, n_local, names = _check_args(ex, x, names, n_prototypes, n_local,
-                                                  [*extra_sections, *lead_sections])
+    sections = [*extra_sections, *lead_sections]
+    streamed = bool(stream) or not isinstance(x, torch.Tensor)
+    _check_args(ex, None if streamed else x, n_prototypes, n_local, sections)
+    if streamed and A is not None:
+        raise ParameterError("A= holds the activations of images in one tensor; a source is read batch by "
+                             "batch: drop A (or pass the images as a tensor)")
+    if edit_sections is None:
+        edit_sections = "edits" in getattr(type(ex.decomposition_), "report_sections", ())
+    imgs = source.from_source(ex, x, names, metrics, edit_sections, stream) if streamed else \
+        source.from_tensor(ex, x, A, names, metrics, edit_sections)
+    N = imgs.n
+    n_prototypes, n_local = min(n_prototypes, N), min(n_local, N)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if A is None:
-        A = ex.activations(x)
-    elif A.shape[0] != N:
-        raise ParameterError(f"A holds activations of {A.shape[0]} images but x has {N}; "
-                             "pass g(x) of the same images")
-    extra_sections = [*extra_sections, *_method_sections(ex, x, A, names, n_local, craft_sections,
-                                                         edit_sections)]
-    e = ex.explain(x, A=A, maps="none")  # maps [N,k,H,W] of every image could be GBs: only prototypes
-    if metrics is None:
-        metrics = metrics_mod.evaluate(ex, x, A=A)
-    data = _collect(ex, x, A, e, names, n_prototypes, threshold, dim)
+    data = _collect(ex, imgs, n_prototypes, n_local, threshold, dim)
+    extra_sections = [*extra_sections, *_method_sections(ex, data, imgs, n_local, craft_sections)]
     page: dict[str, Any] = {"concepts": [], "locals": [], "extras": [], "leads": []}
     used = {"overview", "importance", "metrics", "concepts", "local"}
     used |= {f"concept-{j}" for j in range(data.k)} | {f"image-{i}" for i in range(n_local)}
@@ -240,27 +251,22 @@ def write(
     for job in progress_bar(jobs, desc="report", enable=progress):
         job()
     index = out / "index.html"
-    atomic_write(index, _render(ex, data, page, metrics, title, N, threshold, dim))
+    atomic_write(index, _render(ex, data, page, imgs.metrics, title, N, threshold, dim))
     return index
 
 
-def _check_args(ex: Any, x: torch.Tensor, names: Sequence[str] | None, n_prototypes: int, n_local: int,
-                sections: Sequence[Section]) -> tuple[int, int, int, list[str]]:
-    """Validated ``(N, n_prototypes, n_local, names)``; raises before anything is written."""
+def _check_args(ex: Any, x: torch.Tensor | None, n_prototypes: int, n_local: int,
+                sections: Sequence[Section]) -> None:
+    """Raise before anything is read or written: unfitted, a bad tensor ``x`` (None: a source), bad counts
+    or sections."""
     if getattr(ex, "decomposition_", None) is None:
         raise NotFittedError("report.write needs a fitted explainer: call ex.fit(x, target) first")
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != 3:
-        shape = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ImageError(f"report.write needs images as a tensor [N,3,H,W] with N ≥ 1, got {shape}; "
-                         "load them with cl.data.load_images(path, preset=model.preset)")
-    N = int(x.shape[0])
-    n_prototypes = min(check_int("n_prototypes", n_prototypes, 1), N)
-    n_local = min(check_int("n_local", n_local, 0), N)
-    if names is None:
-        names = [f"image {i}" for i in range(N)]
-    elif isinstance(names, str) or len(names) != N:
-        got = "a string" if isinstance(names, str) else f"{len(names)} names"
-        raise ParameterError(f"names must be a list of {N} image names (one per image in x), got {got}")
+    if x is not None and (x.ndim != 4 or x.shape[0] == 0 or x.shape[1] != 3):
+        raise ImageError(f"report.write needs images as a tensor [N,3,H,W] with N ≥ 1, got {list(x.shape)}; "
+                         "load them with cl.data.load_images(path, preset=model.preset), or pass the "
+                         "folder / files / DataLoader itself")
+    check_int("n_prototypes", n_prototypes, 1)
+    check_int("n_local", n_local, 0)
     for s in sections:
         if not isinstance(s, Section):
             raise ParameterError("extra_sections and lead_sections must hold report.Section objects, got "
@@ -269,11 +275,10 @@ def _check_args(ex: Any, x: torch.Tensor, names: Sequence[str] | None, n_prototy
         if bad:
             raise ParameterError(f"section {s.title!r}: image names must look like 'name.png' "
                                  f"(letters, digits, '_', '.', '-'), got {bad}")
-    return N, n_prototypes, n_local, [str(n) for n in names]
 
 
-def _method_sections(ex: Any, x: torch.Tensor, A: torch.Tensor, names: list[str], n_local: int,
-                     craft_sections: bool | None, edit_sections: bool | None) -> list[Section]:
+def _method_sections(ex: Any, d: _Data, imgs: Any, n_local: int,
+                     craft_sections: bool | None) -> list[Section]:
     """The sections the method's declarations ask for (see ``craft_sections`` and ``edit_sections``)."""
     out: list[Section] = []
     tree = getattr(ex, "tree_", None)
@@ -286,26 +291,26 @@ def _method_sections(ex: Any, x: torch.Tensor, A: torch.Tensor, names: list[str]
         if tree is not None:
             out.append(tree_section(tree))
         if getattr(ex.decomposition_, "nonnegative", False):
-            out.append(maps_section(ex, x, A=A, names=names, n_images=min(3, int(x.shape[0]))))
-    if edit_sections is None:
-        edit_sections = "edits" in getattr(type(ex.decomposition_), "report_sections", ())
-    if edit_sections:
+            first = [d.row[i] for i in range(min(_N_MAPS, len(d.names)))]  # among the shown images
+            out.append(maps_section(ex, d.x_shown[first], A=d.A_shown[first], names=d.names[:len(first)],
+                                    n_images=len(first)))
+    if imgs.deltas is not None:
         from conceptlens.report.sections.edits import edit_section
 
-        out.append(edit_section(ex, A, names, n_columns=min(n_local, 8)))
+        out.append(edit_section(ex, None, d.names, n_columns=min(n_local, 8), deltas=imgs.deltas))
     return out
 
 
 @dataclass
 class _Data:
-    """What the page's jobs read: the explanation of the images as numpy arrays, and the pictures.
+    """What the page's jobs read: the explanation of the images as numpy arrays, and the shown pictures.
 
-    ``k`` concepts, ``N`` images, ``p`` distinct prototype images (``protos``; ``row[i]`` is image ``i``'s
-    row in ``maps``).
+    ``k`` concepts, ``N`` images, ``p`` shown images (prototypes, local explanations, CRAFT's maps): their
+    positions ``shown [p]``; ``row[i]`` is image ``i``'s row in ``pics``, ``maps``, ``predicted``,
+    ``x_shown`` and ``A_shown``. Nothing else of the images is kept.
     """
 
     names: list[str]
-    pics: np.ndarray  # [N, H, W, 3]
     k: int
     scores: torch.Tensor  # [N, k]
     contrib: np.ndarray  # [N, k]
@@ -320,9 +325,13 @@ class _Data:
     order: list[int]  # concepts, most important first
     labels: list[str]
     top: np.ndarray  # [n_prototypes, k] image indices
+    shown: np.ndarray  # [p] image indices
     row: dict[int, int]
+    pics: np.ndarray  # [p, H, W, 3]
     maps: np.ndarray  # [p, k, H, W]
-    predicted: torch.Tensor  # [N]
+    predicted: torch.Tensor  # [p]
+    x_shown: torch.Tensor  # [p, 3, H, W]
+    A_shown: torch.Tensor  # [p, h, w, C]
     target: str
     classes: list[str]
     threshold: float
@@ -334,12 +343,9 @@ class _Data:
         return self.lo is not None and self.hi is not None
 
 
-def _collect(ex: Any, x: torch.Tensor, A: torch.Tensor, e: Any, names: list[str], n_prototypes: int,
-             threshold: float, dim: float) -> _Data:
-    """The numbers of the page: one explanation of every image, maps of the prototypes only."""
-    with torch.no_grad():
-        predicted = ex.split.h(A).argmax(1).cpu()
-    pics = figures.to_pictures(x, getattr(ex.split, "preset", None))
+def _collect(ex: Any, imgs: Any, n_prototypes: int, n_local: int, threshold: float, dim: float) -> _Data:
+    """The numbers of the page: one explanation of every image, pictures and maps of the shown ones only."""
+    e = imgs.explanation
     k = int(e.scores.shape[1])
     scores = e.scores.detach().cpu()
     importance = ex.importance_.detach().cpu().numpy().astype(np.float64)
@@ -348,11 +354,13 @@ def _collect(ex: Any, x: torch.Tensor, A: torch.Tensor, e: Any, names: list[str]
     ci_high = getattr(imp, "ci_high", None)
     has_ci = ci_low is not None and ci_high is not None
     top = torch.topk(scores, n_prototypes, dim=0).indices.numpy()  # [n_prototypes, k]
-    protos = np.unique(top)
-    pt = torch.as_tensor(protos, device=x.device)
-    maps = ex.explain(x[pt], A=A[pt.to(A.device)]).maps.detach().cpu().numpy()  # [len(protos),k,H,W]
+    shown = np.unique(np.concatenate([top.ravel(), np.arange(max(n_local, min(_N_MAPS, imgs.n)))]))
+    xs, As = imgs.fetch(shown)
+    with torch.no_grad():
+        predicted = ex.split.h(As).argmax(1).cpu()
+    maps = ex.explain(xs, A=As).maps.detach().cpu().numpy()  # [p,k,H,W]
     return _Data(
-        names=names, pics=pics, k=k, scores=scores,
+        names=imgs.names, k=k, scores=scores,
         contrib=e.contributions.detach().cpu().numpy(),
         residual=e.residual.detach().cpu().numpy(),
         logits=e.logits.detach().cpu().numpy(),
@@ -365,7 +373,9 @@ def _collect(ex: Any, x: torch.Tensor, A: torch.Tensor, e: Any, names: list[str]
         hi=ci_high.detach().cpu().numpy() if has_ci else None,
         order=[int(j) for j in np.argsort(-importance, kind="stable")],
         labels=[f"concept {j}" for j in range(k)],
-        top=top, row={int(i): r for r, i in enumerate(protos)}, maps=maps, predicted=predicted,
+        top=top, shown=shown, row={int(i): r for r, i in enumerate(shown)},
+        pics=figures.to_pictures(xs, getattr(ex.split, "preset", None)), maps=maps, predicted=predicted,
+        x_shown=xs, A_shown=As,
         target=ex.target_name_, classes=ex.classes, threshold=threshold, dim=dim,
     )
 
@@ -382,7 +392,7 @@ def _concept_job(d: _Data, out: Path, page: dict[str, Any], rank: int, j: int) -
     idx = d.top[:, j]
     caps = [f"{short(names[i])} · {float(scores[i, j]):.3g}" for i in idx]
     rows = [d.row[int(i)] for i in idx]
-    strip = figures.prototype_strip(d.pics[idx], d.maps[rows, j], caps, threshold=d.threshold, dim=d.dim)
+    strip = figures.prototype_strip(d.pics[rows], d.maps[rows, j], caps, threshold=d.threshold, dim=d.dim)
     w = float(d.weights[j])
     effect = "adds" if w >= 0 else "takes"
     lo, hi = d.lo, d.hi
@@ -414,12 +424,13 @@ def _local_job(d: _Data, out: Path, page: dict[str, Any], i: int) -> None:
     fig = figures.local_figure(c, [labels[j] for j in order], residual=float(d.residual[i]),
                                bias=d.bias, logit=logit,
                                title=f"{short(name, 40)}: logit of {short(d.target, 30)}")
-    p = int(d.predicted[i])
+    r = d.row[i]
+    p = int(d.predicted[r])
     page["locals"].append({
         "anchor": f"image-{i}",
         "name": name,
         "predicted": d.classes[p] if p < len(d.classes) else str(p),
-        "thumb": _img(out, f"input_{i:03d}.png", lambda q: figures.save_picture(d.pics[i], q), name),
+        "thumb": _img(out, f"input_{i:03d}.png", lambda q: figures.save_picture(d.pics[r], q), name),
         "img": _img(out, f"local_{i:03d}.png", lambda q: figures.save_png(fig, q),
                     f"Contributions of the concepts to the {d.target} logit on {name}"),
         "equation": _sum_line([float(contrib[i].sum()), float(d.residual[i]), d.bias], total),

@@ -15,13 +15,28 @@ import numpy as np
 import torch
 
 from conceptlens._check import fmt_num
+from conceptlens.errors import ParameterError
 from conceptlens.report import figures
 from conceptlens.report.base import Section, short, signed
 
-__all__ = ["edit_section"]
+__all__ = ["edit_section", "edit_deltas"]
 
 
-def edit_section(ex: Any, A: torch.Tensor, names: Sequence[str], *, n_columns: int) -> Section:
+def edit_deltas(ex: Any, A: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(Δ [N,k], flips [k])``: the target logit's change on each image when each concept is removed, and
+    the number of images whose top-1 class changes (additive over batches of images)."""
+    k = int(ex.concepts_.shape[0])
+    deltas = np.zeros((int(A.shape[0]), k))
+    flips = np.zeros(k, dtype=np.int64)
+    for j in range(k):  # one batched edit per concept (k is small); each covers every image
+        r = ex.edit(A=A, remove=[j])
+        deltas[:, j] = r.delta_target.detach().cpu().double().numpy()
+        flips[j] = int(r.flipped.sum())
+    return deltas, flips
+
+
+def edit_section(ex: Any, A: torch.Tensor | None, names: Sequence[str], *, n_columns: int,
+                 deltas: tuple[np.ndarray, np.ndarray] | None = None) -> Section:
     """The "Concept edits" section: the target logit's change on each image when each concept is removed.
 
     Parameters
@@ -29,24 +44,24 @@ def edit_section(ex: Any, A: torch.Tensor, names: Sequence[str], *, n_columns: i
     ex
         A fitted explainer (any method: :meth:`ConceptExplainer.edit` has a counterpart for each).
     A
-        ``[N,h,w,C]`` activations of the report's images.
+        ``[N,h,w,C]`` activations of the report's images (None when ``deltas`` is given).
     names
         ``N`` image names.
     n_columns
         Per-image changes are tabulated for the first ``n_columns`` images (all are in the chart).
+    deltas
+        :func:`edit_deltas` of the images, computed already (e.g. batch by batch over a source).
     """
     from markupsafe import escape
 
-    k = int(ex.concepts_.shape[0])
-    N = int(A.shape[0])
+    if deltas is None:
+        if A is None:
+            raise ParameterError("edit_section needs the activations A or their edit deltas")
+        deltas = edit_deltas(ex, A)
+    deltas, flips = deltas
+    N = int(deltas.shape[0])
     importance = ex.importance_.detach().cpu().numpy().astype(np.float64)
     order = [int(j) for j in np.argsort(-importance, kind="stable")]
-    deltas = np.zeros((N, k))
-    flips = np.zeros(k, dtype=np.int64)
-    for j in order:  # one batched edit per concept (k is small); each covers every image
-        r = ex.edit(A=A, remove=[j])
-        deltas[:, j] = r.delta_target.detach().cpu().double().numpy()
-        flips[j] = int(r.flipped.sum())
     target = str(ex.target_name_)
     fig = figures.edit_figure(
         deltas[:, order], [f"concept {j}" for j in order],
