@@ -96,6 +96,29 @@ def test_best_follows_each_direction() -> None:
     assert res.best_method() == "b"
 
 
+def test_ranking_metrics_compete_only_among_faithful_methods() -> None:
+    """A method whose reconstruction loses the predictions (the demo's EDDP: accuracy 0 %, C-Ins 1.17 above
+    every faithful method's) never gets the C-Ins / C-Del / C-μFid "best" mark, in any rendering."""
+    from conceptlens.report.sections.compare import best_values
+    from conceptlens.workflows.compare import METRIC_COLUMNS, faithful, markdown_table, reading
+
+    rows = [_row("nmf", fid_c=0.4, accuracy=1.0, c_insertion=0.99, c_deletion=-0.4, c_mu_fidelity=0.7),
+            _row("pca", fid_c=0.45, accuracy=1.0, c_insertion=0.55, c_deletion=0.55, c_mu_fidelity=-0.1),
+            _row("eddp", fid_c=0.19, accuracy=0.0, c_insertion=1.17, c_deletion=-0.9, c_mu_fidelity=0.9),
+            _row("kmeans", fid_c=0.6, c_insertion=2.0)]  # no accuracy: fid_c ≥ 0.5 decides
+    assert [faithful(r) for r in rows] == [True, True, False, True]
+    res = CompareResult(rows=rows[:3])
+    best = res.best()
+    assert best["c_insertion"] == ("nmf", 0.99) and best["c_deletion"] == ("nmf", -0.4)
+    assert best["c_mu_fidelity"] == ("nmf", 0.7)
+    assert best["fid_c"] == ("pca", 0.45)  # the other columns are unaffected
+    assert best_values(rows[:3], METRIC_COLUMNS)["c_insertion"] == 0.99
+    assert "**1.170**" not in markdown_table(res) and "**0.990**" in markdown_table(res)
+    text = " ".join(reading(res))
+    assert "for EDDP" not in text and "at least half of the predictions" in text
+    assert CompareResult(rows=rows).best()["c_insertion"] == ("kmeans", 2.0)
+
+
 def test_failing_method_gives_error_row(result) -> None:
     _, x, split = result
     # a 20-px crop does not fit in 16-px images: CRAFT fails, the others still run

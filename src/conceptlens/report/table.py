@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 from typing import Any
@@ -48,6 +48,9 @@ class Column:
         ``"max"`` (larger is better), ``"min"`` or None: the best value of the column is marked.
     html : str or None
         HTML header (may hold markup such as ``Fid<sub>c</sub>``); default: the escaped ``header``.
+    only_if : callable or None
+        ``row -> bool``: only the rows it accepts compete for the column's best value (None: every row),
+        e.g. a number that is only comparable between rows meeting a condition.
     """
 
     key: str
@@ -56,6 +59,7 @@ class Column:
     digits: int = 3
     better: str | None = None
     html: str | None = None
+    only_if: Callable[[Mapping[str, Any]], bool] | None = None
 
     def text(self, row: Mapping[str, Any]) -> str:
         """The cell of ``row`` as text."""
@@ -77,7 +81,8 @@ class Table:
         for c in self.columns:
             if c.better not in ("max", "min"):
                 continue
-            vals = [(as_float(self.rows[i].get(c.key)), i) for i in self.best_of]
+            vals = [(as_float(self.rows[i].get(c.key)), i) for i in self.best_of
+                    if c.only_if is None or c.only_if(self.rows[i])]
             vals = [(v, i) for v, i in vals if math.isfinite(v)]
             if vals:
                 top = (max if c.better == "max" else min)(v for v, _ in vals)

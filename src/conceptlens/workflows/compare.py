@@ -32,7 +32,7 @@ import csv
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,56 +46,23 @@ from conceptlens.io.sources import as_source
 from conceptlens.report.base import Section
 from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
+from conceptlens.workflows.columns import (
+    _CSV_COLUMNS,
+    ALIASES,
+    COLUMNS,
+    METRIC_COLUMNS,
+    METRICS,
+    PRINTED,
+    faithful,
+    method_label,
+)
 
 __all__ = ["compare", "CompareResult", "METRIC_COLUMNS", "METRICS", "COLUMNS", "PRINTED", "ALIASES",
            "markdown_table", "check_methods", "method_label", "reading", "summary_section",
-           "side_by_side_section", "print_table", "write_report"]
+           "side_by_side_section", "print_table", "write_report", "faithful"]
 
-#: Every metric column: how it is shown and its direction (``better``: "max" = larger is better, "min" =
-#: smaller is better). The one spec of the HTML summary, the CSV and the terminal table.
-METRIC_COLUMNS: tuple[Column, ...] = (
-    Column("fid_c", "Fid_c", kind="pct", digits=0, better="max", html="Fid<sub>c</sub>"),
-    Column("fid_r", "Fid_r", better="min", html="Fid<sub>r</sub>"),
-    Column("accuracy", "accuracy", kind="pct", digits=0, better="max"),
-    Column("reconstruction_error", "rec. error", better="min"),
-    Column("c_insertion", "C-Ins", better="max"),
-    Column("c_deletion", "C-Del", better="min"),
-    Column("c_mu_fidelity", "C-μFid", better="max"),
-    Column("c_gini", "C-Gini", better="max"),
-    Column("sparsity", "sparsity", kind="pct", digits=0, better="min"),
-    Column("stability", "stability", better="max"),
-    Column("kept_area", "kept area", kind="pct", digits=0, better="min"),
-    Column("pixel_deletion", "pixel Del", better="min"),
-    Column("pixel_insertion", "pixel Ins", better="max"),
-    Column("seconds", "fit (s)", digits=1, better="min"),
-)
-#: Every metric column's direction, by key.
-METRICS: dict[str, str] = {c.key: str(c.better) for c in METRIC_COLUMNS}
-#: The CSV's columns (keys), in order.
-_CSV_COLUMNS: tuple[Column, ...] = (Column("method", "method", kind="str"),
-                                    Column("n_concepts", "k", kind="str"),  # an int, written as is
-                                    *METRIC_COLUMNS, Column("error", "error", kind="str"))
-COLUMNS: tuple[str, ...] = tuple(c.key for c in _CSV_COLUMNS)
-#: The columns the command line prints.
-PRINTED: tuple[str, ...] = ("fid_c", "fid_r", "accuracy", "c_insertion", "c_deletion", "c_mu_fidelity",
-                            "c_gini", "sparsity", "kept_area", "seconds")
-#: Method names that are another name of a registered decomposition (shown in capitals, as their paper
-#: names them: "ice" → "ICE").
-ALIASES: dict[str, str] = {"ice": "nmf"}
 _NAN = float("nan")
 
-
-def method_label(method: str) -> str:
-    """The name a method is shown under: its declared ``label`` (``decompose.get(m).display_name()``), an
-    alias of :data:`ALIASES` in capitals, anything else (``"masks"``) as given."""
-    from conceptlens import decompose
-
-    if method in ALIASES:
-        return method.upper()
-    try:
-        return decompose.get(method).display_name()
-    except ParameterError:
-        return str(method)
 
 
 @dataclass
@@ -153,19 +120,13 @@ class CompareResult:
     def best(self) -> dict[str, tuple[str, float]]:
         """The best value of every metric column: ``{column: (method, value)}``.
 
-        Directions come from :data:`METRICS`; rows with an error and NaN values are ignored; on a tie the
-        first method wins; columns without any finite value are left out.
+        Directions come from :data:`METRIC_COLUMNS`; rows with an error, NaN values and rows a column's
+        ``only_if`` rejects (C-Ins / C-Del / C-μFid: methods that are not :func:`faithful`) are ignored; on
+        a tie the first method wins; columns without any candidate are left out.
         """
-        out: dict[str, tuple[str, float]] = {}
-        for col, direction in METRICS.items():
-            cands = [(r["method"], float(r[col])) for r in self.rows
-                     if not r.get("error") and is_finite(r.get(col))]
-            if not cands:
-                continue
-            pick = max if direction == "max" else min
-            value = pick(v for _, v in cands)
-            out[col] = next(c for c in cands if c[1] == value)
-        return out
+        ok = [i for i, r in enumerate(self.rows) if not r.get("error")]
+        best = Table(METRIC_COLUMNS, self.rows, best_of=ok).best()
+        return {k: (self.rows[i]["method"], float(self.rows[i][k])) for k, i in best.items()}
 
     def best_method(self) -> str | None:
         """The method that is best in most quality columns (wall time excluded); ties go to the first.
@@ -438,7 +399,7 @@ def reading(result: CompareResult) -> list[str]:
         out.append(f"Through {method_label(hi['method'])}'s concepts the class logit is off by "
                    f"{fmt_pct(hi['fid_r'])}, "
                    f"through {method_label(lo['method'])}'s by {fmt_pct(lo['fid_r'])}.")
-    ins = [r for r in ok if is_finite(r["c_insertion"]) and is_finite(r["c_deletion"])]
+    ins = [r for r in ok if is_finite(r["c_insertion"]) and is_finite(r["c_deletion"]) and faithful(r)]
     if len(ins) > 1:
         bi = max(ins, key=lambda r: r["c_insertion"])
         bd = min(ins, key=lambda r: r["c_deletion"])
@@ -446,7 +407,9 @@ def reading(result: CompareResult) -> list[str]:
         out.append(f"The importance ranking is most faithful for {method_label(bi['method'])} "
                    + ("on both C-Insertion and C-Deletion" if same else
                       f"on C-Insertion ({method_label(bd['method'])} on C-Deletion)")
-                   + ": adding its top concepts first brings the class score back fastest.")
+                   + ": adding its top concepts first brings the class score back fastest"
+                   + ("" if len(ins) == len(ok) else
+                      " (among the methods that keep at least half of the predictions)") + ".")
     g = [r for r in ok if is_finite(r["c_gini"])]
     if len(g) > 1:
         hi = max(g, key=lambda r: r["c_gini"])
@@ -496,8 +459,7 @@ def markdown_table(result: CompareResult) -> str:
     in bold among the rows without an error, methods under their labels): what ``make demo`` writes to
     ``bench/results/demo.md`` and the README shows."""
     cols = sorted((c for c in METRIC_COLUMNS if c.key in PRINTED), key=lambda c: PRINTED.index(c.key))
-    arrows = [Column(c.key, f"{c.header} {'↑' if c.better == 'max' else '↓'}", kind=c.kind, digits=c.digits,
-                     better=c.better) for c in cols]
+    arrows = [replace(c, header=f"{c.header} {'↑' if c.better == 'max' else '↓'}") for c in cols]
     rows = [{**r, "label": method_label(str(r["method"]))} for r in result.rows]
     ok = [i for i, r in enumerate(result.rows) if not r.get("error")]
     return Table([Column("label", "method", kind="str"), *arrows], rows, best_of=ok).markdown() + "\n"

@@ -22,7 +22,7 @@ from conceptlens._check import as_float, is_finite
 from conceptlens.errors import ParameterError
 from conceptlens.report import figures
 from conceptlens.report.base import Section
-from conceptlens.report.table import Column
+from conceptlens.report.table import Column, Table
 
 __all__ = ["best_values", "summary_section", "side_by_side_section", "masks_section", "terminal_table"]
 
@@ -34,14 +34,11 @@ def _same(method: str) -> str:
 
 
 def best_values(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> dict[str, float]:
-    """The best finite value of every column with a direction, over the rows without an error."""
-    ok = [r for r in rows if not r.get("error")]
-    out: dict[str, float] = {}
-    for c in columns:
-        vals = [as_float(r.get(c.key)) for r in ok if is_finite(r.get(c.key))]
-        if vals and c.better in ("max", "min"):
-            out[c.key] = max(vals) if c.better == "max" else min(vals)
-    return out
+    """The best finite value of every column with a direction, over the rows without an error (and, for a
+    column with ``only_if``, the rows it accepts)."""
+    ok = [i for i, r in enumerate(rows) if not r.get("error")]
+    best = Table(columns, rows, best_of=ok).best()
+    return {k: as_float(rows[i].get(k)) for k, i in best.items()}
 
 
 def summary_section(rows: Sequence[Mapping[str, Any]], columns: Sequence[Column], reading: Sequence[str],
