@@ -8,6 +8,7 @@ Commands: ``demo`` (every method compared on the bundled model and photos), ``co
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -222,11 +223,8 @@ def fit(
 
 
 
-def _load(
-    file: Path, model: Optional[str], weights: Optional[str], images: list[str],  # noqa: UP045
-    trust: bool = False,
-) -> tuple[Any, Any, list[str]]:
-    """The saved explainer and ``images``: ``(ex, x, names)``.
+def _load(file: Path, model: Optional[str], weights: Optional[str], trust: bool, device: str) -> Any:  # noqa: UP045
+    """The saved explainer, its model on ``device``.
 
     The model is ``--model`` (with ``--weights``); without it, the file's model only when that is a zoo
     architecture (given ``--weights``) or ships its own weights; a ``package.module:factory`` the file
@@ -234,15 +232,23 @@ def _load(
     """
     import conceptlens as cl
     from conceptlens.explainer import read_saved
+    from conceptlens.persistence import model_named_in
 
+    dev = cl.models.resolve_device(device)  # a CUDA request without a GPU fails before anything loads
     manifest, _ = read_saved(file)
     name = model
     if name is None and weights is not None and cl.models.is_zoo_name(str(manifest.get("model"))):
         name = str(manifest["model"])  # an architecture from the zoo, with the user's own weights
-    m = cl.models.load(name, weights=weights) if name is not None else None
-    ex = cl.ConceptExplainer.load(file, model=m, trust_code=trust)
-    x, names = _images(images, ex.split.preset, 0)
-    return ex, x, names
+    m = cl.models.load(name, weights=weights, device=dev) if name is not None else \
+        model_named_in(manifest, file, trust_code=trust).to(dev)
+    return cl.ConceptExplainer.load(file, model=m)
+
+
+def _source(images: list[str], preset: Any) -> Any:
+    """``--images`` as an ImageSource: the files are decoded batch by batch, never all at once."""
+    import conceptlens as cl
+
+    return cl.data.ImageSource(images[0] if len(images) == 1 else images, preset)
 
 
 @app.command()
@@ -253,12 +259,14 @@ def explain(
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
     trust: bool = _TRUST,
+    device: str = _DEVICE,
 ) -> None:
     """Explain images with a fitted explainer: a JSON of contributions and a report of their maps."""
     import conceptlens as cl
 
     with _reported():
-        ex, x, names = _load(file, model, weights, images, trust)
+        ex = _load(file, model, weights, trust, device)
+        x, names = _images(images, ex.split.preset, 0)
         e = ex.explain(x)
         out.mkdir(parents=True, exist_ok=True)
         rows = [{"image": n, "logit": float(e.logits[i]), "bias": e.bias, "residual": float(e.residual[i]),
@@ -281,14 +289,16 @@ def evaluate(
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
     trust: bool = _TRUST,
+    device: str = _DEVICE,
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
-    """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images."""
-    import conceptlens as cl
+    """Print the fidelity table (fid_c, fid_r, accuracy, reconstruction error, sparsity) on images (read in
+    batches: any number of them)."""
+    from conceptlens.stream import evaluate_source
 
     with _reported():
-        ex, x, _ = _load(file, model, weights, images, trust)
-        m = cl.metrics.evaluate(ex, x)
+        ex = _load(file, model, weights, trust, device)
+        m = evaluate_source(ex, _source(images, ex.split.preset))
     if as_json:
         typer.echo(json.dumps(m, indent=1))
         return
@@ -305,13 +315,18 @@ def report(
     model: Optional[str] = _MODEL_OVERRIDE,  # noqa: UP045
     weights: Optional[str] = _WEIGHTS,  # noqa: UP045
     trust: bool = _TRUST,
+    device: str = _DEVICE,
 ) -> None:
-    """Write the HTML report (concept prototypes with heatmaps, local explanations) for images."""
+    """Write the HTML report (concept prototypes with heatmaps, local explanations) for images.
+
+    The images are read in batches, once; only the shown ones (prototypes, local explanations) are read
+    again and kept, so any number of images fits.
+    """
     import conceptlens as cl
 
     with _reported():
-        ex, x, names = _load(file, model, weights, images, trust)
-        path = cl.report.write(ex, x, out, names=names)
+        ex = _load(file, model, weights, trust, device)
+        path = cl.report.write(ex, _source(images, ex.split.preset), out)
     typer.echo(f"report: {Path(path).resolve()}")
 
 
@@ -349,13 +364,9 @@ def bench(
 
     try:
         if rows is not None:
-            if what != "scale":
-                from conceptlens.errors import ParameterError
+            from conceptlens.bench.scale import run_rows
 
-                raise ParameterError(f"--rows is for bench scale, not bench {what}: drop it")
-            from conceptlens.bench.scale import run_benchmark
-
-            run_benchmark(quick=quick, out=out, rows=rows)
+            run_rows(what, rows, quick=quick, out=out)
         else:
             bench_mod.run(what, quick=quick, out=out, busy=busy)
     except Exception as exc:  # noqa: BLE001 - surface any failure as a clean exit code
@@ -489,6 +500,7 @@ def sweep(
     weights: Optional[str] = typer.Option(None, help="Local weights file for the model (state_dict)."),  # noqa: UP045
     images: Optional[list[str]] = typer.Option(  # noqa: UP045
         None, "--images", help="Folder, file or glob of images (repeatable); default: the demo crops."),
+    device: str = _DEVICE,
     layer: str = typer.Option("auto", help="Layer name, or 'auto'."),
     target: Optional[str] = typer.Option(  # noqa: UP045
         None, help="Class index or name (default: the class of 'chelsea' for the demo crops, the most "
@@ -530,14 +542,19 @@ def sweep(
             face_params["max_iter"] = max_iter
         if max_time is not None:
             face_params["max_time"] = max_time
+        dev = cl.models.resolve_device(device)
         if world:
-            if images:
-                raise ParameterError(
-                    "--world sweeps the concept world's own images: drop --images (or --world)")
+            if images or dev.type != "cpu":
+                raise ParameterError("--world sweeps the concept world's own images on the CPU: drop "
+                                     "--images and --device (or --world)")
             data = lambda_sweep.world_sweep_data(n_per_class=n_images, target=target, seed=seed)
         else:
             data = lambda_sweep.real_sweep_data(model, weights=weights, images=images or None, layer=layer,
                                                 target=target, crop=crop)
+            if dev.type != "cpu":  # the activations are computed on the CPU; the fits run on dev
+                h = cl.ModelSplit(cl.models.load(model, weights=weights, device=dev), data.config["layer"]).h
+                data = dataclasses.replace(data, A=data.A.to(dev), head=h, craft_A=data.craft_A if
+                                           data.craft_A is None else data.craft_A.to(dev))
         typer.echo(f"FACE λ sweep on {data.config['dataset']}: {data.A.shape[0]} images, layer "
                    f"{data.config['layer']}, target {', '.join(data.config['target_names'])}, "
                    f"k = {n_concepts}")

@@ -45,7 +45,8 @@ from conceptlens._io import atomic_write
 from conceptlens.bench import write_json
 from conceptlens.errors import ParameterError
 
-__all__ = ["run_benchmark", "measure", "parse_rows", "scale_table", "write_table", "COLUMNS", "PLAN"]
+__all__ = ["run_benchmark", "run_rows", "measure", "parse_rows", "scale_table", "write_table", "COLUMNS",
+           "PLAN"]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (26 passes per image), last
@@ -191,6 +192,13 @@ def parse_rows(spec: str) -> tuple[tuple[str, str, int], ...]:
                                  "'nmf:100,1000;timm:resnet18/nmf:1000'")
         rows += [(model or DEFAULT_MODEL, method, n) for n in ns]
     return tuple(rows)
+
+
+def run_rows(what: str, rows: str, *, quick: bool = False, out: Path | str = Path("bench/results")) -> Any:
+    """``conceptlens bench <what> --rows …``: :func:`run_benchmark` on those rows (``what`` must be scale)."""
+    if what != "scale":
+        raise ParameterError(f"--rows is for bench scale, not bench {what}: drop it")
+    return run_benchmark(quick=quick, out=out, rows=rows)
 
 
 def _key(r: dict[str, Any]) -> tuple[str, str, int]:
