@@ -7,8 +7,9 @@ activations (in memory below ``memory_budget``, else rows ``[N·h·w, C]`` in an
 
 What a fit holds at once: one batch of images and its activations, the logits ``[N, K]``, the codes ``U``
 and ``A`` while it fits in the budget. Above the budget the bank is fitted from the store by the method's
-out-of-core algorithm (NMF / CRAFT: mini-batch HALS, PCA: streamed covariance, k-means: streamed Lloyd;
-memory ``O(batch + k·C)``); a method without one (FACE, EDDP) refuses with a message saying what to do.
+out-of-core algorithm (NMF / CRAFT: mini-batch HALS, PCA: streamed covariance, k-means: streamed Lloyd,
+FACE: mini-batch passes over whole images with the extraction's logits, EDDP: mini-batch steps from blocks
+of the store; memory ``O(batch + k·C)``); a method without one refuses with a message saying what to do.
 A method's out-of-core algorithm gives the same bank whether its rows come from memory or a store: with
 ``method_params={"batch_size": b}`` the in-memory fit runs it too (PCA has no such parameter: its
 streamed covariance equals the in-memory one up to the order of sums).
@@ -50,7 +51,8 @@ def check_sign(method: str, layer: str, minimum: float) -> None:
 
 def fits_store(cls: type) -> bool:
     """Whether a decomposition fits from an ActivationStore: it declares ``fits_store`` (PCA, k-means,
-    CRAFT) or has NMF's mini-batch fit."""
+    FACE, EDDP) or has NMF's mini-batch fit (NMF, CRAFT). A method may also declare ``fit_context``, the
+    names of what its ``fit`` takes beside the rows (``"image_shape"``, ``"logits"``)."""
     return bool(getattr(cls, "fits_store", hasattr(cls, "_fit_online")))
 
 
@@ -158,7 +160,9 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
                 f"method {ex.method!r} fits in memory only, and the activations of these {ext.n_images} "
                 f"images exceed memory_budget={budget} bytes: raise memory_budget, use fewer images, or a "
                 "method with an out-of-core fit ('nmf', 'craft', 'pca', 'kmeans')")
-        d.fit(rows)
+        # what a method's out-of-core fit needs beside the rows (FACE: the images' shape and logits)
+        context = {"image_shape": tuple(ext.shape[:-1]), "logits": logits}
+        d.fit(rows, **{key: context[key] for key in getattr(cls, "fit_context", ()) if cls.fit_on != "crops"})
         t.append(time.perf_counter())
         d.load_state_tensors({k: v.detach().clone() for k, v in d.state_tensors().items()})
         ex.decomposition_ = d

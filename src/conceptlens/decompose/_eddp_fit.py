@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from conceptlens.decompose._eddp_losses import CHUNK, EPS, SignalStats, entropy_bits, spherical_kmeans
+from conceptlens.decompose._image_stream import RowSource, n_rows, row_chunks
 from conceptlens.errors import HeadError
 
 __all__ = ["LOSS_SETS", "WEIGHT_NAMES", "margin_scale", "signal_weights", "full_stats", "logit_gap",
@@ -72,13 +73,15 @@ def signal_weights(a: torch.Tensor, signal: str) -> torch.Tensor:
 
 
 def full_stats(
-    rows: torch.Tensor, Wx: torch.Tensor, bx: torch.Tensor, mu: torch.Tensor, dtype: torch.dtype, signal: str
+    rows: torch.Tensor | RowSource, Wx: torch.Tensor, bx: torch.Tensor, mu: torch.Tensor, dtype: torch.dtype,
+    signal: str,
 ) -> SignalStats:
     """Signal statistics over every row (chunked); a concept with no positive falls back to ``y``.
 
     Parameters
     ----------
-    rows : Tensor ``[n, C]``
+    rows : Tensor ``[n, C]`` or RowSource
+        The fit rows (a source is read chunk by chunk).
     Wx : Tensor ``[k, C]``
         Filters in activation space.
     bx : Tensor ``[k]``
@@ -90,8 +93,8 @@ def full_stats(
     """
     acc: list[torch.Tensor] = []
     acc_y: list[torch.Tensor] = []
-    for i in range(0, rows.shape[0], CHUNK):
-        xc = rows[i : i + CHUNK].to(dtype) - mu
+    for c in row_chunks(rows, CHUNK):
+        xc = c.to(dtype) - mu
         a = xc @ Wx.T - (bx - Wx @ mu)
         s = SignalStats.batch(xc, a, signal_weights(a, signal))
         sy = SignalStats.batch(xc, a, torch.sigmoid(a))
@@ -103,16 +106,17 @@ def full_stats(
         for j, (x, y) in enumerate(zip(acc, acc_y, strict=True)):
             acc[j] = torch.where(empty if x.ndim == 1 else empty[:, None], y, x)
     st = SignalStats()
-    st.set(acc, rows.shape[0])
+    st.set(acc, n_rows(rows))
     return st
 
 
-def logit_gap(rows: torch.Tensor, W: torch.Tensor, b: torch.Tensor, signal: str) -> torch.Tensor:
-    """``m_i = E_pos[a_i] − E_neg[a_i]`` over all rows (weights per ``signal``), ``[k]``."""
+def logit_gap(rows: torch.Tensor | RowSource, W: torch.Tensor, b: torch.Tensor, signal: str) -> torch.Tensor:
+    """``m_i = E_pos[a_i] − E_neg[a_i]`` over all rows (``[n, C]`` or a RowSource; weights per ``signal``),
+    ``[k]``."""
     dt = torch.float64
-    sums = torch.zeros(8, W.shape[0], dtype=dt, device=rows.device)
-    for i in range(0, rows.shape[0], CHUNK):
-        a = (rows[i : i + CHUNK] @ W.T - b).to(dt)
+    sums = torch.zeros(8, W.shape[0], dtype=dt, device=W.device)
+    for c in row_chunks(rows, CHUNK):
+        a = (c @ W.T - b).to(dt)
         om, y = signal_weights(a, signal), torch.sigmoid(a)
         sums += torch.stack([(om * a).sum(0), ((1 - om) * a).sum(0), om.sum(0), (1 - om).sum(0),
                              (y * a).sum(0), ((1 - y) * a).sum(0), y.sum(0), (1 - y).sum(0)])
@@ -201,7 +205,9 @@ def ura_entropy(
     leading = A.shape[0]
     B = min(batch, leading)
     items = torch.randint(leading, (B,), generator=gen, device=A.device)
-    Xb = A[items].to(dtype)
+    # contiguous: the same memory layout whether A is a permuted view (g's output) or read from a store,
+    # so that the products below round alike
+    Xb = A[items].to(dtype).contiguous()
     x = Xb.reshape(-1, Xb.shape[-1])
     # products ordered so that only [k, C] matrices meet the R rows (never an [R, C] × [C, C])
     r = x @ Wx.T - bx  # [R, k] detector logits

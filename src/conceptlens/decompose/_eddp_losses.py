@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from conceptlens.decompose._image_stream import RowSource, n_rows, row_chunks
+from conceptlens.decompose.base import check_finite
 from conceptlens.errors import ActivationError
 
 __all__ = [
@@ -251,7 +253,7 @@ class SignalStats:
 
 
 def whitening(
-    rows: torch.Tensor, sample: torch.Tensor, eps: float, dtype: torch.dtype
+    rows: torch.Tensor | RowSource, sample: torch.Tensor, eps: float, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The shrunk whitening ``z = (x − μ) P`` and its inverse on the data's span, ``x − μ = z Q``.
 
@@ -284,17 +286,27 @@ def whitening(
     return mu, P.to(dtype), Q.to(dtype)
 
 
-def moments(rows: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (population) standard deviation ``[C]``, chunked, accumulated in float64."""
-    n = rows.shape[0]
-    s = torch.zeros(rows.shape[1], dtype=torch.float64, device=rows.device)
-    for i in range(0, n, CHUNK):
-        s += rows[i : i + CHUNK].sum(0, dtype=torch.float64)
-    mu = s / n
-    mu_lo = mu.to(rows.dtype)
-    ss = torch.zeros_like(s)
-    for i in range(0, n, CHUNK):
-        # deviations from the mean are small numbers: float32 squares, float64 sums are accurate enough
-        ss += (rows[i : i + CHUNK] - mu_lo).square().sum(0, dtype=torch.float64)
-    return mu.to(dtype), (ss / n).sqrt().to(dtype)
+def moments(rows: torch.Tensor | RowSource, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (population) standard deviation ``[C]``, chunked, accumulated in float64.
 
+    ``rows``: ``[n, C]`` in memory or a :class:`~conceptlens.decompose._image_stream.RowSource` (two passes;
+    a store's chunks are checked for NaN / Inf on the first).
+    """
+    n = n_rows(rows)
+    s: torch.Tensor | None = None
+    for c in row_chunks(rows, CHUNK):
+        if isinstance(rows, RowSource):
+            check_finite(c)
+        part = c.sum(0, dtype=torch.float64)
+        s = part if s is None else s + part
+    if s is None:
+        raise ActivationError("no activation rows to fit on (empty input)")
+    mu = s / n
+    mu_lo: torch.Tensor | None = None
+    ss = torch.zeros_like(s)
+    for c in row_chunks(rows, CHUNK):
+        if mu_lo is None:
+            mu_lo = mu.to(c.dtype)
+        # deviations from the mean are small numbers: float32 squares, float64 sums are accurate enough
+        ss += (c - mu_lo).square().sum(0, dtype=torch.float64)
+    return mu.to(dtype), (ss / n).sqrt().to(dtype)

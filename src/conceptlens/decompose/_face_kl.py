@@ -119,11 +119,40 @@ class KLTerm:
         self.shape = tuple(A.shape)
         self.batch = max(int(batch_images), 1)
         N = A.shape[0]
-        logp = []
+        logits = []
         with torch.no_grad():
             for i in range(0, N, self.batch):
-                logp.append(torch.log_softmax(head(A[i : i + self.batch]).to(torch.float64), dim=1))
-        self.logp = torch.cat(logp)  # [N, K]
+                logits.append(head(A[i : i + self.batch]))
+        self._reference(torch.cat(logits))
+
+    @classmethod
+    def from_logits(
+        cls, head: Head, logits: torch.Tensor, shape: tuple[int, ...], batch_images: int = 64
+    ) -> KLTerm:
+        """The KL term from the reference logits ``h(A) [N, K]`` themselves (no pass over ``A``).
+
+        Parameters
+        ----------
+        head : callable
+            ``[B, *S, C] → [B, K]`` logits, differentiable.
+        logits : Tensor ``[N, K]``
+            ``h(A_i)`` per image, e.g. the logits a streamed extraction kept.
+        shape : tuple of int
+            ``(N, *S, C)``, the shape of the activations the term is evaluated on.
+        batch_images : int
+            Images per call of ``head``.
+        """
+        self = cls.__new__(cls)
+        self.head, self.shape, self.batch = head, tuple(shape), max(int(batch_images), 1)
+        if logits.ndim != 2 or logits.shape[0] != self.shape[0]:
+            raise HeadError(f"reference logits must be [N, K] with N = {self.shape[0]} images, got "
+                            f"{list(logits.shape)}")
+        self._reference(logits)
+        return self
+
+    def _reference(self, logits: torch.Tensor) -> None:
+        """``p = softmax(logits)`` in float64, and ``Σ_j p_j log p_j`` per image."""
+        self.logp = torch.log_softmax(logits.detach().to(torch.float64), dim=1)  # [N, K]
         self.p = self.logp.exp()
         # Σ_j p_j log p_j with 0·log 0 = 0 (p_j can underflow to exactly 0).
         self.neg_entropy = torch.where(self.p > 0, self.p * self.logp, torch.zeros_like(self.p)).sum(1)
@@ -252,3 +281,42 @@ def _prox_step(
         L = max(2.0 * L, 4.0 * excess / d2)
     return X0, pt, L, False
 
+
+
+def kl_code_steps(
+    X: torch.Tensor, Ut: torch.Tensor, W: torch.Tensor, term: KLTerm, mu: float, steps: int, sweeps: int
+) -> tuple[torch.Tensor, _Point]:
+    """``steps`` monotone forward–backward steps on the codes ``Uᵀ [k, n]`` with the bank ``W`` frozen.
+
+    The fit's ``U`` step, shared by :meth:`FACE.encode <conceptlens.decompose.face.FACE.encode>` (opt-in
+    KL steps after the NNLS codes) and the mini-batch fit (each batch's codes); stops early when a step
+    finds no descent.
+
+    Parameters
+    ----------
+    X : Tensor ``[n, C]``
+        The rows of the images ``term`` covers.
+    Ut : Tensor ``[k, n]``
+        Starting codes (the NNLS codes).
+    W : Tensor ``[k, C]``
+    term : KLTerm
+    mu : float
+        The KL's weight ``μ``.
+    steps : int
+    sweeps : int
+        HALS sweeps per step.
+
+    Returns
+    -------
+    Ut : Tensor ``[k, n]``
+    point : _Point
+        The per-image KL ``[N]``, its gradient ``[n, C]`` and ``Â`` at the returned codes.
+    """
+    A_hat = Ut.T @ W
+    pt, L = _Point(*term.value_and_grad(A_hat), A_hat), 0.0
+    for _ in range(steps):
+        Ut, pt, L, ok = _prox_step(X, Ut, W, "u", term, mu, pt, L, sweeps, 0.0)
+        if not ok:
+            break
+        L *= 0.5
+    return Ut, pt

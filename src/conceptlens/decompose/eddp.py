@@ -128,7 +128,6 @@ from conceptlens.decompose._eddp_fit import (
     WEIGHT_NAMES,
     full_stats,
     init_detectors,
-    logit_gap,
     margin_scale,
     signal_weights,
     ura_entropy,
@@ -144,6 +143,8 @@ from conceptlens.decompose._eddp_losses import (
     spherical_kmeans,
     whitening,
 )
+from conceptlens.decompose._eddp_stream import STORE_BLOCK, BlockSampler, fitted_tensors, polish_signals
+from conceptlens.decompose._image_stream import RowSource
 from conceptlens.decompose.base import Decomposition, as_rows, check_channels, register
 from conceptlens.errors import ActivationError, NotFittedError, ParameterError
 from conceptlens.progress import progress_bar
@@ -203,6 +204,12 @@ class EDDP(Decomposition):
         Adam learning rate (all parameters live in the whitened space ``z``).
     batch_size : int
         Rows per mini-batch.
+    block_size : int or None
+        Rows per block the mini-batches are drawn from (rounded down to whole images;
+        :mod:`~conceptlens.decompose._eddp_stream`): blocks are read in a seeded order, so a store is
+        never read whole. None: one block of all rows for a tensor (every step draws from all rows), 16,384
+        rows for an :class:`~conceptlens.io.store.ActivationStore` (a store no larger gives the in-memory
+        result; a tensor fitted with the same ``block_size`` gives the store's).
     signal : {"positives", "weighted"}
         Rows used by the signal estimator: the detector's positives (``y_i > 0.5``, the paper's first
         version) or every row weighted by ``y_i`` (its probabilistic view).
@@ -262,6 +269,9 @@ class EDDP(Decomposition):
     label = "EDDP"
     uses_head = True  # for URA, when a head is attached
     needs_head: ClassVar[bool] = False
+    #: ``fit`` accepts an ActivationStore (mini-batches from blocks), given its images' spatial shape.
+    fits_store: ClassVar[bool] = True
+    fit_context: ClassVar[tuple[str, ...]] = ("image_shape",)
     state_fields = ("decoding_directions_", "biases_", "margins_", "encoding_directions_", "input_min_",
                     "decode_offset_", "decode_gain_")
     edit_rule = "own"  # the paper's edit: encoding directions weighted by the detectors (remove_concepts)
@@ -290,6 +300,7 @@ class EDDP(Decomposition):
         max_iter: int = 1000,
         lr: float = 0.02,
         batch_size: int = 1024,
+        block_size: int | None = None,
         signal: str = "positives",
         edit_scale: str = "unit",
         ura_weight: float = 0.25,
@@ -319,6 +330,7 @@ class EDDP(Decomposition):
         self.max_iter = max_iter
         self.lr = lr
         self.batch_size = batch_size
+        self.block_size = block_size
         self.signal = signal
         self.ura_weight = ura_weight
         self.ura_batch_size = ura_batch_size
@@ -356,6 +368,8 @@ class EDDP(Decomposition):
         for name in ("ura_weight", "signal_weight", "orth_weight", "whiten"):
             check_float(name, getattr(self, name), 0.0)
         check_int("polish_iter", self.polish_iter, 0)
+        if getattr(self, "block_size", None) is not None:
+            check_int("block_size", self.block_size, 1, hint="rows per block, or None")
         d = self.stats_decay
         if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
             raise ParameterError(f"stats_decay must be in [0, 1), got {d!r}")
@@ -371,15 +385,19 @@ class EDDP(Decomposition):
         return {name: float(v) for name, v in ws.items()}
 
     # ------------------------------------------------------------------ fit
-    def fit(self, A: torch.Tensor, layer_name: str | None = None) -> EDDP:
+    def fit(self, A: Any, layer_name: str | None = None, *,
+            image_shape: tuple[int, ...] | None = None) -> EDDP:
         """Learn ``k`` detectors and their signal vectors on ``A``.
 
         Parameters
         ----------
-        A : Tensor ``[n, C]`` or ``[N, ..., C]``
-            Activations. With a head, ``head(A[:B])`` must give logits ``[B, K]``.
+        A : Tensor ``[n, C]`` or ``[N, ..., C]``, or a store of ``[N·|S|, C]`` image-major rows
+            Activations. With a head, ``head(A[:B])`` must give logits ``[B, K]``. A store
+            (:class:`~conceptlens.io.store.ActivationStore`) is read block by block (``block_size``).
         layer_name : str, optional
             Name of the layer, for error messages.
+        image_shape : tuple of int, optional
+            ``S`` of a store's images (URA runs the head on whole images; None: each row is an image).
 
         Returns
         -------
@@ -388,9 +406,13 @@ class EDDP(Decomposition):
             ``encoding_directions_`` (= ``components_``) and ``input_min_``.
         """
         ws = self._check_params()
-        A = A.detach() if isinstance(A, torch.Tensor) else A
-        rows = self._validate(A)
-        n, C = rows.shape
+        if isinstance(A, torch.Tensor):
+            A = A.detach()
+            self._validate(A)
+        src = RowSource(A, image_shape)
+        if not isinstance(A, torch.Tensor):
+            self._validate(src.block(0, min(src.n_rows, 2)), finite=False)  # k ≤ C (NaN: checked per chunk)
+        n = src.n_rows
         k = self.n_concepts
         where = f" of layer {layer_name!r}" if layer_name else ""
         if n < max(k, 2):
@@ -398,14 +420,15 @@ class EDDP(Decomposition):
                 f"EDDP needs at least max(n_concepts, 2) = {max(k, 2)} activation rows{where}, got {n}; "
                 "use more images or fewer concepts"
             )
-        dtype = torch.float64 if rows.dtype == torch.float64 else torch.float32
-        dev = rows.device
+        dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
+        dev = src.device
         gen = torch.Generator(device=dev).manual_seed(int(self.seed))
 
         # (0) the standardised, whitened space and the directional clustering initialisation
         m = min(n, self.init_rows)
         sub = torch.randperm(n, generator=gen, device=dev)[:m] if m < n else torch.arange(n, device=dev)
-        mu, P, Q = whitening(rows, rows[sub], self.whiten, dtype)
+        sample = src.gather(sub, CHUNK)
+        mu, P, Q = whitening(src, sample, self.whiten, dtype)
         r = P.shape[1]
         if r < k:
             raise ActivationError(
@@ -413,7 +436,10 @@ class EDDP(Decomposition):
                 "use fewer concepts or more varied images"
             )
         ws["margin_weight"] *= margin_scale(self.losses, k)
-        cent, t0, logM0 = init_detectors((rows[sub].to(dtype) - mu) @ P, k, self.n_init, gen)
+        cent, t0, logM0 = init_detectors((sample.to(dtype) - mu) @ P, k, self.n_init, gen)
+        del sample
+        block = getattr(self, "block_size", None)
+        draw = BlockSampler(src, block if block is not None or src.store is None else STORE_BLOCK, gen)
         two_phase = bool(LOSS_SETS[self.losses]["two_phase"])
         extras_early = bool(LOSS_SETS[self.losses]["extras_early"])
         # (1) the orthogonal phase (paper only), (2) free filters, (3) signals, (4) joint steps
@@ -426,7 +452,7 @@ class EDDP(Decomposition):
         t = t0.clone().requires_grad_(True)
         logM = logM0.clone().requires_grad_(True)
 
-        use_ura = self.head is not None and self.ura_weight > 0 and A.ndim >= 2
+        use_ura = self.head is not None and self.ura_weight > 0
         opt = torch.optim.Adam([v, t, logM], lr=self.lr)
         history: list[dict[str, float]] = []
         S: torch.Tensor | None = None
@@ -440,11 +466,10 @@ class EDDP(Decomposition):
             if step == joint_start:
                 # (3) signal vectors from the covariance formula over all rows
                 with torch.no_grad():
-                    stats = full_stats(rows, Wx.detach(), bx.detach(), mu, dtype, self.signal)
+                    stats = full_stats(src, Wx.detach(), bx.detach(), mu, dtype, self.signal)
                 S = stats.pattern(P).clone().requires_grad_(True)
                 opt.add_param_group({"params": [S]})
-            idx = torch.randint(n, (self.batch_size,), generator=gen, device=dev)
-            xb = rows[idx].to(dtype)
+            xb = draw.rows(self.batch_size, dev).to(dtype)
             a = xb @ Wx.T - bx
             late = step >= ortho_end
             L = detector_losses(a, M, gamma=self.gamma, tau=ws["tau_late" if late else "tau"])
@@ -467,8 +492,8 @@ class EDDP(Decomposition):
                 loss = loss + self.signal_weight * reg + self.orth_weight * orth
                 terms.update(signal_regression=float(reg.detach()), orthogonality=float(orth.detach()))
             if use_ura:
-                ent = ura_entropy(self.head, A, self.ura_batch_size, Wx, bx, Q, Wz, S, gen,  # type: ignore[arg-type]
-                                  dtype)
+                ent = ura_entropy(self.head, draw.images(), self.ura_batch_size, Wx, bx, Q, Wz, S,  # type: ignore[arg-type]
+                                  gen, dtype)
                 loss = loss - self.ura_weight * ent
                 terms["ura_entropy"] = float(ent.detach())
             params = [p for g in opt.param_groups for p in g["params"]]
@@ -489,49 +514,17 @@ class EDDP(Decomposition):
             M = logM.exp()
             Wx = (u / M[:, None]) @ P.T
             bx = t / M + Wx @ mu
-            target = full_stats(rows, Wx, bx, mu, dtype, self.signal).pattern(P)
+            target = full_stats(src, Wx, bx, mu, dtype, self.signal).pattern(P)
         # (5) the signals' objective for the final filters, from exact full-data statistics: cheap
         # (no data access), and it removes the lag of the moving averages behind the moving filters
-        S = S.detach().clone().requires_grad_(True)
-        opt_s = torch.optim.Adam([S], lr=self.lr)
-        for _ in range(self.polish_iter):
-            reg = ((S - target).square().sum(1) / target.square().sum(1).clamp_min(EPS)).mean()
-            loss = self.signal_weight * reg + self.orth_weight * orthogonality_loss(u, S)
-            (g,) = torch.autograd.grad(loss, [S])
-            S.grad = g
-            opt_s.step()
-        self._store(rows, Wx, bx, S.detach() @ Q, mu, dtype)
+        S = polish_signals(S, target, u, self.polish_iter, self.lr, self.signal_weight, self.orth_weight)
+        fitted = fitted_tensors(src, Wx.detach(), bx.detach(), S @ Q, mu, dtype, self.signal, self.edit_scale)
+        for name, value in fitted.items():
+            setattr(self, name, value)
+        self.components_ = self.encoding_directions_
         self.loss_history_ = history
+        self.block_reads_ = draw.reads
         return self
-
-    def _store(self, rows: torch.Tensor, Wx: torch.Tensor, bx: torch.Tensor, S_x: torch.Tensor,
-               mu: torch.Tensor, dtype: torch.dtype) -> None:
-        """Set the fitted tensors from the final detectors and signals ``S_x [k, C]`` (activation space)."""
-        with torch.no_grad():
-            W = Wx.to(rows.dtype)
-            b = bx.to(rows.dtype)
-            # the gap between each detector's positives and negatives: decode's scale (and "gap" edits')
-            gap = logit_gap(rows, W, b, self.signal).to(dtype)
-            # exactly w_iᵀ s_i = 1 (or m_i): the raw signals only approximately satisfy w_iᵀ s_i = 1 once
-            # the orthogonality term has acted; a signal that points away from its filter keeps its length
-            own = (Wx * S_x).sum(1)
-            want = torch.ones_like(gap) if self.edit_scale == "unit" else gap
-            S_x = S_x * torch.where(own > EPS, want / own.clamp_min(EPS), want)[:, None]
-            self.decoding_directions_ = W.contiguous()
-            self.biases_ = b.contiguous()
-            self.margins_ = (1.0 / W.norm(dim=1)).contiguous()
-            self.encoding_directions_ = S_x.to(rows.dtype).contiguous()
-            self.components_ = self.encoding_directions_
-            self.decode_gain_ = (gap / want).to(rows.dtype).contiguous()
-            self.input_min_ = rows.min().to(rows.dtype).reshape(())
-            # decode = the signal model x ≈ μ + Σ_i (y_i − ȳ_i) g_i s_i: the mean carries what no concept
-            # explains, so that h(decode(encode(A))) is comparable with the other methods' reconstructions
-            ybar = torch.zeros(W.shape[0], dtype=torch.float64, device=rows.device)
-            for i in range(0, rows.shape[0], CHUNK):
-                ybar += self._encode_rows(rows[i : i + CHUNK]).sum(0, dtype=torch.float64)
-            ybar = (ybar / rows.shape[0]).to(rows.dtype)
-            self.decode_offset_ = (mu.to(rows.dtype) - (ybar * self.decode_gain_) @ self.encoding_directions_
-                                   ).contiguous()
 
     # ------------------------------------------------------------------ encode / decode
     def _encode_rows(self, A: torch.Tensor) -> torch.Tensor:

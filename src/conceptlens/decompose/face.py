@@ -44,6 +44,9 @@ owe nothing to the model's predictions on them. On request (``encode_kl_steps > 
 ``kl_weight > 0``) a few of the fit's ``U`` steps on the full objective follow (the fit solver with the
 bank frozen; ``U`` stays ≥ 0).
 
+With ``batch_size`` (and always from an :class:`~conceptlens.io.store.ActivationStore`) the fit runs by
+mini-batch passes instead, memory ``O(batch + k·C)``: :mod:`~conceptlens.decompose._face_stream`.
+
 The KL term and the forward–backward step live in :mod:`~conceptlens.decompose._face_kl` (re-exported
 here: :class:`KLTerm`, :func:`face_objective`, :func:`check_head`).
 """
@@ -59,7 +62,17 @@ from typing import Any, ClassVar, cast
 import torch
 
 from conceptlens._check import check_float, check_int
-from conceptlens.decompose._face_kl import Head, KLTerm, _Point, _prox_step, check_head, face_objective
+from conceptlens.decompose._face_kl import (
+    Head,
+    KLTerm,
+    _Point,
+    _prox_step,
+    check_head,
+    face_objective,
+    kl_code_steps,
+)
+from conceptlens.decompose._face_stream import fit_minibatch, minibatch_codes
+from conceptlens.decompose._nmf_tuning import STORE_BATCH
 from conceptlens.decompose.base import Decomposition, as_rows, register
 from conceptlens.decompose.nmf import (
     DELTA,
@@ -115,6 +128,15 @@ class FACE(Decomposition):
         Images per call of the head (memory bound; the gradients are exact sums over all images).
     max_time : float or None
         Wall-clock budget of ``fit`` in seconds (None: no limit); the NMF start counts.
+    batch_size : int or None
+        ``None``: the in-memory solver on the whole ``A``. An integer: the mini-batch fit
+        (:mod:`~conceptlens.decompose._face_stream`), batches of ``batch_size`` rows rounded down to whole
+        images: each pass solves every batch's codes with the bank frozen and keeps only ``k × C``
+        statistics, then the bank takes one monotone step. Memory ``O(batch + k·C)``, so ``fit`` also
+        accepts an :class:`~conceptlens.io.store.ActivationStore` (default 8192 rows per batch); from a
+        tensor with the same ``batch_size`` it gives the same bank. ``solver="hals"`` only.
+    code_steps : int
+        The mini-batch fit's KL steps on each batch's codes after their NNLS start (0: NNLS codes).
     encode_kl_steps : int
         ``U`` steps taken on the full objective (``W`` frozen) after the NNLS encode, when a head is
         attached and ``λ > 0``. 0 (the default, as the authors project new images): the plain NNLS
@@ -152,6 +174,10 @@ class FACE(Decomposition):
     uses_head = True
     #: ``fit`` fails without a head (EDDP only uses one when it is there).
     needs_head: ClassVar[bool] = True
+    #: ``fit`` accepts an ActivationStore (the mini-batch fit).
+    fits_store: ClassVar[bool] = True
+    #: What a streamed fit passes to ``fit`` beside the rows: the images' spatial shape and their logits.
+    fit_context: ClassVar[tuple[str, ...]] = ("image_shape", "logits")
     sweep_param = "kl_weight"
     quick_params: ClassVar[Mapping[str, Any]] = {"max_iter": 20}
 
@@ -168,6 +194,8 @@ class FACE(Decomposition):
         lr: float = 5e-4,
         batch_images: int = 256,
         max_time: float | None = None,
+        batch_size: int | None = None,
+        code_steps: int = 2,
         encode_kl_steps: int = 0,
         progress: bool = False,
     ) -> None:
@@ -180,6 +208,8 @@ class FACE(Decomposition):
         self.lr = lr
         self.batch_images = batch_images
         self.max_time = max_time
+        self.batch_size = batch_size
+        self.code_steps = code_steps
         self.encode_kl_steps = encode_kl_steps
         self.progress = progress
 
@@ -202,31 +232,95 @@ class FACE(Decomposition):
             check_float("max_time", self.max_time, 0.0, strict_min=True, hint="seconds, or None for no limit")
         check_int("batch_images", self.batch_images, 1)
         check_int("encode_kl_steps", self.encode_kl_steps, 0)
+        b = getattr(self, "batch_size", None)  # absent on estimators loaded from older files
+        if b is not None:
+            check_int("batch_size", b, 1, hint="rows per batch, or None to fit on the whole A at once")
+            if self.solver != "hals":
+                raise ParameterError(f"batch_size (the mini-batch fit) needs solver='hals', got "
+                                     f"{self.solver!r}; drop batch_size for the in-memory {self.solver!r}")
+        check_int("code_steps", getattr(self, "code_steps", 2), 0)
         check_int("seed", self.seed)
 
     # -- fitting ------------------------------------------------------------------------------
-    def fit(self, A: torch.Tensor, layer_name: str | None = None) -> FACE:
+    def fit(self, A: Any, layer_name: str | None = None, *, image_shape: tuple[int, ...] | None = None,
+            logits: torch.Tensor | None = None) -> FACE:
         """Fit the concept bank on non-negative activations with their image structure.
 
         Parameters
         ----------
-        A : Tensor ``[N, *S, C]`` (e.g. ``[N, h, w, C]``)
-            Non-negative activations; the first axis indexes images (the head's batch axis).
+        A : Tensor ``[N, *S, C]`` (e.g. ``[N, h, w, C]``), or a store of its ``N·|S|`` rows
+            Non-negative activations; the first axis indexes images (the head's batch axis). A store
+            (:class:`~conceptlens.io.store.ActivationStore`, rows image-major) is fitted by the mini-batch
+            algorithm (see ``batch_size``) and needs ``image_shape``.
         layer_name : str, optional
             Name of the layer, for error messages.
+        image_shape : tuple of int, optional
+            ``S`` (e.g. ``(h, w)``) of a store's images (a tensor carries its own).
+        logits : Tensor ``[N, K]``, optional
+            ``h(A_i)`` per image, e.g. the logits a streamed extraction kept (mini-batch fit only; None:
+            computed with the head, batch by batch).
 
         Returns
         -------
         FACE
             ``self``, with ``components_``, ``history_``, ``objective_``, ``n_iter_``.
         """
-        self._fit(A, layer_name)
+        if self._streamed(A):
+            self._fit_minibatch(A, layer_name, image_shape, logits)
+        else:
+            self._fit(A, layer_name)
         return self
 
+    def _streamed(self, A: Any) -> bool:
+        return not isinstance(A, torch.Tensor) or getattr(self, "batch_size", None) is not None
+
     def fit_encode(self, A: torch.Tensor, layer_name: str | None = None) -> torch.Tensor:
-        """Fit on ``A [N, *S, C]`` and return the fitted coefficients ``U [N, *S, k]`` (≥ 0)."""
+        """Fit on ``A [N, *S, C]`` and return the fitted coefficients ``U [N, *S, k]`` (≥ 0).
+
+        With ``batch_size`` (the mini-batch fit): the codes that fit solves at its final bank.
+        """
+        if self._streamed(A):
+            if not isinstance(A, torch.Tensor):
+                raise ParameterError("fit_encode needs the activations in memory; for a store call "
+                                     "fit(store, image_shape=...) and then encode(batch) per batch")
+            self._fit_minibatch(A, layer_name, None, None)
+            return minibatch_codes(A, self.components_, head=cast(Head, self.head),
+                                   kl_weight=float(self.kl_weight), batch_size=int(self.batch_size),
+                                   code_steps=self.code_steps, batch_images=self.batch_images)
         Ut, lead = self._fit(A, layer_name)
         return Ut.T.reshape(*lead, Ut.shape[0])
+
+    def _fit_minibatch(self, A: Any, layer_name: str | None, image_shape: tuple[int, ...] | None,
+                       logits: torch.Tensor | None) -> None:
+        t0 = time.perf_counter()
+        self._check_params()
+        if isinstance(A, torch.Tensor):
+            self._validate(A)
+            if A.ndim < 2:
+                raise ActivationError(f"FACE needs activations [N, *S, C] with an image axis first, got "
+                                      f"shape {list(A.shape)}")
+        self.history_ = []
+
+        def record(it: int, mse: float, kl: float, total: float) -> None:
+            self.history_.append({"iter": it, "mse": mse, "kl": kl, "total": total,
+                                  "time": time.perf_counter() - t0})
+
+        max_iter = 200 if self.max_iter is None else self.max_iter
+        with self._bar(max_iter) as bar:
+            W, info = fit_minibatch(
+                A, n_concepts=self.n_concepts, seed=self.seed, head=self.head,
+                kl_weight=float(self.kl_weight), batch_size=self.batch_size or STORE_BATCH,
+                code_steps=self.code_steps, batch_images=self.batch_images, max_iter=max_iter,
+                tol=float(self.tol), image_shape=image_shape, logits=logits, layer_name=layer_name,
+                deadline=None if self.max_time is None else t0 + float(self.max_time), record=record,
+                bar=bar)
+        self.components_ = W
+        self.image_shape_ = tuple(A.shape[1:-1]) if isinstance(A, torch.Tensor) else tuple(image_shape or ())
+        self.n_iter_, self.n_rejected_ = int(info["n_iter"]), int(info["rejected"])
+        last = self.history_[-1] if self.history_ else {"mse": 0.0, "kl": 0.0, "total": 0.0}
+        self.objective_ = {key: float(last[key]) for key in ("mse", "kl", "total")}
+        self.reconstruction_err_ = (math.sqrt(info["err2"] / info["normA2"]) if info["normA2"] > 0 else 0.0)
+        self.fit_time_ = time.perf_counter() - t0
 
     def _fit(self, A: torch.Tensor, layer_name: str | None) -> tuple[torch.Tensor, tuple[int, ...]]:
         t0 = time.perf_counter()
@@ -429,12 +523,6 @@ class FACE(Decomposition):
         n, C = X.shape
         mu = float(self.kl_weight) * n * C / (2.0 * A.shape[0])
         Ut = U.reshape(-1, U.shape[-1]).T.contiguous()
-        A_hat = Ut.T @ W
-        pt, L = _Point(*term.value_and_grad(A_hat), A_hat), 0.0
         sweeps = max(sweep_budget(n, C, W.shape[0])[0], 1)
-        for _ in range(self.encode_kl_steps):
-            Ut, pt, L, ok = _prox_step(X, Ut, W, "u", term, mu, pt, L, sweeps, 0.0)
-            if not ok:
-                break
-            L *= 0.5
+        Ut, _ = kl_code_steps(X, Ut, W, term, mu, self.encode_kl_steps, sweeps)
         return Ut.T.reshape(*lead, Ut.shape[0])

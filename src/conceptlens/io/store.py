@@ -218,6 +218,26 @@ class ActivationStore:
         if have:
             yield pending[0] if len(pending) == 1 else torch.cat(pending)
 
+    def read_rows(self, start: int, stop: int) -> torch.Tensor:
+        """Rows ``[start, stop)`` as one tensor ``[stop − start, C]``, reading only the shards they lie in
+        (random access at shard granularity: EDDP's mini-batches visit blocks of rows in a seeded order)."""
+        n = len(self)
+        if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= n):
+            raise ParameterError(f"read_rows needs 0 ≤ start ≤ stop ≤ {n} (the store's rows), got "
+                                 f"[{start!r}, {stop!r})")
+        parts, offset = [], 0
+        for entry in self._meta["shards"]:
+            end = offset + int(entry["rows"])
+            if end > start and offset < stop:
+                A = self._load_shard(entry)
+                parts.append(A[max(start - offset, 0) : min(stop, end) - offset])
+            offset = end
+            if offset >= stop:
+                break
+        if not parts:
+            return torch.empty(0, self.n_channels or 0)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def read_all(self) -> torch.Tensor:
         """All rows in memory, ``[n, C]`` (only for stores that fit in memory)."""
         if not self._meta["shards"]:
