@@ -2,6 +2,8 @@
 
 >>> import conceptlens as cl
 >>> cl.report.write(ex, x, "report/")          # report/index.html + report/img/*.png
+>>> cl.report.write(ex, "photos/", "report/")   # any source (folder, glob, DataLoader): read in batches,
+...                                             # only the shown images kept (conceptlens.report.source)
 
 ``write`` lays out the header and metrics, the importance chart, one section per concept with its
 prototypes (ICE heatmaps) and the local explanations; later analyses add :class:`Section` s through
