@@ -79,11 +79,54 @@ def _value_axis(ax: Any, xlabel: str) -> None:
     """A bar chart's value axis: a zero line, 5 ticks, ``xlabel``, a grid, no top or right frame."""
     ax.axvline(0, color=TOTAL, lw=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
-    ax.set_xlabel(_lit(xlabel), fontsize=_FONT)
+    _xlabel(ax, xlabel)
     ax.tick_params(labelsize=_FONT)
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
 
+
+def _width(text: str, size: float = _FONT) -> float:
+    """Width in points of ``text`` (its longest line) at ``size`` points in DejaVu Sans."""
+    font = _font(round(size * 4))  # 4 px per point: sub-point widths
+    return max(float(font.getlength(line)) for line in str(text).split("\n")) / 4
+
+
+def _xlabel(ax: Any, text: str) -> None:
+    """``text`` under the axes, centred on them where it fits (:func:`_fixed_layout`'s bottom margin holds
+    it), else centred on the figure, so that a long label is never cut at the figure's edge."""
+    fig = ax.get_figure()
+    w_pt = float(fig.get_size_inches()[0]) * 72
+    if _width(text) <= ax.get_position().width * w_pt:
+        ax.set_xlabel(_lit(text), fontsize=_FONT)
+    else:
+        fig.supxlabel(_lit(text), fontsize=_FONT, y=4 / (float(fig.get_size_inches()[1]) * 72), va="bottom")
+
+
+def _fixed_layout(fig: Figure, left: Sequence[str], right: Sequence[str] = (), title: str = "") -> list[str]:
+    """Lay out a one-axes bar chart from its texts' widths (measured in DejaVu Sans, matplotlib's default
+    font): ``left`` the y tick labels, ``right`` a right-hand label column, room for a title above (see
+    :func:`_title`); the x tick labels and the x label below. Returns ``left`` with any label wider than
+    55 % of the figure shortened with an ellipsis. Matplotlib's constrained layout measured the same texts by
+    drawing them and took about half of each chart's time (0.23 of 0.51 s per chart in a 3-method report).
+    """
+    w_pt, h_pt = (float(v) * 72 for v in fig.get_size_inches())
+    width = _width
+
+    def fit(t: str, most: float) -> str:
+        while width(t) > most and len(t) > 2:
+            t = t[:-2] + "…"
+        return t
+
+    pad = 8.0  # points: tick marks and their gap, plus a margin to the figure's edge
+    labels = [fit(str(t), 0.55 * w_pt - 2 * pad) for t in left]
+    right_w = max((width(str(t)) for t in right), default=0.0) + 2 * pad if right else 2.5 * _FONT
+    top = pad + _FONT / 2
+    if title:  # drawn by _title once the axes exist
+        top += 1.6 * _FONT
+    fig.subplots_adjust(left=(max(map(width, labels), default=0.0) + 2 * pad) / w_pt,
+                        right=1 - min(0.3, right_w / w_pt), top=1 - top / h_pt,
+                        bottom=(2.8 * _FONT + pad) / h_pt)
+    return labels
 
 def keep_mask(map: Any, threshold: float = 0.5, normalise: str = "minmax") -> np.ndarray:  # noqa: A002
     """ICE's region of a concept: pixels whose normalised value exceeds ``threshold``.
@@ -272,12 +315,13 @@ def importance_figure(
         hi = _as_array(ci_high, "ci_high").reshape(-1)
         # a bound on the wrong side of the estimate (possible with bootstrap CIs) draws no bar on that side
         xerr = np.stack([np.clip(v - lo, 0, None), np.clip(hi - v, 0, None)])[:, order]
-    fig = Figure(figsize=(5.6, 1.0 + 0.36 * k), layout="constrained")
+    fig = Figure(figsize=(5.6, 1.0 + 0.36 * k))
+    shown = _fixed_layout(fig, [labels[j] for j in order])
     ax = fig.add_subplot()
     y = np.arange(k)
     colors = [POSITIVE if v[j] >= 0 else NEGATIVE for j in order]
     ax.barh(y, v[order], color=colors, xerr=xerr, error_kw={"ecolor": TOTAL, "capsize": 3, "lw": 1})
-    ax.set_yticks(y, [_lit(labels[j]) for j in order])
+    ax.set_yticks(y, [_lit(t) for t in shown])
     ax.invert_yaxis()
     _value_axis(ax, xlabel)
     return fig
@@ -415,9 +459,11 @@ def local_figure(
     c = _labelled(contributions, "contributions", labels, "contributions")
     k = c.shape[0]
     vals = np.concatenate([c, np.asarray([residual, bias, logit], dtype=np.float32)])
-    names = [*(_lit(s) for s in labels), "residual", "bias", "logit (sum)"]
+    names = [*labels, "residual", "bias", "logit (sum)"]
     colors = [POSITIVE if v >= 0 else NEGATIVE for v in c] + [NEUTRAL, NEUTRAL, TOTAL]
-    fig = Figure(figsize=(5.4, 1.2 + 0.36 * (k + 3)), layout="constrained")
+    fig = Figure(figsize=(5.4, 1.2 + 0.36 * (k + 3)))
+    value_text = [f"{v:+.3g}".replace("-", "\u2212") for v in vals]
+    names = [_lit(t) for t in _fixed_layout(fig, names, value_text, title)]
     ax = fig.add_subplot()
     y = np.arange(k + 3, dtype=np.float64)
     y[k:] += 0.5  # a gap separates the concepts from the other terms
@@ -432,17 +478,27 @@ def local_figure(
     # values as a column of right-hand tick labels: they never overlap a bar or the axis, whatever the signs
     right = ax.twinx()
     right.set_ylim(ax.get_ylim())
-    right.set_yticks(y, [f"{v:+.3g}".replace("-", "\u2212") for v in vals])
+    right.set_yticks(y, value_text)
     right.tick_params(labelsize=_FONT - 1, length=0)
     right.spines[["top", "right", "left"]].set_visible(False)
     ax.xaxis.set_major_locator(MaxNLocator(nbins=5))  # 12 pt tick labels crowd at matplotlib's default
-    ax.set_xlabel("contribution to the logit", fontsize=_FONT)
+    _xlabel(ax, "contribution to the logit")
     ax.tick_params(labelsize=_FONT)
-    if title:
-        ax.set_title(_lit(title), fontsize=_FONT, loc="left")
     ax.grid(axis="x", alpha=0.3)
     ax.spines[["top", "right"]].set_visible(False)
+    if title:
+        _title(ax, title)
     return fig
+
+
+def _title(ax: Any, text: str) -> None:
+    """The axes' left title, starting at the figure's left edge (over the tick labels), shortened to fit."""
+    w_pt = float(ax.get_figure().get_size_inches()[0]) * 72
+    pos = ax.get_position()
+    t = str(text)
+    while _width(t) > w_pt - 16 and len(t) > 2:
+        t = t[:-2] + "…"
+    ax.set_title(_lit(t), fontsize=_FONT, loc="left", x=(8 / w_pt - pos.x0) / pos.width)
 
 
 def edit_figure(
@@ -474,7 +530,8 @@ def edit_figure(
     if len(labels) != k:
         raise ParameterError(f"got {len(labels)} labels for {k} concepts")
     mean = d.mean(0) if n else np.zeros(k)
-    fig = Figure(figsize=(5.6, 1.0 + 0.42 * k), layout="constrained")
+    fig = Figure(figsize=(5.6, 1.0 + 0.42 * k))
+    shown = _fixed_layout(fig, labels)
     ax = fig.add_subplot()
     y = np.arange(k, dtype=np.float64)
     ax.barh(y, mean, color=[POSITIVE if v >= 0 else NEGATIVE for v in mean], height=0.7, alpha=0.85)
@@ -483,7 +540,7 @@ def edit_figure(
         off = np.linspace(-0.25, 0.25, n) if n > 1 else np.zeros(1)
         ax.scatter(d.reshape(-1), (y[None, :] + off[:, None]).reshape(-1), s=9, color=TOTAL, alpha=0.55,
                    linewidths=0, zorder=3)
-    ax.set_yticks(y, [_lit(s) for s in labels])
+    ax.set_yticks(y, [_lit(t) for t in shown])
     ax.set_ylim(k - 0.5, -0.5)  # top to bottom
     _value_axis(ax, xlabel)
     return fig
