@@ -438,6 +438,12 @@ class ModelSplit:
                                  f"got {list(A.shape)}")
         if self.signed == "split":
             A = A[..., : shape[-1] // 2] - A[..., shape[-1] // 2:]
+        # a verified GAP + linear head (always checked first, so h never depends on the call order): its
+        # closed form, without rebuilding the feature map and running the network's head
+        lin = self.linear_head() if grid and self.layout.kind != "tokens" else None
+        if lin is not None:
+            a = A.to(self._dtype)
+            return _widen(a.mean((1, 2)).to(lin.weight.dtype) @ lin.weight.T + lin.bias)
         raw = from_grid(A, self.layout, self.extra_tokens_ if extra is None else extra).to(self._dtype)
         if self.mode == "fx":
             return _widen(_first_tensor(cast(fx.GraphModule, self._h_fx)(raw)))
