@@ -88,12 +88,6 @@ def test_a_budget_that_forces_the_store_changes_no_number(
     assert torch.allclose(e_mem.contributions, e_disk.contributions, atol=1e-5)
 
 
-def test_methods_without_an_out_of_core_fit_say_so(split: cl.ModelSplit) -> None:
-    x = torch.rand(10, 3, 16, 16)
-    with pytest.raises(ParameterError, match="'face' fits in memory only.*memory_budget"):
-        cl.ConceptExplainer(split, "face", 3).fit(x, 0, memory_budget=0)
-
-
 def test_labels_select_the_target_images(split: cl.ModelSplit) -> None:
     x = torch.rand(60, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 4 - 2
     y = torch.arange(60) % 3

@@ -159,7 +159,7 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
             raise ParameterError(
                 f"method {ex.method!r} fits in memory only, and the activations of these {ext.n_images} "
                 f"images exceed memory_budget={budget} bytes: raise memory_budget, use fewer images, or a "
-                "method with an out-of-core fit ('nmf', 'craft', 'pca', 'kmeans')")
+                "method with an out-of-core fit ('nmf', 'craft', 'pca', 'kmeans', 'face', 'eddp')")
         # what a method's out-of-core fit needs beside the rows (FACE: the images' shape and logits)
         context = {"image_shape": tuple(ext.shape[:-1]), "logits": logits}
         d.fit(rows, **{key: context[key] for key in getattr(cls, "fit_context", ()) if cls.fit_on != "crops"})

@@ -51,7 +51,8 @@ class BlockSampler:
         self.n_blocks = -(-src.n_images // images)
         self.order: list[int] = []
         self.left = 0
-        self.cur = src.block(0, src.n_rows) if self.n_blocks == 1 else src.block(0, 0)
+        # one block: all rows, read once; else the first step reads one
+        self.cur = src.block(0, src.n_rows) if self.n_blocks == 1 else torch.empty(0)
         self.reads = 0  # blocks read after the first (diagnostics, tests)
 
     def _advance(self, batch_size: int) -> None:

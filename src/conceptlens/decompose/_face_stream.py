@@ -83,10 +83,13 @@ class MinibatchFACE:
         ``λ``.
     images, code_steps, batch_images : int
         Images per batch, KL steps of each batch's codes, images per head call.
+    warm : bool
+        Keep every row's codes between passes (``[k, n]``, twice: the accepted pass's and the current
+        one's) and start each pass's code steps from them; False: from the NNLS codes every pass.
     """
 
     def __init__(self, src: RowSource, head: Head, logits: torch.Tensor | None, kl_weight: float,
-                 images: int, code_steps: int, batch_images: int) -> None:
+                 images: int, code_steps: int, batch_images: int, warm: bool = False) -> None:
         if logits is not None and (logits.ndim != 2 or logits.shape[0] != src.n_images):
             raise ActivationError(f"logits must be [N, K] with one row per image (N = {src.n_images}), got "
                                   f"{list(logits.shape)}; pass the logits of the images the rows came from")
@@ -95,6 +98,9 @@ class MinibatchFACE:
         self.lam = float(kl_weight)
         self.mu = self.lam * src.per_image * src.n_channels / 2.0
         self.normA2 = 0.0
+        self.warm = warm
+        self.U_acc: torch.Tensor | None = None  # [k, n] the accepted pass's codes (warm only)
+        self.U_pass: torch.Tensor | None = None  # [k, n] the last pass's codes
 
     def _term(self, i: int, a: torch.Tensor) -> KLTerm:
         if self.logits is None:
@@ -102,12 +108,14 @@ class MinibatchFACE:
         lg = self.logits[i : i + a.shape[0]].to(a.device)
         return KLTerm.from_logits(self.head, lg, tuple(a.shape), self.batch_images)
 
-    def codes(self, i: int, a: torch.Tensor, W: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Codes ``Uᵀ [k, b·P]`` of the batch ``a [b, *S, C]`` (first image ``i``) and the KL state there."""
+    def codes(self, i: int, a: torch.Tensor, W: torch.Tensor,
+              start: torch.Tensor | None = None) -> tuple[torch.Tensor, Any]:
+        """Codes ``Uᵀ [k, b·P]`` of the batch ``a [b, *S, C]`` (first image ``i``) and the KL state there,
+        from ``start [k, b·P]`` (None: the NNLS codes)."""
         X = a.reshape(-1, a.shape[-1])
         term = self._term(i, a)
-        Ut = nnls_codes(X, W).T.contiguous()
         steps = self.code_steps if self.mu > 0 else 0
+        Ut = nnls_codes(X, W).T.contiguous() if start is None or steps == 0 else start
         sweeps = max(sweep_budget(X.shape[0], X.shape[1], W.shape[0])[0], 1)
         return kl_code_steps(X, Ut, W, term, self.mu, steps, sweeps)
 
@@ -126,8 +134,13 @@ class MinibatchFACE:
         G = torch.zeros(k, C, dtype=f64, device=W.device)
         err2 = torch.zeros((), dtype=f64, device=W.device)
         kl = torch.zeros((), dtype=f64, device=W.device)
+        U_new = torch.empty(k, self.src.n_rows, dtype=W.dtype, device=W.device) if self.warm else None
         for i, a, X in self.batches(W):
-            Ut, pt = self.codes(i, a, W)
+            r0, r1 = i * self.src.per_image, i * self.src.per_image + X.shape[0]
+            start = None if self.U_acc is None else self.U_acc[:, r0:r1]
+            Ut, pt = self.codes(i, a, W, start)
+            if U_new is not None:
+                U_new[:, r0:r1] = Ut
             S += (Ut @ Ut.T).to(f64)
             R += (Ut @ X).to(f64)
             if self.mu > 0:
@@ -136,6 +149,7 @@ class MinibatchFACE:
             err2 += torch.linalg.vector_norm(X - pt.A_hat, dtype=f64) ** 2
             kl += pt.kl.sum()
         e, q = float(err2), float(kl)
+        self.U_pass = U_new
         return PassStats(S=S, R=R, G=G, err2=e, kl=q, f=0.5 * e + self.mu * q)
 
     def w_step(self, st: PassStats, W0: torch.Tensor, L: float, sweeps: int) -> torch.Tensor:
@@ -166,6 +180,7 @@ def fit_minibatch(
     batch_size: int,
     code_steps: int,
     batch_images: int,
+    warm_codes: bool,
     max_iter: int,
     tol: float,
     image_shape: tuple[int, ...] | None,
@@ -180,7 +195,7 @@ def fit_minibatch(
     Parameters
     ----------
     A : Tensor ``[N, *S, C]`` or a store of its rows
-    n_concepts, seed, head, kl_weight, batch_size, code_steps, batch_images, max_iter, tol
+    n_concepts, seed, head, kl_weight, batch_size, code_steps, batch_images, warm_codes, max_iter, tol
         The estimator's parameters (``batch_size`` in rows, rounded down to whole images).
     image_shape : tuple of int or None
         ``S`` for a store (None: one row per image).
@@ -201,7 +216,8 @@ def fit_minibatch(
     W : Tensor ``[k, C]``
         The bank (unit rows, entries at the floor set to zero).
     info : dict
-        ``n_iter``, ``rejected``, ``err2``, ``kl``, ``normA2``, ``n_rows``, ``n_images``.
+        ``n_iter``, ``rejected``, ``err2``, ``kl``, ``normA2``, ``n_rows``, ``n_images``; ``codes``: the
+        accepted codes ``Uᵀ [k, n]`` (``warm_codes``; else None).
     """
     from conceptlens.decompose.nmf import NMF
 
@@ -213,10 +229,11 @@ def fit_minibatch(
     check_head(head, first.to(device=W.device, dtype=W.dtype))
     k, C = W.shape
     info: dict[str, Any] = {"n_iter": 0, "rejected": 0, "err2": 0.0, "kl": 0.0, "normA2": 0.0,
-                            "n_rows": src.n_rows, "n_images": src.n_images}
+                            "n_rows": src.n_rows, "n_images": src.n_images, "codes": None}
     if float(W.abs().max()) == 0.0:  # all-zero activations: NMF warned
         return W, info
-    run = MinibatchFACE(src, head, logits, kl_weight, images, code_steps, batch_images)  # type: ignore[arg-type]
+    run = MinibatchFACE(src, head, logits, kl_weight, images, code_steps, batch_images,  # type: ignore[arg-type]
+                        warm_codes)
     # a zero row of the NMF bank (a dead concept) is lifted to the floor, as in the in-memory fit
     W = normalise_rows(torch.ones(k, 1, dtype=W.dtype, device=W.device), W.clamp_min(FLOOR))[1]
     run.normA2 = float(sum(float(torch.linalg.vector_norm(X, dtype=torch.float64)) ** 2
@@ -228,6 +245,7 @@ def fit_minibatch(
         record(it, st.err2 / nC, st.kl / N, st.err2 / nC + float(kl_weight) * st.kl / N)
 
     acc_W, acc = W, run.run_pass(W)
+    run.U_acc = run.U_pass
     scaled(0, acc)
     L, rejected, it = 0.0, 0, 0
     for it in range(1, max_iter + 1):
@@ -241,6 +259,7 @@ def fit_minibatch(
         if st.f <= acc.f:
             drop = acc.f - st.f
             acc_W, acc, rejected = W_new, st, 0
+            run.U_acc = run.U_pass
             scaled(it, st)
             bar.set_postfix(objective=f"{st.f:.6g}", refresh=False)
             L *= 0.5
@@ -253,8 +272,9 @@ def fit_minibatch(
             if rejected >= _MAX_REJECT:
                 break
     W = torch.where(acc_W <= 1e3 * FLOOR, torch.zeros_like(acc_W), acc_W)
-    W = normalise_rows(torch.ones(k, 1, dtype=W.dtype, device=W.device), W)[1]
-    info.update(n_iter=it, err2=acc.err2, kl=acc.kl, normA2=run.normA2)
+    U = run.U_acc if run.U_acc is not None else torch.ones(k, 1, dtype=W.dtype, device=W.device)
+    U, W = normalise_rows(U, W)
+    info.update(n_iter=it, err2=acc.err2, kl=acc.kl, normA2=run.normA2, codes=U if run.warm else None)
     return W, info
 
 

@@ -50,6 +50,7 @@ class RowSource:
     def __init__(self, A: Any, image_shape: tuple[int, ...] | None = None) -> None:
         self.tensor: torch.Tensor | None = None
         self.store: Any = None
+        self.first: torch.Tensor | None = None  # a store's first row [1, C]
         if isinstance(A, torch.Tensor):
             rows, _ = as_rows(A)
             self.tensor = rows
@@ -62,11 +63,11 @@ class RowSource:
             self.store = A
             shape = () if image_shape is None else tuple(image_shape)
             self.n_rows = len(A)
-            C = getattr(A, "n_channels", None)
-            if C is None:  # a duck-typed store without the attribute: its first batch says
-                first = next(iter(A.iter_batches(1)), None)
-                C = 0 if first is None else int(first.shape[-1])
-            self.n_channels = int(C)
+            # the first row: the store's dtype and channels (one shard read, then the generator is closed)
+            batches = A.iter_batches(1)
+            self.first = next(iter(batches), None)
+            getattr(batches, "close", lambda: None)()
+            self.n_channels = 0 if self.first is None else int(self.first.shape[-1])
         else:
             raise ActivationError(f"activations must be a tensor [N, *S, C] or an ActivationStore, got "
                                   f"{type(A).__name__}")
@@ -87,7 +88,7 @@ class RowSource:
         """The rows' dtype (a store's is read from its first rows)."""
         if self.tensor is not None:
             return self.tensor.dtype
-        return self.block(0, 1).dtype
+        return self.first.dtype  # type: ignore[union-attr]  # a RowSource is never empty
 
     @property
     def device(self) -> torch.device:

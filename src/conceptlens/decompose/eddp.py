@@ -411,7 +411,7 @@ class EDDP(Decomposition):
             self._validate(A)
         src = RowSource(A, image_shape)
         if not isinstance(A, torch.Tensor):
-            self._validate(src.block(0, min(src.n_rows, 2)), finite=False)  # k ≤ C (NaN: checked per chunk)
+            self._validate(src.first, finite=False)  # k ≤ C (NaN / Inf: checked chunk by chunk)
         n = src.n_rows
         k = self.n_concepts
         where = f" of layer {layer_name!r}" if layer_name else ""

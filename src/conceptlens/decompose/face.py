@@ -136,7 +136,12 @@ class FACE(Decomposition):
         accepts an :class:`~conceptlens.io.store.ActivationStore` (default 8192 rows per batch); from a
         tensor with the same ``batch_size`` it gives the same bank. ``solver="hals"`` only.
     code_steps : int
-        The mini-batch fit's KL steps on each batch's codes after their NNLS start (0: NNLS codes).
+        The mini-batch fit's KL steps on each batch's codes per pass (0: the NNLS codes).
+    warm_codes : bool
+        The mini-batch fit keeps every row's codes between passes and continues their KL steps (``2·n·k``
+        floats, ``2k/C`` of the activations; the explainer keeps the codes after the fit anyway). False:
+        each pass starts the codes from NNLS again, memory ``O(batch + k·C)`` exactly, but at larger
+        ``λ`` it needs ~10 ``code_steps`` to reach the objective of the warm fit.
     encode_kl_steps : int
         ``U`` steps taken on the full objective (``W`` frozen) after the NNLS encode, when a head is
         attached and ``λ > 0``. 0 (the default, as the authors project new images): the plain NNLS
@@ -195,7 +200,8 @@ class FACE(Decomposition):
         batch_images: int = 256,
         max_time: float | None = None,
         batch_size: int | None = None,
-        code_steps: int = 2,
+        code_steps: int = 1,
+        warm_codes: bool = True,
         encode_kl_steps: int = 0,
         progress: bool = False,
     ) -> None:
@@ -210,6 +216,7 @@ class FACE(Decomposition):
         self.max_time = max_time
         self.batch_size = batch_size
         self.code_steps = code_steps
+        self.warm_codes = warm_codes
         self.encode_kl_steps = encode_kl_steps
         self.progress = progress
 
@@ -283,7 +290,9 @@ class FACE(Decomposition):
             if not isinstance(A, torch.Tensor):
                 raise ParameterError("fit_encode needs the activations in memory; for a store call "
                                      "fit(store, image_shape=...) and then encode(batch) per batch")
-            self._fit_minibatch(A, layer_name, None, None)
+            codes = self._fit_minibatch(A, layer_name, None, None)
+            if codes is not None:  # the fit's own codes (warm_codes)
+                return codes.T.reshape(*A.shape[:-1], codes.shape[0])
             return minibatch_codes(A, self.components_, head=cast(Head, self.head),
                                    kl_weight=float(self.kl_weight), batch_size=int(self.batch_size),
                                    code_steps=self.code_steps, batch_images=self.batch_images)
@@ -291,7 +300,8 @@ class FACE(Decomposition):
         return Ut.T.reshape(*lead, Ut.shape[0])
 
     def _fit_minibatch(self, A: Any, layer_name: str | None, image_shape: tuple[int, ...] | None,
-                       logits: torch.Tensor | None) -> None:
+                       logits: torch.Tensor | None) -> torch.Tensor | None:
+        """The mini-batch fit; returns its codes ``Uᵀ [k, n]`` with ``warm_codes`` (else None)."""
         t0 = time.perf_counter()
         self._check_params()
         if isinstance(A, torch.Tensor):
@@ -310,7 +320,8 @@ class FACE(Decomposition):
             W, info = fit_minibatch(
                 A, n_concepts=self.n_concepts, seed=self.seed, head=self.head,
                 kl_weight=float(self.kl_weight), batch_size=self.batch_size or STORE_BATCH,
-                code_steps=self.code_steps, batch_images=self.batch_images, max_iter=max_iter,
+                code_steps=self.code_steps, batch_images=self.batch_images,
+                warm_codes=bool(getattr(self, "warm_codes", True)), max_iter=max_iter,
                 tol=float(self.tol), image_shape=image_shape, logits=logits, layer_name=layer_name,
                 deadline=None if self.max_time is None else t0 + float(self.max_time), record=record,
                 bar=bar)
@@ -321,6 +332,7 @@ class FACE(Decomposition):
         self.objective_ = {key: float(last[key]) for key in ("mse", "kl", "total")}
         self.reconstruction_err_ = (math.sqrt(info["err2"] / info["normA2"]) if info["normA2"] > 0 else 0.0)
         self.fit_time_ = time.perf_counter() - t0
+        return info["codes"]
 
     def _fit(self, A: torch.Tensor, layer_name: str | None) -> tuple[torch.Tensor, tuple[int, ...]]:
         t0 = time.perf_counter()
