@@ -52,6 +52,11 @@ def test_rows_merge_into_the_json_and_the_table_follows(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(scale, "_child", fake)
     scale.run_benchmark(out=tmp_path, rows="nmf:100,1000;craft:100")
+    big = {**fake("efficientnet_lite0", "nmf", 10000, "64MB", 1), "forward_s": None, "ratio": None,
+           "ratio_per_pass": None}  # above FORWARD_MAX_N: no forward peer
+    assert scale.scale_table({"rows": [big]}).splitlines()[2] == (
+        "| efficientnet_lite0 | nmf | 10,000 | disk | – | 101.5 | 100.0 / 0.0 / 1.0 / 0.5 | – | – "
+        "| 1.50 | 1.2 |")
     scale.run_benchmark(out=tmp_path, rows="timm:resnet18/nmf:1000;nmf:1000")  # re-measures one row
     saved = json.loads((tmp_path / "scale.json").read_text())
     keys = [(r["model"], r["method"], r["n_images"]) for r in saved["rows"]]

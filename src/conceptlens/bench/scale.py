@@ -8,12 +8,17 @@ DataLoader, so no run holds them all; generated images are fine for timing, not 
 weights (``pretrained=False``: nothing downloaded) at 1,000 images.
 
 Each row (model, method, N) runs in a fresh process (peak resident memory is a per-process high-water
-mark), which measures, on the same images, in this order:
+mark) on one thread (:data:`THREADS`: on a shared 2-core machine a 2-thread run measures its neighbours:
+with two other busy processes, OpenMP's spin-waits made NMF's fit of 1,000 images 9× slower, 71 s against
+7.9 s, and the forward pass 1.3×), which measures, on the same images, in this order:
 
-* ``forward_s``: the bare forward pass ``model(x)`` over the DataLoader (the peer);
+* ``forward_s``: the bare forward pass ``model(x)`` over the DataLoader (the peer); only up to
+  ``FORWARD_MAX_N`` images (1,000, where the ratio's target is set): the rows above it measure memory and
+  the stages, and their ``forward_s`` and ``ratio`` are null;
 * the explainer's streamed fit with ``memory_budget`` (default 64 MB: the activations of more than ~250
-  EfficientNet images go to the on-disk store; a method without an out-of-core fit gets the default budget,
-  a quarter of the RAM), split into ``extract_s`` (reading the images and running ``g`` and ``h`` once),
+  EfficientNet images go to the on-disk store; every built-in method fits from it, FACE by mini-batch passes
+  over whole images since issue #21; a method without an out-of-core fit gets the default budget, a quarter
+  of the RAM), split into ``extract_s`` (reading the images and running ``g`` and ``h`` once),
   ``crops_s`` (CRAFT: cutting and running the crops), ``fit_s`` (the bank) and ``encode_s`` (codes and
   importance);
 * ``ratio`` = the whole pipeline over ``forward_s``; CRAFT needs ``1 + crops per image`` forward passes by
@@ -54,6 +59,9 @@ METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (26 passes per image), 
 PARAMS: dict[str, dict[str, Any]] = {"nmf": {"max_iter": 100}, "craft": {"max_iter": 100},
                                      "face": {"max_iter": 20}, "pca": {}}
 CRAFT_MAX_N = 1000
+FORWARD_MAX_N = 1000
+#: Threads of every measured process (see the module docstring).
+THREADS = 1
 #: The full run: (model, method, N), in the order measured.
 PLAN: tuple[tuple[str, str, int], ...] = (
     *((DEFAULT_MODEL, "nmf", n) for n in (100, 1000, 10000)),
@@ -94,7 +102,7 @@ def _out_of_core(method: str) -> bool:
 
 
 def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | None = None,
-            model: str = DEFAULT_MODEL) -> dict[str, Any]:
+            model: str = DEFAULT_MODEL, forward: bool = True) -> dict[str, Any]:
     """One (model, method, N) run in this process: the timings and memory the module docstring lists.
 
     Parameters
@@ -109,6 +117,8 @@ def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | Non
         ``torch.set_num_threads`` (None: torch's default).
     model
         A name :func:`conceptlens.io.models.load` takes (timm models get random weights).
+    forward
+        Also time the bare forward pass (the peer of ``ratio``); False: ``forward_s`` and ``ratio`` null.
 
     Returns
     -------
@@ -135,9 +145,9 @@ def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | Non
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     with torch.no_grad():
-        for x in _images(n, size):
+        for x in _images(n, size) if forward else ():
             net(x)
-    forward = time.perf_counter() - t0
+    fwd = time.perf_counter() - t0 if forward else None
     fwd_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ex = ConceptExplainer(split, method, 10, seed=0, method_params=PARAMS.get(method, {}), progress=False)
     t0 = time.perf_counter()
@@ -149,10 +159,10 @@ def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | Non
         passes += len(ex.crops_) / n
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"model": model, "layer": str(split.layer), "method": method, "n_images": n,
-            "on_disk": s["on_disk"], "forward_s": round(forward, 2),
+            "on_disk": s["on_disk"], "forward_s": None if fwd is None else round(fwd, 2),
             "extract_s": s["extract"], "crops_s": s["crops"], "fit_s": s["fit"], "encode_s": s["encode"],
-            "total_s": round(total, 2), "ratio": round(total / forward, 2),
-            "ratio_per_pass": round(total / forward / passes, 2),
+            "total_s": round(total, 2), "ratio": None if fwd is None else round(total / fwd, 2),
+            "ratio_per_pass": None if fwd is None else round(total / fwd / passes, 2),
             "forward_passes_per_image": round(passes, 2),
             "peak_rss_mb": round(peak / 1024), "base_rss_mb": round(base / 1024),
             "forward_peak_rss_mb": round(fwd_peak / 1024),
@@ -161,8 +171,9 @@ def measure(method: str, n: int, memory_budget: str = "64MB", threads: int | Non
 
 
 def _child(model: str, method: str, n: int, budget: str, threads: int | None) -> dict[str, Any]:
-    code = ("import json, sys; from conceptlens.bench.scale import measure; "
-            f"print('RESULT ' + json.dumps(measure({method!r}, {n}, {budget!r}, {threads!r}, {model!r})))")
+    forward = n <= FORWARD_MAX_N
+    code = ("import json, sys; from conceptlens.bench.scale import measure; print('RESULT ' + json.dumps("
+            f"measure({method!r}, {n}, {budget!r}, {threads!r}, {model!r}, {forward!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -209,7 +220,7 @@ def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results"), 
                   rows: tuple[tuple[str, str, int], ...] | str | None = None,
                   sizes: tuple[int, ...] | None = None,
                   methods: tuple[str, ...] = METHODS, memory_budget: str = "64MB",
-                  threads: int | None = None) -> dict[str, Any]:
+                  threads: int | None = THREADS) -> dict[str, Any]:
     """Measure rows in fresh processes, print them, merge them into ``out/scale.json``, write ``scale.md``.
 
     Parameters
@@ -270,11 +281,14 @@ def scale_table(payload: dict[str, Any]) -> str:
     for r in payload.get("rows", []):
         model = str(r.get("model", DEFAULT_MODEL)).removeprefix("timm:")
         stages = " / ".join(f"{float(r[k]):.1f}" for k in ("extract_s", "crops_s", "fit_s", "encode_s"))
-        per_pass = f"{r['ratio_per_pass']:.2f}×" if r.get("forward_passes_per_image", 1) > 1 else "–"
+        ratio = "–" if r.get("ratio") is None else f"{r['ratio']:.2f}×"
+        per_pass = f"{r['ratio_per_pass']:.2f}×" if r.get("forward_passes_per_image", 1) > 1 and \
+            r.get("ratio_per_pass") is not None else "–"
+        forward = "–" if r.get("forward_s") is None else f"{r['forward_s']:.1f}"
         load = r.get("loadavg") or []
         where = "disk" if r["on_disk"] else "memory"
-        lines.append(f"| {model} | {r['method']} | {r['n_images']:,} | {where} | {r['forward_s']:.1f} "
-                     f"| {r['total_s']:.1f} | {stages} | {r['ratio']:.2f}× | {per_pass} "
+        lines.append(f"| {model} | {r['method']} | {r['n_images']:,} | {where} | {forward} "
+                     f"| {r['total_s']:.1f} | {stages} | {ratio} | {per_pass} "
                      f"| {_gb(r['peak_rss_mb'])} | {f'{load[0]:.1f}' if load else '–'} |")
     return "\n".join(lines) + "\n"
 
