@@ -46,14 +46,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conceptlens._io import atomic_write
 from conceptlens.bench import write_json
+from conceptlens.bench.scale_table import DEFAULT_MODEL, scale_table, write_table
 from conceptlens.errors import ParameterError
 
 __all__ = ["run_benchmark", "run_rows", "measure", "parse_rows", "scale_table", "write_table", "COLUMNS",
            "PLAN"]
 
-DEFAULT_MODEL = "efficientnet_lite0"
 METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (26 passes per image), last
 #: Parameters that keep a run within minutes on a laptop CPU (the same for every N).
 PARAMS: dict[str, dict[str, Any]] = {"nmf": {"max_iter": 100}, "craft": {"max_iter": 100},
@@ -72,8 +71,6 @@ PLAN: tuple[tuple[str, str, int], ...] = (
 )
 COLUMNS = ("model", "method", "n_images", "on_disk", "forward_s", "extract_s", "crops_s", "fit_s", "encode_s",
            "ratio", "ratio_per_pass", "peak_rss_mb", "forward_peak_rss_mb", "base_rss_mb")
-#: Where the docs' scale table lives, next to ``scale.json``.
-TABLE = "scale.md"
 
 
 def _images(n: int, size: int = 224, batch: int = 32) -> Any:
@@ -267,35 +264,3 @@ def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results"), 
 
 def _plan_rank(key: tuple[str, str, int]) -> int:
     return PLAN.index(key) if key in PLAN else len(PLAN)
-
-
-def _gb(mb: float) -> str:
-    return f"{mb / 1000:.2f}"
-
-
-def scale_table(payload: dict[str, Any]) -> str:
-    """The docs' scale table (markdown) from a ``scale.json`` payload: one line per row, in its order."""
-    lines = ["| model | method | images | activations | forward pass (s) | pipeline (s) | extract / crops / "
-             "fit / encode (s) | pipeline / forward | per forward pass | peak memory (GB) | load |",
-             "|---|---|---:|---|---:|---:|---|---:|---:|---:|---:|"]
-    for r in payload.get("rows", []):
-        model = str(r.get("model", DEFAULT_MODEL)).removeprefix("timm:")
-        stages = " / ".join(f"{float(r[k]):.1f}" for k in ("extract_s", "crops_s", "fit_s", "encode_s"))
-        ratio = "–" if r.get("ratio") is None else f"{r['ratio']:.2f}×"
-        per_pass = f"{r['ratio_per_pass']:.2f}×" if r.get("forward_passes_per_image", 1) > 1 and \
-            r.get("ratio_per_pass") is not None else "–"
-        forward = "–" if r.get("forward_s") is None else f"{r['forward_s']:.1f}"
-        load = r.get("loadavg") or []
-        where = "disk" if r["on_disk"] else "memory"
-        lines.append(f"| {model} | {r['method']} | {r['n_images']:,} | {where} | {forward} "
-                     f"| {r['total_s']:.1f} | {stages} | {ratio} | {per_pass} "
-                     f"| {_gb(r['peak_rss_mb'])} | {f'{load[0]:.1f}' if load else '–'} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_table(out: Path | str = Path("bench/results")) -> Path | None:
-    """Write ``out/scale.md`` from ``out/scale.json`` (None when there is no JSON); returns its path."""
-    src = Path(out) / "scale.json"
-    if not src.is_file():
-        return None
-    return atomic_write(Path(out) / TABLE, scale_table(json.loads(src.read_text())))

@@ -184,7 +184,7 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
 def write_summary(folder: Path | str = Path("bench/results")) -> Path:
     """Write ``folder/summary.md`` (and ``scale.md``, the docs' scale table) from the JSON results in
     ``folder``; returns the summary's path."""
-    from conceptlens.bench.scale import write_table
+    from conceptlens.bench.scale_table import write_table
 
     write_table(folder)  # the docs' scale table, from the same folder's scale.json
     table = summary_table(headlines(folder))
