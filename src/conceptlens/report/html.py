@@ -183,13 +183,15 @@ def write(
         Folder to write ``index.html`` and ``img/*.png`` into (created if missing; files of the same names
         are replaced, other files are left alone).
     names
-        ``N`` image names for captions (default ``"image 0"``, ``"image 1"``, …).
+        ``N`` image names for captions (default: the file paths of a source of files, else ``"image 0"``,
+        ``"image 1"``, …).
     n_prototypes
         Prototypes per concept: the images with the highest concept score.
     n_local
         Local explanations for the first ``n_local`` images (0 for none).
     metrics
-        Numbers for the header table; None computes :func:`conceptlens.metrics.evaluate` on ``x``.
+        Numbers for the header table; None computes :func:`conceptlens.metrics.evaluate` on ``x`` (on a
+        source, the same numbers batch by batch: :func:`conceptlens.stream.evaluate_source`).
     title
         Page title (default: the target class and the model).
     progress
