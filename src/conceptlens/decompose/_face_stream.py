@@ -38,6 +38,7 @@ from conceptlens.decompose._image_stream import RowSource
 from conceptlens.decompose._nmf_encode import nnls_codes
 from conceptlens.decompose._nmf_solvers import hals, normalise_rows, sweep_budget
 from conceptlens.decompose._nmf_tuning import DELTA, FLOOR
+from conceptlens.decompose.nmf import NMF
 from conceptlens.errors import ActivationError
 
 __all__ = ["PassStats", "MinibatchFACE", "batch_images_for", "fit_minibatch", "minibatch_codes"]
@@ -219,8 +220,6 @@ def fit_minibatch(
         ``n_iter``, ``rejected``, ``err2``, ``kl``, ``normA2``, ``n_rows``, ``n_images``; ``codes``: the
         accepted codes ``Uᵀ [k, n]`` (``warm_codes``; else None).
     """
-    from conceptlens.decompose.nmf import NMF
-
     src = RowSource(A, image_shape)
     images = batch_images_for(batch_size, src.per_image)
     nmf = NMF(n_concepts=n_concepts, seed=seed, batch_size=images * src.per_image)
