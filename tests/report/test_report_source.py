@@ -93,3 +93,5 @@ def test_bad_input_on_a_source_says_what_to_do(fitted, folder: Path, tmp_path: P
         cl.report.write(ex, str(folder), tmp_path, names=["a", "b"])
     with pytest.raises(ParameterError, match="unknown option"):
         cl.report.write(ex, str(folder), tmp_path, batchsize=3)
+    with pytest.raises(ParameterError, match="shuffle=False"):  # a second pass would give other images
+        cl.report.write(ex, DataLoader(TensorDataset(x), batch_size=8, shuffle=True), tmp_path)

@@ -102,6 +102,10 @@ def from_source(ex: Any, data: Any, names: Sequence[str] | None, metrics: Mappin
     from conceptlens.report.sections.edits import edit_deltas
     from conceptlens.stream import MetricSums, concat_explanations, scan_source
 
+    loader = getattr(data, "data", data)  # an ImageSource's own data
+    if isinstance(getattr(loader, "sampler", None), torch.utils.data.RandomSampler):
+        raise ParameterError("the report reads the DataLoader twice (all images, then the shown ones by "
+                             "position), but it shuffles: build it with shuffle=False")
     parts: list[Any] = []
     sums = MetricSums(ex) if metrics is None else None
     dparts: list[Deltas] = []
