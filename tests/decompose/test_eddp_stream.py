@@ -130,3 +130,22 @@ def test_a_method_without_an_out_of_core_fit_says_so(in_memory_only: None) -> No
     with pytest.raises(ParameterError, match="'in_memory_only' fits in memory only.*memory_budget.*'eddp'"):
         cl.ConceptExplainer(split, "in_memory_only", 3).fit(x, 0, memory_budget=0)
     cl.ConceptExplainer(split, "in_memory_only", 3).fit(x, 0)  # in memory it fits
+
+
+def test_store_rows_by_range_and_by_index_are_the_tensors(tmp_path: Path) -> None:
+    from conceptlens.decompose._image_stream import RowSource
+
+    A = _images()
+    rows = A.reshape(-1, C)
+    probe = store_of(A, str(tmp_path / "acts"), 7)  # shards of 112 rows
+    store = probe.store
+    assert torch.equal(store.read_rows(50, 300), rows[50:300])  # across three shards
+    assert torch.equal(store.read_rows(112, 224), rows[112:224])  # exactly one shard
+    assert store.read_rows(5, 5).shape == (0, C)
+    for bad in ((-1, 3), (3, 2), (0, 961)):
+        with pytest.raises(ParameterError, match="read_rows"):
+            store.read_rows(*bad)
+    idx = torch.randperm(960, generator=torch.Generator().manual_seed(0))[:100]
+    src = RowSource(probe, (4, 4))
+    assert torch.equal(src.gather(idx, 64), rows[idx])
+    assert (src.n_images, src.per_image, src.n_channels) == (60, 16, C)
