@@ -15,12 +15,14 @@ Adding a method = one new file that subclasses :class:`Decomposition` and calls 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 import torch
 
 from conceptlens._check import lookup
+from conceptlens._threads import threads
 from conceptlens.errors import ActivationError, NotFittedError, ParameterError
 
 __all__ = ["Decomposition", "register", "get", "available", "as_rows", "check_channels", "check_finite"]
@@ -83,6 +85,18 @@ def check_finite(A: torch.Tensor, where: str = "activations") -> None:
         )
 
 
+def _with_fit_threads(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``f(self, ...)`` run inside ``threads(type(self).fit_threads)``."""
+
+    @functools.wraps(f)
+    def run(self: Decomposition, *args: Any, **kwargs: Any) -> Any:
+        with threads(type(self).fit_threads):
+            return f(self, *args, **kwargs)
+
+    run._with_fit_threads = True  # type: ignore[attr-defined]
+    return run
+
+
 class Decomposition:
     """Base class of concept extractors: ``fit(A)``, ``encode(A)``, ``decode(U)``, ``components_``.
 
@@ -125,6 +139,19 @@ class Decomposition:
     #: True when ``_encode_rows`` itself raises on NaN/Inf rows (from a product it computes anyway),
     #: which spares ``encode`` a full extra pass over ``A``.
     encode_checks_finite: ClassVar[bool] = False
+    #: Intra-op threads of ``fit`` and ``fit_encode`` (None: the process's count). 1 for a fit made of
+    #: many small ops, whose parallel regions cost more at their barriers than they give once another
+    #: process competes for the cores (measured per method: :mod:`conceptlens._threads`). Fixed per
+    #: method, never read from the load, so that a result never depends on how busy the machine is.
+    fit_threads: ClassVar[int | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Run the subclass's own ``fit`` / ``fit_encode`` with its declared :attr:`fit_threads`."""
+        super().__init_subclass__(**kwargs)
+        for name in ("fit", "fit_encode"):
+            f = cls.__dict__.get(name)
+            if callable(f) and not getattr(f, "_with_fit_threads", False):
+                setattr(cls, name, _with_fit_threads(f))
 
     def __init__(self, n_concepts: int = 10, seed: int = 0) -> None:
         self.n_concepts = n_concepts
