@@ -131,8 +131,9 @@ class FACE(Decomposition):
     batch_size : int or None
         ``None``: the in-memory solver on the whole ``A``. An integer: the mini-batch fit
         (:mod:`~conceptlens.decompose._face_stream`), batches of ``batch_size`` rows rounded down to whole
-        images: each pass solves every batch's codes with the bank frozen and keeps only ``k × C``
-        statistics, then the bank takes one monotone step. Memory ``O(batch + k·C)``, so ``fit`` also
+        images: each pass steps every batch's codes with the bank frozen and keeps only ``k × C``
+        statistics, then the bank takes one monotone step. Memory ``O(batch + k·C)`` (plus the codes,
+        ``2·n·k``, with ``warm_codes``), so ``fit`` also
         accepts an :class:`~conceptlens.io.store.ActivationStore` (default 8192 rows per batch); from a
         tensor with the same ``batch_size`` it gives the same bank. ``solver="hals"`` only.
     code_steps : int
