@@ -107,6 +107,10 @@ concept accounts for the typical activation change ``m_i s_i / w_iᵀs_i``. The 
 goes into the bias of the local explanations. The pure functions :func:`remove_concepts` and
 :func:`unlearn` implement the paper's edit.
 
+``fit`` also takes an :class:`~conceptlens.io.store.ActivationStore`: full passes go chunk by chunk and
+the steps draw from blocks of whole images in a seeded order (``block_size``;
+:mod:`~conceptlens.decompose._eddp_stream`).
+
 The building blocks (whitening, clustering, losses, signal statistics) live in
 :mod:`~conceptlens.decompose._eddp_losses`, the fitting steps in :mod:`~conceptlens.decompose._eddp_fit`,
 the edits in :mod:`~conceptlens.decompose._eddp_edit`; their public names are re-exported here.
