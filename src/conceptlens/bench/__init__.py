@@ -29,6 +29,9 @@ Nothing in the library imports this package; peers (scikit-learn) are imported b
     Rewrites ``summary.md``: every benchmark's headline ratio from the JSON files (``all`` ends with it).
 ``conceptlens bench sobol``
     CRAFT's Sobol importance (k = 10, 32 designs) against the bare head calls it needs, same batch shapes.
+``conceptlens bench craft``
+    CRAFT end to end and its crop extraction against the bare forward pass of the same crops, and against
+    Xplique's ``CraftTorch`` when the optional ``peers`` extra is installed.
 
 Every result is written to ``<out>/<name>.json`` (atomic) with the library versions and the machine's
 thread count, and printed as a table.
@@ -61,6 +64,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "load": ("conceptlens.bench.load", "run_benchmark"),
     "eddp": ("conceptlens.bench.eddp", "run_benchmark"),
     "scale": ("conceptlens.bench.scale", "run_benchmark"),
+    "craft": ("conceptlens.bench.craft", "run_benchmark"),
 }
 
 

@@ -56,6 +56,12 @@ def _check_stride(stride: object) -> int | float | None:
     return stride
 
 
+def _check_border(border: object) -> bool | str:
+    if isinstance(border, bool) or border == "auto":
+        return border  # type: ignore[return-value]
+    raise ParameterError(f"border must be True, False or 'auto' (the border-aligned crops), got {border!r}")
+
+
 @register("craft")
 class CRAFT(NMF):
     """NMF on crops: the concept bank of CRAFT.
@@ -69,6 +75,12 @@ class CRAFT(NMF):
         resized to the images' size before ``g``. CRAFT's default is 64 on 224-pixel images.
     stride : int, float or None
         Step between crops: pixels (≥ 1), a fraction (< 1) of the patch, or None for ``0.8 × patch``.
+    border : bool or "auto"
+        Also cut the border-aligned crops that make the crops cover the whole image (see
+        :func:`conceptlens.io.crops.crops`). ``"auto"`` (default): only when they add at most 25 % crops.
+        On 224-pixel images with patch 64 (stride 51) they would add 56 % (25 crops per image instead of
+        16, the peers' grid), so ``"auto"`` leaves them out and the 7 pixels at the right and bottom
+        border are in no crop; ``True`` puts them back.
     seed, tol, max_iter, init, solver, inner_sweeps, progress, verbose, batch_size
         As in :class:`~conceptlens.decompose.nmf.NMF` (``batch_size``: the mini-batch fit, which also reads
         the crop rows from an :class:`~conceptlens.io.store.ActivationStore`).
@@ -101,6 +113,7 @@ class CRAFT(NMF):
         *,
         patch_size: int | tuple[int, int] = 64,
         stride: int | float | None = None,
+        border: bool | str = "auto",
         tol: float = DEFAULT_TOL,
         max_iter: int = 200,
         seed: int = 0,
@@ -115,6 +128,7 @@ class CRAFT(NMF):
                          inner_sweeps=inner_sweeps, progress=progress, verbose=verbose, batch_size=batch_size)
         self.patch_size = _check_patch(patch_size)
         self.stride = _check_stride(stride)
+        self.border = _check_border(border)
 
     def fit(self, A: torch.Tensor | Any, layer_name: str | None = None) -> CRAFT:
         """Fit the bank on the crops' activations.

@@ -11,7 +11,8 @@ at a time (memory does not grow with the number of images) through any object wi
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,13 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from conceptlens._check import check_int
 from conceptlens.errors import ActivationError, ImageError, ParameterError
 from conceptlens.io.presets import Preset
 from conceptlens.io.samples import sample_images
 from conceptlens.progress import progress_bar
 
 __all__ = ["crops", "demo_set", "CropSet", "crop_rows", "crop_images", "crop_activations",
-           "stream_crop_activations"]
+           "stream_crop_activations", "grid_size", "border_patches", "channels_last_model",
+           "BORDER_AUTO_MAX_EXTRA"]
 
 
 def _pair(name: str, v: int | tuple[int, int]) -> tuple[int, int]:
@@ -49,11 +52,60 @@ def _stride_for(p: int, stride: int | float | None) -> int:
     return max(1, round(stride))
 
 
-def _starts(length: int, p: int, s: int) -> torch.Tensor:
+#: ``border="auto"`` keeps the border-aligned patches only while they add at most this share of crops.
+BORDER_AUTO_MAX_EXTRA = 0.25
+
+
+def _starts(length: int, p: int, s: int, border: bool = True) -> torch.Tensor:
     starts = list(range(0, length - p + 1, s))
-    if starts[-1] + p < length:
+    if border and starts[-1] + p < length:
         starts.append(length - p)  # the last patch sits on the border so that the whole image is covered
     return torch.tensor(starts, dtype=torch.long)
+
+
+def border_patches(size: tuple[int, int], patch: tuple[int, int], stride: tuple[int, int],
+                   border: bool | str) -> bool:
+    """Whether the grid gets the border-aligned patches: ``border`` resolved for one image size.
+
+    ``True`` / ``False`` as given; ``"auto"``: only when they add at most 25 % crops
+    (:data:`BORDER_AUTO_MAX_EXTRA`) to the regular grid. E.g. 224-px images, patch 64, stride 51: the
+    regular grid has 4 × 4 = 16 patches and the border-aligned ones make it 5 × 5 = 25 (+56 %), so
+    ``"auto"`` leaves them out (as the peers' unfold grid does) and 7 pixels of the right and bottom
+    border are in no crop.
+    """
+    if isinstance(border, bool):
+        return border
+    if border != "auto":
+        raise ParameterError(f"border must be True, False or 'auto', got {border!r}")
+    n_reg = [len(_starts(L, p, s, False)) for L, p, s in zip(size, patch, stride, strict=True)]
+    n_all = [len(_starts(L, p, s, True)) for L, p, s in zip(size, patch, stride, strict=True)]
+    return n_all[0] * n_all[1] <= (1 + BORDER_AUTO_MAX_EXTRA) * n_reg[0] * n_reg[1]
+
+
+def _grid(size: tuple[int, int], patch_size: int | tuple[int, int], stride: int | float | None,
+          border: bool | str) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """``(ph, pw, ys, xs)``: the patch size and the patch origins along each axis, validated."""
+    ph, pw = _pair("patch_size", patch_size)
+    H, W = size
+    if ph > H or pw > W:
+        raise ParameterError(
+            f"patch_size {ph}×{pw} is larger than the images ({H}×{W}); use a patch_size ≤ {min(H, W)} "
+            "or larger images."
+        )
+    sy, sx = _stride_for(ph, stride), _stride_for(pw, stride)
+    b = border_patches(size, (ph, pw), (sy, sx), border)
+    return ph, pw, _starts(H, ph, sy, b), _starts(W, pw, sx, b)
+
+
+def grid_size(size: tuple[int, int], patch_size: int | tuple[int, int] = 64,
+              stride: int | float | None = None, border: bool | str = True) -> int:
+    """Number of crops :func:`crops` cuts from one image of ``size = (H, W)`` pixels with these settings.
+
+    E.g. ``grid_size((224, 224), 64)`` is 25, ``grid_size((224, 224), 64, border="auto")`` 16 (the
+    border-aligned patches would add 56 %).
+    """
+    _, _, ys, xs = _grid(size, patch_size, stride, border)
+    return len(ys) * len(xs)
 
 
 def crops(
@@ -63,12 +115,14 @@ def crops(
     out_size: int | None = None,
     *,
     batch_size: int = 256,
+    border: bool | str = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cut every image into overlapping patches that cover it, optionally resized for the model.
+    """Cut every image into overlapping patches, optionally resized for the model.
 
-    Patch origins along an axis of length ``L`` are ``0, s, 2s, …`` and, when that leaves a strip
-    uncovered, one more at ``L − p`` (aligned to the border). Extraction is one strided view
-    (``Tensor.unfold``) indexed at the chosen origins: no per-patch Python loop.
+    Patch origins along an axis of length ``L`` are ``0, s, 2s, …`` and, with ``border``, when that leaves
+    a strip uncovered, one more at ``L − p`` (aligned to the border, so that the patches cover the image).
+    Extraction is one strided view (``Tensor.unfold``) indexed at the chosen origins: no per-patch Python
+    loop.
 
     Parameters
     ----------
@@ -84,6 +138,10 @@ def crops(
         ``None`` keeps ``ph × pw``.
     batch_size
         Patches gathered and resized at a time (bounds the memory of the intermediate copy).
+    border
+        Add the border-aligned patches: True (the patches cover the whole image), False (the regular
+        grid only, as the peers' ``unfold``), or ``"auto"`` (only when they add at most 25 % crops; see
+        :func:`border_patches`).
 
     Returns
     -------
@@ -97,27 +155,22 @@ def crops(
     Raises
     ------
     ParameterError
-        A patch larger than the images, a non-positive size or stride, or ``x`` not ``[N, C, H, W]``.
+        A patch larger than the images, a non-positive size or stride, an unknown ``border``, or ``x``
+        not ``[N, C, H, W]``.
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ParameterError(f"crops expects images [N,C,H,W], got {shape}.")
-    ph, pw = _pair("patch_size", patch_size)
     N, C, H, W = x.shape
-    if ph > H or pw > W:
-        raise ParameterError(
-            f"patch_size {ph}×{pw} is larger than the images ({H}×{W}); use a patch_size ≤ {min(H, W)} "
-            "or larger images."
-        )
+    ph, pw, ys, xs = _grid((H, W), patch_size, stride, border)
     if out_size is not None:
         out_h, out_w = _pair("out_size", out_size)
     else:
         out_h, out_w = ph, pw
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    sy, sx = _stride_for(ph, stride), _stride_for(pw, stride)
     dev = x.device
-    ys, xs = _starts(H, ph, sy).to(dev), _starts(W, pw, sx).to(dev)
+    ys, xs = ys.to(dev), xs.to(dev)
     ny, nx = len(ys), len(xs)
     M = N * ny * nx
 
@@ -258,13 +311,20 @@ def crop_activations(
     patch_size: int | tuple[int, int] = 64,
     stride: int | float | None = None,
     *,
+    border: bool | str = "auto",
     crops_per_pass: int = 256,
+    batch_size: int | None = None,
+    channels_last: bool = True,
     progress: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Cut images into crops, resize each to the images' size, run ``g`` and average over space.
 
     Images are processed a few at a time, so that at most about ``crops_per_pass`` crop images and their
-    activations exist at once: memory does not grow with the number of fit images.
+    activations exist at once: memory does not grow with the number of fit images. Each pass cuts its
+    crops in one indexed view, runs ``g`` on them in ``batch_size`` batches and ``h`` once (the crops'
+    top-1 classes), all under ``torch.inference_mode`` and, on the CPU, with the crops and the model's
+    convolution weights channels-last (:func:`channels_last_model`): 1.4–2× the contiguous layout's
+    throughput for EfficientNet-Lite0 (``conceptlens bench craft``), and the same numbers up to rounding.
 
     Parameters
     ----------
@@ -274,8 +334,16 @@ def crop_activations(
         ``[N, C, H, W]`` normalised images (any channel count, any aspect ratio).
     patch_size, stride
         As in :func:`crops`.
+    border
+        The border-aligned crops (:func:`crops`): ``"auto"`` (default) adds them only when they add at most
+        25 % crops; e.g. not for 224-px images, patch 64 (16 crops per image instead of 25).
     crops_per_pass
         Bound on the crops held in memory at once.
+    batch_size
+        Crops per forward pass of ``g`` (default: the split's ``batch_size``).
+    channels_last
+        Run the pass channels-last on the CPU (the model's weights are converted for the pass and restored
+        after it); False keeps the model as it is.
     progress
         Progress bar (None: only on a terminal).
 
@@ -292,25 +360,54 @@ def crop_activations(
     """
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[0] == 0:
         raise ImageError(f"expected images [N,C,H,W] with N ≥ 1, got {list(getattr(x, 'shape', []))}")
+    crops_per_pass = check_int("crops_per_pass", crops_per_pass, 1, hint="e.g. 256 crops per pass")
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    rows, idx, bxs, pred = [], [], [], []
-    first, _, _ = crops(x[:1], patch_size, stride)  # crops per image (cheap: one image, not resized)
-    per_image = int(first.shape[0])
+    per_image = grid_size(size, patch_size, stride, border)
     step = max(1, crops_per_pass // per_image)
-    for i0 in progress_bar(range(0, x.shape[0], step), desc="crops", enable=progress, min_items=2):
-        c, ii, bb = crops(x[i0 : i0 + step], patch_size, stride, out_size=size)
-        A = split.g(c, progress=False)
-        if not torch.isfinite(A).all():
-            raise ActivationError(
-                f"activations of the crops at layer {split.layer!r} contain NaN/Inf; check the images' "
-                "normalisation (cl.data.load_images with the model's preset)"
-            )
-        with torch.no_grad():
-            pred.append(split.h(A).argmax(1).cpu())
-        rows.append(crop_rows(A))
-        idx.append(ii.cpu() + i0)
-        bxs.append(bb.cpu())
+    bs = batch_size if batch_size is not None else getattr(split, "batch_size", 32)
+    rows, idx, bxs, pred = [], [], [], []
+    with channels_last_model(split, channels_last and x.device.type == "cpu") as layout:
+        for i0 in progress_bar(range(0, x.shape[0], step), desc="crops", enable=progress, min_items=2):
+            with torch.inference_mode():
+                c, ii, bb = crops(x[i0 : i0 + step], patch_size, stride, out_size=size, border=border)
+                A = split.g(c.contiguous(memory_format=layout), batch_size=bs, progress=False)
+                if not torch.isfinite(A).all():
+                    raise ActivationError(
+                        f"activations of the crops at layer {split.layer!r} contain NaN/Inf; check the "
+                        "images' normalisation (cl.data.load_images with the model's preset)"
+                    )
+                pred.append(split.h(A).argmax(1).cpu())
+                rows.append(crop_rows(A))
+            idx.append(ii.cpu() + i0)
+            bxs.append(bb.cpu())
+    # outside inference mode: torch.cat makes ordinary tensors, which the fit may update in place
     return torch.cat(rows), torch.cat(idx), torch.cat(bxs), torch.cat(pred)
+
+
+@contextmanager
+def channels_last_model(split: Any, on: bool = True) -> Iterator[torch.memory_format]:
+    """The model's 4-d weights channels-last for the block (``on``), restored to contiguous after it.
+
+    Yields the memory format to give the inputs (``torch.channels_last`` or ``torch.contiguous_format``).
+    Only parameters and buffers that were contiguous 4-d tensors are converted and restored, so a model
+    that was already channels-last, or has other layouts, is left as it was.
+    """
+    model = getattr(split, "model", None)
+    if not on or not isinstance(model, torch.nn.Module):
+        yield torch.contiguous_format
+        return
+    changed = []
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.ndim == 4 and t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+                changed.append(t)
+    try:
+        yield torch.channels_last
+    finally:
+        with torch.no_grad():
+            for t in changed:
+                t.data = t.data.contiguous()
 
 
 def stream_crop_activations(
@@ -320,6 +417,7 @@ def stream_crop_activations(
     stride: int | float | None = None,
     *,
     sink: Callable[[torch.Tensor], None],
+    border: bool | str = "auto",
     crops_per_pass: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`crop_activations` over a stream of image batches: crops are cut and run per batch of images.
@@ -330,7 +428,7 @@ def stream_crop_activations(
         The model split (``g``, ``h``).
     batches
         Image batches ``[b, C, H, W]`` of one size (e.g. ``ImageSource.batches()`` without labels).
-    patch_size, stride, crops_per_pass
+    patch_size, stride, border, crops_per_pass
         As in :func:`crop_activations`.
     sink
         Receives each batch's crop rows ``[m_b, C']`` (e.g. ``RowBuffer.append``: memory or a store), so
@@ -347,8 +445,8 @@ def stream_crop_activations(
     """
     idx, bxs, pred, start = [], [], [], 0
     for xb in batches:
-        rows, ii, bb, pp = crop_activations(split, xb, patch_size, stride, crops_per_pass=crops_per_pass,
-                                            progress=False)
+        rows, ii, bb, pp = crop_activations(split, xb, patch_size, stride, border=border,
+                                            crops_per_pass=crops_per_pass, progress=False)
         sink(rows)
         idx.append(ii + start)
         bxs.append(bb)
