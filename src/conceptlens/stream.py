@@ -150,7 +150,8 @@ def fit_source(ex: Any, data: Any, target: int | str | None = None, *, recursive
             crop_buf = RowBuffer(budget, None if store_dir is None else os.path.join(store_dir, "crops"))
             patch, stride = d.crop_params()
             index, boxes, predicted = stream_crop_activations(split, (x for x, _ in src.batches()), patch,
-                                                              stride, sink=crop_buf.append)
+                                                              stride, sink=crop_buf.append,
+                                                              border=getattr(d, "border", "auto"))
             rows: Any = crop_buf.data()
         else:
             rows = ext.data()
