@@ -95,3 +95,15 @@ def test_bad_input_on_a_source_says_what_to_do(fitted, folder: Path, tmp_path: P
         cl.report.write(ex, str(folder), tmp_path, batchsize=3)
     with pytest.raises(ParameterError, match="shuffle=False"):  # a second pass would give other images
         cl.report.write(ex, DataLoader(TensorDataset(x), batch_size=8, shuffle=True), tmp_path)
+
+
+def test_fitted_out_of_core_from_the_folder_then_reported_from_it(fitted, folder: Path,
+                                                                  tmp_path: Path) -> None:
+    ex, x, names = fitted
+    streamed = cl.ConceptExplainer(ex.split, method="nmf", n_concepts=K, importance="linear", seed=0,
+                                   method_params={"batch_size": 256}, progress=False)
+    streamed.fit(str(folder), target=1, batch_size=6, memory_budget=1)  # every activation to the store
+    assert streamed.stream_["on_disk"] and streamed.stream_["n_images"] == N
+    cl.report.write(streamed, str(folder), tmp_path / "stream", batch_size=6, progress=False)
+    cl.report.write(streamed, x, tmp_path / "memory", names=names, progress=False)
+    assert _page(tmp_path / "stream") == _page(tmp_path / "memory")
