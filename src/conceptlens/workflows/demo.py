@@ -250,15 +250,15 @@ README_MARKERS = ("<!-- demo-table: written by `make demo` (bench/results/demo.m
                   "<!-- end demo-table -->")
 
 
-def splice_readme(readme: str | os.PathLike[str], table_md: str) -> Path:
-    """Put ``table_md`` between the :data:`README_MARKERS` of ``readme`` (atomically); ParameterError when
-    the markers are missing."""
+def splice_readme(readme: str | os.PathLike[str], table_md: str,
+                  markers: tuple[str, str] = README_MARKERS) -> Path:
+    """Put ``table_md`` between the ``markers`` lines of ``readme`` (atomically; default: the demo table's
+    :data:`README_MARKERS`); ParameterError when the markers are missing."""
     p = Path(readme)
     text = p.read_text()
-    start, end = README_MARKERS
+    start, end = markers
     i, j = text.find(start), text.find(end)
     if i < 0 or j < i:
-        raise ParameterError(f"{str(p)!r} has no demo-table markers ({start!r} … {end!r}); add them where "
-                             "the table belongs")
+        raise ParameterError(f"{str(p)!r} has no markers ({start!r} … {end!r}); add them where the block "
+                             "belongs")
     return atomic_write(p, text[: i + len(start)] + "\n" + table_md + text[j:])
-
