@@ -194,3 +194,23 @@ class _OddTokens(ToyViT):
 def test_a_token_layer_with_an_unexpected_token_count_is_refused() -> None:
     with pytest.raises(cl.ConceptLensError, match=r"'blocks\.1' gave 20 tokens for a 32×32 input.*1 class"):
         cl.ModelSplit(_OddTokens(), "blocks.1")
+
+
+@pytest.mark.parametrize("signed", ["keep", "split"])
+def test_saved_vit_explainer_reloads_its_split_exactly(tmp_path, signed: str) -> None:  # type: ignore[no-untyped-def]
+    """The file keeps ``signed`` and the reference class tokens h puts back, so the reloaded explainer's
+    numbers are the fitted one's, bit for bit (before: the probe's noise tokens, and no signed view)."""
+    model = ToyViT(n_prefix=2)
+    x = _x(8)
+    split = cl.ModelSplit(model, "blocks.1", signed=signed).set_reference(x)
+    method = "nmf" if signed == "split" else "pca"
+    ex = cl.ConceptExplainer(split, method=method, n_concepts=3, seed=0).fit(x, target=0)
+    ex.save(tmp_path / "vit.cl")
+    back = cl.ConceptExplainer.load(tmp_path / "vit.cl", model=ToyViT(n_prefix=2))
+    assert back.split.signed == signed
+    assert torch.equal(back.split.extra_tokens_, split.extra_tokens_)
+    a, b = ex.explain(x), back.explain(x)
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.contributions, b.contributions)
+    with pytest.raises(cl.ConceptLensError, match="signed"):
+        cl.ConceptExplainer.load(tmp_path / "vit.cl", split=cl.ModelSplit(
+            ToyViT(n_prefix=2), "blocks.1", signed="split" if signed == "keep" else "keep"))

@@ -107,6 +107,9 @@ def save(ex: Any, path: str | os.PathLike[str]) -> Path:
     if crops is not None:
         for name in ("image_index", "boxes", "scores", "predicted"):
             tensors[f"crops.{name}"] = getattr(crops, name).detach().cpu().contiguous()
+    extra = getattr(ex.split, "extra_tokens_", None)
+    if extra is not None:  # a token layer's class / register tokens that h puts back (set_reference)
+        tensors["split.extra_tokens"] = extra.detach().cpu().contiguous()
     tree_structure = None
     if getattr(ex, "tree_", None) is not None:
         from conceptlens.recursive import tree_state
@@ -123,6 +126,7 @@ def save(ex: Any, path: str | os.PathLike[str]) -> Path:
                      "safetensors": getattr(safetensors, "__version__", "?")},
         "model": getattr(ex.split.model, "cl_name", type(ex.split.model).__name__),
         "layer": ex.split.layer,
+        "signed": ex.split.signed,
         "params": ex.get_params(),
         "decomposition_params": _jsonable(ex.decomposition_.get_params()),
         "target": ex.target_,
@@ -186,10 +190,20 @@ def load(
             model = model_named_in(manifest, path, trust_code=trust_code)
         elif isinstance(model, str):  # the caller's own choice of name, not the file's
             model = models.load(model)
-        split = ModelSplit(model, manifest["layer"])
-    elif split.layer != manifest["layer"]:
-        raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r}, "
-                             f"the split is at {split.layer!r}")
+        split = ModelSplit(model, manifest["layer"], signed=manifest.get("signed", "keep"))
+    elif split.layer != manifest["layer"] or split.signed != manifest.get("signed", "keep"):
+        saved = manifest.get("signed", "keep")
+        raise SavedFileError(f"the explainer was fitted at layer {manifest['layer']!r} with signed={saved!r},"
+                             f" the split is at {split.layer!r} with signed={split.signed!r}: make the split "
+                             "with those")
+    if "split.extra_tokens" in tensors:  # h puts back the class tokens it was fitted with (on split too)
+        now = getattr(split, "extra_tokens_", None)  # the probe's (or the caller's reference), [E, C]
+        want = None if now is None else tuple(now.shape)
+        got = tuple(tensors["split.extra_tokens"].shape)
+        if got != want:
+            raise SavedFileError(f"{str(path)!r} holds extra tokens of shape {got}, but layer "
+                                 f"{split.layer!r} takes {want}: load it with the model it was fitted on")
+        split.extra_tokens_ = tensors["split.extra_tokens"].to(split.device)
     p = manifest["params"]
     ex = cls(split, method=p["method"], n_concepts=p["n_concepts"], importance=p["importance"],
              seed=p["seed"],
@@ -340,9 +354,11 @@ def validate(manifest: dict[str, Any], tensors: dict[str, torch.Tensor], p: Path
     if unknown:
         raise _fail(p, f"{method} has no parameter(s) {unknown}")
     fields = {f"decomposition.{f}" for f in dcls.state_fields}
+    if manifest.get("signed", "keep") not in ("keep", "split"):
+        raise _fail(p, f"the manifest's 'signed' is {manifest.get('signed')!r}")
     allowed = fields | {"importance", "weights", "fit_scores", "fit_logits", "importance_ci_low",
-                        "importance_ci_high"} | {f"crops.{n}" for n in ("image_index", "boxes", "scores",
-                                                                          "predicted")}
+                        "importance_ci_high", "split.extra_tokens"} | {
+        f"crops.{n}" for n in ("image_index", "boxes", "scores", "predicted")}
     extra = sorted(n for n in tensors if n not in allowed and not n.startswith("tree."))
     if extra:
         raise _fail(p, f"unexpected tensors {extra[:5]}")
