@@ -214,3 +214,13 @@ def test_saved_vit_explainer_reloads_its_split_exactly(tmp_path, signed: str) ->
     with pytest.raises(cl.ConceptLensError, match="signed"):
         cl.ConceptExplainer.load(tmp_path / "vit.cl", split=cl.ModelSplit(
             ToyViT(n_prefix=2), "blocks.1", signed="split" if signed == "keep" else "keep"))
+
+
+def test_fit_takes_the_reference_class_tokens_from_its_images() -> None:
+    split = cl.ModelSplit(ToyViT(n_prefix=2), "blocks.1")
+    x = _x(8)
+    probe_tokens = split.extra_tokens_.clone()
+    cl.ConceptExplainer(split, method="pca", n_concepts=3, seed=0).fit(x, target=0)
+    _, extra = split.g(x, return_extra=True)
+    assert torch.equal(split.extra_tokens_, extra.mean(0))
+    assert not torch.equal(split.extra_tokens_, probe_tokens)

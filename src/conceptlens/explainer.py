@@ -327,6 +327,7 @@ class ConceptExplainer(ExplainerDisplay):
             layers = earlier_stages(self.split)
         if layers and not recursive:
             raise ParameterError("layers=… is only used with recursive=True")
+        self.split.set_reference(x)  # token layers: h puts back these images' mean class tokens (saved too)
         A = self.activations(x) if A is None else _matching(A, x)
         with torch.no_grad():
             logits = self.split.h(A)
