@@ -71,3 +71,17 @@ def test_pickled_code_is_never_executed(tmp_path) -> None:
     with pytest.raises(ModelError, match="safely"):
         cl.models.load("torchvision:resnet18", weights=bad)
     assert not marker.exists()
+
+
+def test_shipped_imagenet_class_names_are_torchvisions_and_need_no_torchvision_import() -> None:
+    import subprocess
+    import sys
+
+    from torchvision.models import ResNet50_Weights
+
+    from conceptlens.io.models import imagenet_classes
+
+    assert imagenet_classes() == list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    code = ("import sys; from conceptlens.io import models; m = models.load('efficientnet_lite0'); "
+            "assert m.preset.classes[285] == 'Egyptian cat'; assert 'torchvision' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

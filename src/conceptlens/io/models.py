@@ -30,6 +30,7 @@ and ``model.cl_name`` (the name it was loaded by, saved in explainer manifests).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from pathlib import Path
@@ -50,10 +51,16 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def imagenet_classes() -> list[str]:
-    """The 1,000 ImageNet-1k class names, offline (from torchvision's weight metadata)."""
-    from torchvision.models import ResNet50_Weights
+    """The 1,000 ImageNet-1k class names, offline: torchvision's weight metadata (``categories``), shipped as
+    ``imagenet_classes.txt`` beside this module, so that naming classes does not import torchvision
+    (1.4 s); a test checks the file against torchvision's list."""
+    return list(_imagenet_classes())
 
-    return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_classes() -> tuple[str, ...]:
+    text = (Path(__file__).with_name("imagenet_classes.txt")).read_text(encoding="utf-8")
+    return tuple(text.splitlines())
 
 
 IMAGENET_PRESET = Preset(size=224, mean=_IMAGENET_MEAN, std=_IMAGENET_STD, classes=[])
