@@ -268,6 +268,34 @@ def test_concept_head_receives_masked_activations():
         assert solved.min() > -1e-5 and solved.max() < 1 + 1e-5
 
 
+def test_head_runs_in_inference_mode_on_one_reused_buffer_and_matches_a_per_design_loop():
+    U, W = concept_world(N=3, hw=(2, 3), k=4, C=6, seed=5)
+    head = GapLinear(6, 3)
+    ptrs: list[int] = []
+
+    def h(a: torch.Tensor) -> torch.Tensor:
+        assert torch.is_inference_mode_enabled()  # no autograd bookkeeping on the hot path
+        ptrs.append(a.data_ptr())
+        return head(a)
+
+    res = sobol.concept_total_indices(U, W, h, 2, n_designs=8, batch_size=24, n_boot=0, chunk_bytes=None)
+    assert len(ptrs) > 3 and len(set(ptrs)) == 1  # every call's activations are written into one buffer
+    # the same numbers as evaluating every design of every image alone, in float64
+    A, B = sobol.sobol_design(4, 8, 0)
+    Ud, Wd = U.double(), W.double()
+    hd = GapLinear(6, 3).double()
+    y = torch.empty(3, 5, 8, dtype=torch.float64)  # [image, block (A, C_1..C_4), design]
+    for i in range(3):
+        for b in range(5):
+            Mb = A.clone()
+            if b:
+                Mb[:, b - 1] = B[:, b - 1]
+            for j in range(8):
+                y[i, b, j] = hd(((Ud[i] * Mb[j]) @ Wd)[None])[0, 2]
+    ref = ((y[:, :1] - y[:, 1:]).square().mean(-1) / 2) / y[:, 0].var(-1, correction=1)[:, None]
+    torch.testing.assert_close(res.per_image, ref, rtol=2e-4, atol=1e-6)
+
+
 def test_progress_bar_is_shown_on_request(capsys):
     U, W = concept_world(N=2, k=3, C=4)
     sobol.concept_total_indices(U, W, GapLinear(4, 3), 0, n_designs=8, batch_size=8, n_boot=0, progress=True)

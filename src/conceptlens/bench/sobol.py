@@ -80,7 +80,7 @@ def run_benchmark(quick: bool = False, out: Path | str = Path("bench/results")) 
         bare_s.append(bare_head_seconds(split.h, A, sizes))
     s_med, b_med = statistics.median(sobol_s), statistics.median(bare_s)
     row = {"k": k, "n_images": N, "n_designs": n, "h_rows": n_rows, "calls": len(sizes), "plan": list(plan),
-           "sobol_s": round(s_med, 3), "bare_h_s": round(b_med, 3), "overhead": round(s_med / b_med - 1, 4),
+           "sobol_s": round(s_med, 4), "bare_h_s": round(b_med, 4), "overhead": round(s_med / b_med - 1, 4),
            "target_overhead": 0.20, "indices": [round(float(v), 4) for v in res.indices]}
     print(f"Sobol total indices, k={k}, {N} images × {n} designs × {k + 1} = {n_rows} rows of h "
           f"(layer {split.layer}): {s_med:.2f} s against bare h {b_med:.2f} s "
