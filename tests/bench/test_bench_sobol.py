@@ -52,5 +52,6 @@ def test_quick_bench_writes_its_row(tmp_path, one_thread_unless_slow) -> None:  
     row = out["row"]
     assert row["h_rows"] == row["n_images"] * row["n_designs"] * (row["k"] + 1)
     assert row["overhead"] == pytest.approx(row["sobol_s"] / row["bare_h_s"] - 1, abs=2e-3)
+    assert row["write_floor_over_bare"] == pytest.approx(row["write_floor_s"] / row["bare_h_s"], rel=1e-2)
     assert len(row["indices"]) == 10 and all(math.isfinite(v) for v in row["indices"])
     assert (tmp_path / "sobol.json").exists()
