@@ -23,10 +23,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from conceptlens.errors import OutputError
+from conceptlens.errors import OutputError, ParameterError
 
 __all__ = ["atomic_write", "atomic_write_with", "write_json", "write_csv", "json_safe", "sha256_bytes",
-           "file_mode"]
+           "file_mode", "splice"]
 
 
 def _umask() -> int:
@@ -131,3 +131,16 @@ def sha256_bytes(*chunks: bytes) -> str:
     for c in chunks:
         h.update(c)
     return h.hexdigest()
+
+
+def splice(path: str | os.PathLike[str], markers: tuple[str, str], block: str) -> Path:
+    """Put ``block`` between the ``markers`` lines of the text file ``path`` (atomically): how commands
+    write their tables into a README. ParameterError when the markers are missing."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    start, end = markers
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ParameterError(f"{str(p)!r} has no markers ({start!r} … {end!r}); add them where the block "
+                             "belongs")
+    return atomic_write(p, text[: i + len(start)] + "\n" + block + text[j:])

@@ -99,7 +99,8 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     Parameters
     ----------
     what
-        A key of :data:`BENCHES`, ``"all"`` (then also ``summary.md``) or ``"summary"`` (only that).
+        A key of :data:`BENCHES`, ``"all"`` (then also ``summary.md``) or ``"summary"`` (only that; both
+        also rewrite the summary and scale blocks of ``README.md`` in the working folder, when it has them).
     quick
         Small sizes (seconds instead of minutes; the tests use it).
     out
@@ -110,7 +111,7 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     if what == "summary":
         from conceptlens.bench.summary import write_summary
 
-        return {"summary": str(write_summary(out))}
+        return {"summary": str(write_summary(out, readme="README.md"))}
     names = list(BENCHES) if what == "all" else [what]
     for n in names:
         if n not in BENCHES:
@@ -126,5 +127,5 @@ def run(what: str = "all", *, quick: bool = False, out: Path | str = Path("bench
     if what == "all":
         from conceptlens.bench.summary import write_summary
 
-        results["summary"] = str(write_summary(out))
+        results["summary"] = str(write_summary(out, readme="README.md"))
     return results

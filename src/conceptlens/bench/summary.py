@@ -16,13 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conceptlens._io import atomic_write
+from conceptlens._io import atomic_write, splice
 
-__all__ = ["headlines", "summary_table", "write_summary", "EXTRACTORS", "README_MARKERS"]
+__all__ = ["headlines", "summary_table", "write_summary", "EXTRACTORS", "README_MARKERS", "SCALE_MARKERS"]
 
 #: The lines between which the README holds the summary (``make bench`` splices it, a test compares).
 README_MARKERS = ("<!-- bench-summary: written by `make bench` (bench/results/summary.md); do not edit -->",
                   "<!-- end bench-summary -->")
+#: The lines between which the README holds the scale table (``bench/results/scale.md``).
+SCALE_MARKERS = ("<!-- scale-table: written by `conceptlens bench summary` (bench/results/scale.md); do not "
+                 "edit -->", "<!-- end scale-table -->")
 
 Headline = dict[str, Any]
 
@@ -181,12 +184,19 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_summary(folder: Path | str = Path("bench/results")) -> Path:
+def write_summary(folder: Path | str = Path("bench/results"), readme: Path | str | None = None) -> Path:
     """Write ``folder/summary.md`` (and ``scale.md``, the docs' scale table) from the JSON results in
-    ``folder``; returns the summary's path."""
+    ``folder``, and splice both into ``readme`` between :data:`README_MARKERS` / :data:`SCALE_MARKERS`
+    when it is a file that holds them; returns the summary's path."""
     from conceptlens.bench.scale_table import write_table
 
-    write_table(folder)  # the docs' scale table, from the same folder's scale.json
+    scale = write_table(folder)  # the docs' scale table, from the same folder's scale.json
     table = summary_table(headlines(folder))
     print(table)
-    return atomic_write(Path(folder) / "summary.md", table)
+    path = atomic_write(Path(folder) / "summary.md", table)
+    text = Path(readme).read_text(encoding="utf-8") if readme is not None and Path(readme).is_file() else ""
+    if README_MARKERS[0] in text:
+        splice(readme, README_MARKERS, table)  # type: ignore[arg-type]
+    if scale is not None and SCALE_MARKERS[0] in text:
+        splice(readme, SCALE_MARKERS, scale.read_text(encoding="utf-8"))  # type: ignore[arg-type]
+    return path

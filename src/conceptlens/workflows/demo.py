@@ -25,8 +25,7 @@ import torch
 
 from conceptlens import decompose
 from conceptlens._check import is_finite
-from conceptlens._io import atomic_write
-from conceptlens.errors import ParameterError
+from conceptlens._io import atomic_write, splice
 from conceptlens.report.base import Section
 from conceptlens.split.model_split import ModelSplit
 from conceptlens.workflows.compare import (
@@ -254,11 +253,4 @@ def splice_readme(readme: str | os.PathLike[str], table_md: str,
                   markers: tuple[str, str] = README_MARKERS) -> Path:
     """Put ``table_md`` between the ``markers`` lines of ``readme`` (atomically; default: the demo table's
     :data:`README_MARKERS`); ParameterError when the markers are missing."""
-    p = Path(readme)
-    text = p.read_text()
-    start, end = markers
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i:
-        raise ParameterError(f"{str(p)!r} has no markers ({start!r} … {end!r}); add them where the block "
-                             "belongs")
-    return atomic_write(p, text[: i + len(start)] + "\n" + table_md + text[j:])
+    return splice(readme, markers, table_md)
