@@ -25,4 +25,14 @@ def test_bench_masks_quick_writes_valid_json(tmp_path) -> None:
     assert len(payload["per_image"]) == 2 and set(payload["targets"]) >= {"per_image_seconds_le_30"}
     w = payload["world"]
     assert [r["method"] for r in w["rows"]][0] == "mask" and all(0 <= r["iou_key"] <= 1 for r in w["rows"])
-    assert (tmp_path / "masks.md").read_text().startswith("### Minimal masks")
+    md = (tmp_path / "masks.md").read_text()
+    # the headline is the default configuration, then the former default against it on the same photos
+    assert md.startswith("### Headline: the default configuration")
+    assert md.index("Before / after") < md.index("### Minimal masks")
+    heads = payload["headline"]
+    assert heads[0]["what"].startswith("masks, default") and isinstance(heads[0]["met"], bool)
+    ba = payload["before_after"]
+    assert [r["config"] for r in ba["rows"]] == ["former default", "default"]
+    assert ba["rows"][0]["params"]["fold"] is False and ba["rows"][1]["params"]["fold"] is True
+    assert ba["speedup_wall"] == pytest.approx(
+        ba["rows"][0]["seconds_per_image"] / ba["rows"][1]["seconds_per_image"], rel=0.01)

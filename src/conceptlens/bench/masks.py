@@ -47,7 +47,11 @@ from conceptlens.workflows.masks import (
     key_concept_scores,
 )
 
-__all__ = ["benchmark", "benchmark_markdown", "run_benchmark"]
+__all__ = ["benchmark", "benchmark_markdown", "run_benchmark", "FORMER_DEFAULTS"]
+
+#: The per-image defaults before #24 item 1 (necessity term on, both area paths, 100 steps, the model's own
+#: batch norms): the peer the default's speed-up is measured against, on the same photos in the same run.
+FORMER_DEFAULTS: dict[str, Any] = {"area_mode": "both", "steps": 100, "fold": False}
 
 _BENCH_COLS = ("kept_fraction", "top1_kept", "confidence", "independent_top1", "complement_top1",
                "complement_confidence", "deletion_auc", "insertion_auc")
@@ -187,9 +191,63 @@ def _held_out(model: torch.nn.Module, am_ex: MaskExplainer, x: torch.Tensor, *, 
     return held
 
 
+def _before_after(model: torch.nn.Module, x: torch.Tensor, names: Sequence[str], *, seed: int,
+                  quick: bool, progress: bool | None) -> dict[str, Any]:
+    """The former and the current default on the same photos, one after the other in this run.
+
+    Returns ``{"images", "rows": [{"config", "seconds_per_image", "cpu_seconds_per_image", "kept_mean",
+    "top1_kept", "complement_keeps", "kept_per_image"}], "speedup_wall", "speedup_cpu"}``.
+    """
+    rows = []
+    for label, params in (("former default", FORMER_DEFAULTS), ("default", {})):
+        kw = {**params, "steps": 4} if quick else dict(params)
+        ex = MaskExplainer(model, seed=seed, progress=progress, **kw)
+        t0, c0 = time.perf_counter(), time.process_time()
+        r = ex.explain(x)
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        n = x.shape[0]
+        comp = r.complement_top1 if r.complement_top1 is not None else torch.zeros(n, dtype=torch.bool)
+        rows.append({"config": label, "params": {k: v for k, v in ex.get_params().items() if k in
+                                                 ("steps", "area_mode", "fold", "patience", "frontier")},
+                     "seconds_per_image": round(wall / n, 3), "cpu_seconds_per_image": round(cpu / n, 3),
+                     "kept_mean": round(float(r.kept_fraction.mean()), 4),
+                     "kept_per_image": [round(float(v), 4) for v in r.kept_fraction],
+                     "top1_kept": f"{int(r.same_top1.sum())}/{n}",
+                     "complement_keeps": f"{int(comp.sum())}/{n}"})
+    before, after = rows
+
+    def ratio(key: str) -> float:
+        return round(before[key] / max(after[key], 1e-9), 2)
+
+    return {"images": list(names), "rows": rows, "speedup_wall": ratio("seconds_per_image"),
+            "speedup_cpu": ratio("cpu_seconds_per_image")}
+
+
+def _headline(row: Mapping[str, Any], n: int, ba: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The summary's rows (``bench/results/summary.md``): the default configuration first."""
+    s = row["seconds_per_image"]
+    top1 = round(row["top1_kept"] * n)
+    comp = round(row["complement_top1"] * n)
+    out = [
+        {"what": "masks, default (necessity on): seconds per image (2 cores)", "value": f"{s:.1f} s",
+         "target": "≤ 5 s", "met": s <= 5.0},
+        {"what": "masks, default: kept area mean / max, class kept, complement keeps the class",
+         "value": f"{100 * row['kept_fraction']:.1f} % / {100 * row['kept_max']:.1f} %, "
+                  f"{top1}/{n}, {comp}/{n}",
+         "target": "≤ 7.9 % / 20.3 %, 13/13, 0/13 (the former default)",
+         "met": row["kept_fraction"] <= 0.079 and row["kept_max"] <= 0.203 and top1 == n and comp == 0},
+    ]
+    if ba is not None:
+        out.append({"what": f"masks: former default / default, wall time on the same {len(ba['images'])} "
+                            "photos in the same run", "value": f"{ba['speedup_wall']:.2f}×", "target": "≥ 5×",
+                    "met": ba["speedup_wall"] >= 5.0})
+    return out
+
+
 def benchmark(
     *, quick: bool = False, seed: int = 0, progress: bool | None = False, verbose: bool = True,
     amortised_steps: int | None = None, explainer_params: Mapping[str, Any] | None = None,
+    before_after: int = 2,
 ) -> dict[str, Any]:
     """The measured comparison of minimal masks with occlusion and Grad-CAM (``conceptlens bench masks``).
 
@@ -213,6 +271,9 @@ def benchmark(
         Training steps of the amortised generator (default 100; 3 in quick mode).
     explainer_params
         Extra :class:`MaskExplainer` arguments of the per-image run (default: none, the default settings).
+    before_after
+        Photos on which the former default (:data:`FORMER_DEFAULTS`) and the default run one after the
+        other, for the speed-up measured in the same run (0: skip).
 
     Returns
     -------
@@ -248,6 +309,10 @@ def benchmark(
     held = _held_out(model, am_ex, x, quick=quick, seed=seed)
     world = _world_scores(seed, n_world, world_steps, progress)
 
+    ba = None
+    if before_after:
+        k = min(before_after, n)
+        ba = _before_after(model, x[:k], names[:k], seed=seed, quick=quick, progress=progress)
     mask_row, am_row = rows[0], am_rows[0]
     targets = {
         "kept_le_10pct_on_top1_ge_90pct": bool(mask_row["small_and_kept"] >= 0.9),
@@ -258,6 +323,9 @@ def benchmark(
         "kept_le_10pct_on_every_photo": bool(mask_row["small_and_kept"] >= 1.0),
     }
     payload: dict[str, Any] = {
+        "benchmark": "masks",
+        "headline": _headline(mask_row, n, ba),
+        "before_after": ba,
         "config": {"model": "efficientnet_lite0", "images": names, "size": int(x.shape[-1]), "quick": quick,
                    "seed": seed, "explainer": per_ex.get_params(), "amortised_steps": amortised_steps,
                    "auc_steps": auc_steps, "occlusion": occ_params or "default (patch H/7, stride patch/2)",
@@ -290,6 +358,29 @@ def _detail_text(detail: int | None, side: int) -> str:
     return f"{d}² (detail)"
 
 
+_BA = [Column("config", "configuration", kind="str"), Column("params", "settings", kind="str"),
+       Column("seconds_per_image", "s / image (wall)"), Column("cpu_seconds_per_image", "CPU s / image"),
+       Column("kept_mean", "kept (mean)", kind="pct", digits=1),
+       Column("top1_kept", "class kept", kind="str"),
+       Column("complement_keeps", "complement keeps the class ↓", kind="str")]
+
+
+def _headline_markdown(payload: Mapping[str, Any]) -> list[str]:
+    """The headline (the default configuration) and the before / after table, as Markdown lines."""
+    cfg = payload["config"]
+    out = [f"### Headline: the default configuration ({cfg['threads']} threads, load average "
+           f"{cfg['load_average']})", ""]
+    out += [f"- {h['what']}: **{h['value']}** (target {h['target']}: {'met' if h['met'] else 'missed'})"
+            for h in payload.get("headline", [])]
+    ba = payload.get("before_after")
+    if ba:
+        rows = [{**r, "params": ", ".join(f"{k} {v}" for k, v in r["params"].items())} for r in ba["rows"]]
+        out += ["", f"Before / after on {', '.join(ba['images'])}, one after the other in this run: "
+                f"{ba['speedup_wall']}× less wall time, {ba['speedup_cpu']}× less CPU time.", "",
+                Table(_BA, rows).markdown(mark_best=False)]
+    return out + [""]
+
+
 def benchmark_markdown(payload: Mapping[str, Any]) -> str:
     """The tables of :func:`benchmark` as Markdown."""
     cfg = payload["config"]
@@ -299,7 +390,7 @@ def benchmark_markdown(payload: Mapping[str, Any]) -> str:
     def table(columns: Sequence[Column], rows: Sequence[Mapping[str, Any]]) -> str:
         return Table(columns, rows).markdown(mark_best=False)
 
-    out = [
+    out = _headline_markdown(payload) + [
         f"### Minimal masks on EfficientNet-Lite0 ({len(cfg['images'])} sample photos at {cfg['size']}², "
         f"{cfg['threads']} threads, load average {cfg['load_average']})",
         "",

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conceptlens._check import check_float, check_int
+from conceptlens.attribution.masks.fold import fold_batchnorm
 from conceptlens.attribution.masks.generator import GroupedUNet
 from conceptlens.attribution.masks.losses import DEFAULT_WEIGHTS, independent_backgrounds, reference
 from conceptlens.attribution.masks.optimise import Search, search, train_amortised
@@ -188,6 +189,15 @@ class MaskExplainer:
     select
         Which visited mask to return: the smallest that keeps the target top-1 on ``e`` (``"zero"``), or on
         ``e`` and on one draw of each noise background (``"all"``).
+    frontier
+        What "the mask holds" means for the area schedules (the budget's shrink / growth, the penalty's
+        clock with ``area_pause``): ``"class"`` (default) the mask keeps the target; ``"both"`` it also
+        leaves a complement that loses it (with the necessity term on).
+    fold
+        Run the search on a copy of the model with its eval-mode batch norms folded into the convolutions
+        before them (:func:`~conceptlens.attribution.masks.fold.fold_batchnorm`; checked against the model
+        on the images, else the model itself): the same function, about 18 % less time per step on
+        EfficientNet-Lite0. The reported numbers always come from the model itself.
     progress
         Progress bar over steps (None: only on a terminal).
     **weights
@@ -229,6 +239,8 @@ class MaskExplainer:
         patience: int | None = None,
         batch_size: int = 8,
         select: str = "zero",
+        frontier: str = "class",
+        fold: bool = True,
         progress: bool | None = None,
         **weights: float,
     ) -> None:
@@ -266,6 +278,10 @@ class MaskExplainer:
         if select not in ("all", "zero"):
             raise ParameterError(f"select must be 'all' or 'zero', got {select!r}")
         self.select = select
+        if frontier not in ("class", "both"):
+            raise ParameterError(f"frontier must be 'class' or 'both', got {frontier!r}")
+        self.frontier = frontier
+        self.fold = bool(fold)
         self.progress = progress
         self.layers_: dict[str, float] | None = None
         self.generator_: GroupedUNet | None = None
@@ -280,7 +296,7 @@ class MaskExplainer:
             "area_end": self.area_end, "area_pause": self.area_pause, "area_mode": self.area_mode,
             "budget_start": self.budget_start, "budget_min": self.budget_min, "budget_rate": self.budget_rate,
             "budget_grow": self.budget_grow, "restarts": self.restarts, "refine": self.refine,
-            "patience": self.patience,
+            "patience": self.patience, "frontier": self.frontier, "fold": self.fold,
             "batch_size": self.batch_size, "select": self.select, **self.weights,
         }
 
@@ -300,15 +316,16 @@ class MaskExplainer:
             self._input_shape = shape
         return self._sites
 
-    def _search(self, x: torch.Tensor, sites: Sequence[CallSite]) -> Search:
+    def _search(self, x: torch.Tensor, sites: Sequence[CallSite], model: nn.Module) -> Search:
         modes = ("budget", "penalty") if self.area_mode == "both" else (self.area_mode,)
         return Search(
-            model=self.model, sites=sites, layers=self.layers_ or {}, weights=self.weights, seed=self.seed,
+            model=model, sites=sites, layers=self.layers_ or {}, weights=self.weights, seed=self.seed,
             steps=self.steps, lr=self.lr, size=self._mask_size(x), detail=self._detail(x), width=self.width,
             init_logit=self.init_logit, area_end=self.area_end, area_pause=self.area_pause, modes=modes,
             budget_start=self.budget_start, budget_min=self.budget_min, budget_rate=self.budget_rate,
             budget_grow=self.budget_grow, restarts=self.restarts, refine=self.refine, select=self.select,
             batch_size=self.batch_size, progress=self.progress, patience=self.patience,
+            frontier=self.frontier,
         )
 
     def _result(
@@ -364,19 +381,22 @@ class MaskExplainer:
         if amortised:
             return self._explain_amortised(x, target)
         sites = self._setup(x)
-        outs = [self._explain_batch(x[i: i + self.batch_size], target, sites, i)
+        # the search runs on a copy with the batch norms folded (checked against the model on these
+        # images); the reference outputs and the reported numbers come from the model itself
+        fast = fold_batchnorm(self.model, x[: self.batch_size], sites) if self.fold else self.model
+        outs = [self._explain_batch(x[i: i + self.batch_size], target, sites, i, fast)
                 for i in range(0, x.shape[0], self.batch_size)]
         cat = {k: torch.cat([getattr(o, k) for o in outs]) for k in _PER_IMAGE}
         return MaskExplanation(**cat, history=_merge_histories([o.history for o in outs],
                                                                [o.masks.shape[0] for o in outs]))
 
     def _explain_batch(
-        self, x: torch.Tensor, target: Any, sites: Sequence[CallSite], offset: int
+        self, x: torch.Tensor, target: Any, sites: Sequence[CallSite], offset: int, model: nn.Module
     ) -> MaskExplanation:
         ref, logits0 = reference(self.model, x, sites)
         y = resolve_targets(self.model, slice_target(target, offset, x.shape[0]), logits0)
         p_ref = F.softmax(logits0 / self.weights["T"], 1)
-        masks, step, history = search(self._search(x, sites), x, y, ref, p_ref)
+        masks, step, history = search(self._search(x, sites, model), x, y, ref, p_ref)
         return self._result(masks, x, y, history, step)
 
     # ------------------------------------------------------------------ amortised mode

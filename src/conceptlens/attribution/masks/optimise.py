@@ -82,6 +82,7 @@ class Search:
     batch_size: int
     progress: bool | None
     patience: int | None = None  # stop a row after this many steps without a 2 % smaller selected mask
+    frontier: str = "class"  # what "holds" means for the schedules: "class" kept, or "both" (and necessary)
 
 
 #: A row's selected mask must shrink by this relative amount to count as progress for ``patience``.
@@ -259,7 +260,10 @@ def _keep_if_smaller(
     st.key[rows] = torch.where(ok, key, best)
     st.step[rows] = torch.where(ok, step, st.step[rows])
     st.last[rows] = hard
-    return kept_zero & kept_noise if s.select == "all" else kept_zero
+    holds = kept_zero & kept_noise if s.select == "all" else kept_zero
+    if s.frontier == "both" and "complement" in out:
+        holds = holds & (out["complement"].argmax(1) != y)
+    return holds
 
 
 def _advance(
