@@ -75,13 +75,14 @@ def test_summary_names_the_model_and_judges_craft_per_pass_and_memory_at_10000()
     from conceptlens.bench.summary import EXTRACTORS
 
     rows = [{"model": "timm:resnet18", "method": "nmf", "n_images": 1000, "on_disk": True, "ratio": 1.2,
-             "peak_rss_mb": 1500},
+             "peak_rss_mb": 1500, "loadavg": [2.5, 2.0, 1.0], "threads": 1},
             {"method": "craft", "n_images": 1000, "on_disk": False, "ratio": 26.0, "ratio_per_pass": 1.0,
              "forward_passes_per_image": 26.0, "peak_rss_mb": 1800},
             {"method": "nmf", "n_images": 10000, "on_disk": True, "ratio": 1.1, "peak_rss_mb": 2100}]
     h = EXTRACTORS["scale"]({"rows": rows})
     assert [(r["value"], r["met"]) for r in h] == [("1.20×", True), ("1.00×", True), ("2.10 GB", False)]
     assert h[0]["what"].startswith("resnet18 nmf on 1,000") and "per pass" in h[1]["what"]
+    assert (h[0]["load"], h[0]["threads"]) == (2.5, 1) and "load" not in h[1]  # the row's own, if any
 
 
 def test_the_docs_table_is_the_one_the_command_writes_from_the_committed_json() -> None:
