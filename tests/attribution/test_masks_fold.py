@@ -93,3 +93,32 @@ def test_a_conv_called_twice_is_not_folded() -> None:
     x = torch.randn(2, 3, 6, 6)
     assert conv_bn_pairs(model, x) == []
     assert fold_batchnorm(model, x) is model
+
+
+class SamePad(nn.Conv2d):
+    """A TensorFlow-style "same" convolution: a padding module of its own, then a convolution without."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, pad: tuple[int, int, int, int]) -> None:
+        super().__init__(cin, cout, k, stride, bias=False)
+        self.static_padding = nn.ZeroPad2d(pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.static_padding(x))
+
+
+def test_a_symmetric_padding_module_moves_into_the_convolution() -> None:
+    torch.manual_seed(1)
+    model = nn.Sequential(SamePad(3, 4, 3, 1, (1, 1, 1, 1)), nn.BatchNorm2d(4), nn.ReLU6(),
+                          SamePad(4, 4, 3, 2, (0, 1, 0, 1)), nn.BatchNorm2d(4), nn.Flatten(),
+                          nn.Linear(64, 3))
+    _stats(model[1], 4)
+    _stats(model[4], 5)
+    model.eval()
+    x = torch.randn(4, 3, 8, 8)
+    folded = fold_batchnorm(model, x)
+    assert folded is not model
+    assert isinstance(folded[0].static_padding, nn.Identity) and folded[0].padding == (1, 1)
+    # an asymmetric padding (stride 2, "same") cannot be a convolution's own: it stays a module
+    assert isinstance(folded[3].static_padding, nn.ZeroPad2d) and folded[3].padding == (0, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-5, atol=1e-5)

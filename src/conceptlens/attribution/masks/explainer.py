@@ -28,10 +28,11 @@ from :mod:`conceptlens.metrics.pixels`, the comparison with saliency baselines f
 Defaults: the loss weights are the authors' notebook values. The rest is ours, tuned on
 EfficientNet-Lite0 for two CPU cores (the authors: Adam 5e-5, 880 steps on a GPU): Adam lr 0.1, 100 steps,
 U-Net logits at ``H/8`` and the mask at ``H/2``, ``init_logit`` 1, ``area_end`` 32 without ``area_pause``,
-both area paths (budget: start 1, shrink 8 %, grow 4 % per step), one restart, refined. One step costs a
-forward and backward pass of the model on ``3N`` images per path (``6N`` with ``area_mode="both"``; the
-complements of the necessity term are a third of it). What
-each choice was measured to do: ``bench/results/masks_defaults.md``.
+the penalty area path (with the necessity term on, the budget path found no smaller necessary mask on the
+photos measured, for twice the cost; ``area_mode="both"`` was the default until #24), one restart, refined,
+on a copy of the model with its batch norms folded. One step costs a forward and backward pass of the model
+on ``3N`` images per path (``6N`` with ``area_mode="both"``; the complements of the necessity term are a
+third of it). What each choice was measured to do: ``bench/results/masks_defaults.md``.
 """
 
 from __future__ import annotations
@@ -164,8 +165,9 @@ class MaskExplainer:
         How the area is driven down: ``"penalty"`` (the authors' ``λ_area`` term, on our growing schedule),
         ``"budget"`` (the mask keeps exactly the top ``b_i`` fraction of pixels by logit, and ``b_i`` follows
         the class: × (1 − ``budget_rate``) after a step that keeps it, × (1 + ``budget_grow``) after one
-        that loses it) or ``"both"`` (default: one U-Net on each path per image, the smaller class-keeping
-        mask wins; twice the cost of one path).
+        that loses it) or ``"both"`` (one U-Net on each path per image, the smaller class-keeping mask
+        wins; twice the cost of one path). Default ``"penalty"``: with the necessity term on, the budget
+        path gave larger masks on every photo measured (``masks_defaults.md``).
     budget_start, budget_min
         First and smallest budget (fractions of the pixels).
     budget_rate, budget_grow
@@ -229,7 +231,7 @@ class MaskExplainer:
         init_logit: float = 1.0,
         area_end: float = 32.0,
         area_pause: bool = False,
-        area_mode: str = "both",
+        area_mode: str = "penalty",
         budget_start: float = 1.0,
         budget_min: float = 0.01,
         budget_rate: float = 0.08,

@@ -5,6 +5,9 @@ Why: the mask search runs the frozen model forward and backward on ``3n`` images
 ways (about 12 % of a Lite0 step on CPU). Folded, ``conv → bn`` becomes one convolution with weights
 ``w' = w · γ / √(σ² + ε)`` (per output channel) and bias ``b' = (b − μ) · γ / √(σ² + ε) + β``.
 
+A symmetric zero padding that a TensorFlow-style "same" convolution runs as a module of its own is moved into
+the convolution as well (one copy of the activations less each way).
+
 Which pairs are folded is read from one forward pass, not from module names: a convolution is folded into a
 batch norm when the batch norm's input *is* the convolution's output tensor and each module runs exactly
 once. That cannot tell whether the convolution's output is also used elsewhere, so the folded copy is checked
@@ -107,9 +110,28 @@ def fold_batchnorm(
             conv.bias = nn.Parameter(shift.detach().clone())
         parent, _, child = bn_name.rpartition(".")
         setattr(mods[parent] if parent else folded, child, nn.Identity())
+    _pad_inside(folded)
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded if _agree(model, folded, x, sites, rtol) else model
+
+
+def _pad_inside(model: nn.Module) -> None:
+    """Move a symmetric zero padding module run before a convolution into the convolution itself.
+
+    TensorFlow-style "same" convolutions (``Conv2dStaticSamePadding`` of the EfficientNet ports) pad with a
+    ``static_padding`` child and convolve without padding: one more copy of the activations each way. Where
+    that padding is symmetric, the convolution's own ``padding`` does the same without the copy (the caller
+    checks the result against the model).
+    """
+    for conv in model.modules():
+        pad = getattr(conv, "static_padding", None)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d)):
+            continue
+        left, right, top, bottom = pad.padding
+        if left == right and top == bottom and tuple(conv.padding) == (0, 0) and conv.padding_mode == "zeros":
+            conv.padding = (top, left)
+            conv.static_padding = nn.Identity()
 
 
 def _agree(a: nn.Module, b: nn.Module, x: torch.Tensor, sites: Sequence[CallSite], rtol: float) -> bool:
