@@ -442,8 +442,9 @@ class MaskExplainer:
         lr = self.lr / 5 if lr is None else lr
         area_scale = check_float("area_scale", area_scale, 0)
         sites = self._setup(x_train)
+        fast = fold_batchnorm(self.model, x_train[:bs], sites) if self.fold else self.model
         self.generator_, self.history_amortised_ = train_amortised(
-            self.model, sites, self.layers_ or {}, self.weights, x_train, size=self._mask_size(x_train),
+            fast, sites, self.layers_ or {}, self.weights, x_train, size=self._mask_size(x_train),
             width=self.width, init_logit=self.init_logit, seed=self.seed, steps=steps, batch_size=bs, lr=lr,
             flip=flip, area_scale=area_scale, progress=self.progress,
         )
