@@ -299,10 +299,13 @@ def concept_total_indices(
     ``[k + 1, n, k]`` made once; a call's scaled codes ``U ⊙ M`` ``[blocks, images, designs, S, k]`` are one
     broadcast multiply into a preallocated buffer, and its activations ``(U ⊙ M) @ W`` one product with the
     bank into a second buffer reused by every call: no Python loop over designs or images, no copy of the
-    codes, and the overhead over the bare ``h`` calls is mostly that one write. (Building ``C_i``'s activations from ``A``'s by their rank-one difference
-    ``(B_ji − A_ji) U_i ⊗ W_i`` needs as many writes plus a read of ``A``'s activations: measured on
-    EfficientNet-Lite0, k = 10, it was 1.7× slower than the product, whose ``k`` multiply-adds per value
-    cost less than that read.)
+    codes, and the overhead over the bare ``h`` calls is mostly that one write. On EfficientNet-Lite0's
+    GAP + linear head (k = 10, 2 cores) the estimator took 1.41× the bare ``h`` calls, and a bare ``fill_``
+    of the same activation buffers 0.29× (``conceptlens bench sobol``): with a head that cheap, any
+    estimator that hands ``h`` materialised activations pays about that write. (Building ``C_i``'s
+    activations from ``A``'s by their rank-one difference ``(B_ji − A_ji) U_i ⊗ W_i`` needs as many writes
+    plus a read of ``A``'s activations: measured on EfficientNet-Lite0, k = 10, 1.3–2× slower than the
+    product, whose ``k`` multiply-adds per value cost less than that read.)
 
     Parameters
     ----------
