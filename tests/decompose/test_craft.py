@@ -331,3 +331,17 @@ def test_craft_on_lite0_crops_with_a_tree(lite0, photos):
     assert len(split_nodes) == 1 and split_nodes[0].bank.shape == (2, 672)
     e = ex.explain(photos[:1], maps="implicit")
     assert e.maps.shape == (1, 5, 224, 224) and bool((e.maps >= 0).all())
+
+
+@pytest.mark.slow
+def test_craft_on_lite0_cuts_the_peers_grid_and_channels_last_changes_only_rounding(lite0, photos):
+    split = cl.ModelSplit(lite0, "auto")
+    ex = cl.ConceptExplainer(split, method="craft", n_concepts=5, seed=0, importance_params={"n_boot": 0})
+    ex.fit(photos[:2], target=285)
+    # patch 64, stride 51 on 224 px: 4 × 4 crops per photo, no border-aligned ones (they would add 56 %)
+    assert len(ex.crops_) == 32 and int(ex.crops_.boxes[:, :2].max()) == 153
+    rows, _, _, pred = crop_activations(split, photos[:2], 64)
+    rows_c, _, _, pred_c = crop_activations(split, photos[:2], 64, channels_last=False, batch_size=32)
+    torch.testing.assert_close(rows, rows_c, rtol=1e-4, atol=1e-5)
+    assert torch.equal(pred, pred_c) and torch.equal(pred, ex.crops_.predicted)
+    assert all(p.is_contiguous() for p in lite0.parameters())  # the model is given back as it was
