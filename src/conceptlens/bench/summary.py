@@ -76,9 +76,10 @@ def _masks(d: dict[str, Any]) -> list[Headline]:
 
 def _masks_necessity(d: dict[str, Any]) -> list[Headline]:
     s, kept = d["seconds_per_image_wall"], d["kept_mean"]
-    return [_h("masks, default with the necessity term: seconds per image (2 cores)", f"{s:.1f} s", "≤ 5 s",
-               s <= 5.0),
-            _h("masks, default with the necessity term: kept area, class kept, complement keeps the class",
+    return [_h("masks, former default (#20: necessity, both paths): seconds per image (2 cores)",
+               f"{s:.1f} s",
+               "≤ 5 s", s <= 5.0),
+            _h("masks, former default (#20): kept area, class kept, complement keeps the class",
                f"{100 * kept:.1f} %, {d['top1_kept']}, {d['complement_keeps_top1']}", "≤ 3 %, 13/13, –",
                kept <= 0.03 and d["top1_kept"] == "13/13")]
 
