@@ -345,7 +345,7 @@ class ConceptExplainer(ExplainerDisplay):
         if cls.fit_on == "crops":
             patch_size, stride = d.crop_params()
             rows, image_index, boxes, predicted = crop_activations(
-                self.split, x, patch_size, stride,
+                self.split, x, patch_size, stride, border=getattr(d, "border", "auto"),
                 progress=self.progress)
             d.fit(rows)
         else:

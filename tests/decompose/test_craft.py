@@ -345,3 +345,22 @@ def test_craft_on_lite0_cuts_the_peers_grid_and_channels_last_changes_only_round
     torch.testing.assert_close(rows, rows_c, rtol=1e-4, atol=1e-5)
     assert torch.equal(pred, pred_c) and torch.equal(pred, ex.crops_.predicted)
     assert all(p.is_contiguous() for p in lite0.parameters())  # the model is given back as it was
+
+
+def test_explainer_fit_honours_crafts_border_setting() -> None:
+    """CRAFT(border=True) keeps the border-aligned crops in an in-memory ConceptExplainer.fit too (the
+    explainer passed no border, so the grid was always the default 'auto')."""
+    import conceptlens as cl
+
+    torch.manual_seed(0)
+    nn = torch.nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 2)).eval()
+    split = cl.ModelSplit(model, "1")
+    x = torch.rand(2, 3, 30, 30, generator=torch.Generator().manual_seed(0))
+    n = {}
+    for border in (True, False):
+        params = {"patch_size": 8, "stride": 8, "border": border, "max_iter": 5}
+        ex = cl.ConceptExplainer(split, method="craft", n_concepts=2, seed=0, method_params=params)
+        n[border] = int(ex.fit(x, target=0).crops_.image_index.shape[0])
+    assert n == {True: 2 * 4 * 4, False: 2 * 3 * 3}  # starts 0, 8, 16 (+ 22 on the border) per side
