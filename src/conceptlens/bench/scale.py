@@ -28,7 +28,8 @@ with two other busy processes, OpenMP's spin-waits made NMF's fit of 1,000 image
   the bare forward pass (what batches of 32 images through the network take by themselves);
 * ``loadavg``: the machine's load average when the row started (each row is its own measurement).
 
-CRAFT runs 1 + 25 forward passes per image (64-px crops, stride 51, each resized to 224): it is measured
+CRAFT runs 1 + 16 forward passes per image (64-px crops, stride 51, no border-aligned ones, each resized to
+224; 1 + 25 with them, before ``border="auto"``): it is measured
 up to ``CRAFT_MAX_N`` images. Rows are merged into ``scale.json`` by (model, method, N), so a subset can be
 re-measured (``conceptlens bench scale --rows …``); ``scale.md`` (the docs' table) is written from the JSON
 by :func:`write_table` after every row and by ``conceptlens bench summary``.
@@ -53,7 +54,7 @@ from conceptlens.errors import ParameterError
 __all__ = ["run_benchmark", "run_rows", "measure", "parse_rows", "scale_table", "write_table", "COLUMNS",
            "PLAN"]
 
-METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (26 passes per image), last
+METHODS = ("nmf", "face", "craft")  # CRAFT, the slowest (17 passes per image), last
 #: Parameters that keep a run within minutes on a laptop CPU (the same for every N).
 PARAMS: dict[str, dict[str, Any]] = {"nmf": {"max_iter": 100}, "craft": {"max_iter": 100},
                                      "face": {"max_iter": 20}, "pca": {}}
