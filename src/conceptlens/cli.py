@@ -441,8 +441,9 @@ def mask(
                                    help="Compare with occlusion and Grad-CAM at equal area."),
     area_mode: str = typer.Option(
         "penalty", "--area-mode",
-        help="How the area is driven down: penalty (the paper's area term; default), budget (a pixel budget "
-             "that follows the class) or both (one run of each per image, the smaller mask wins; 2x the time)."),
+        help="How the area is driven down: penalty (the paper's area term; default), budget (a pixel "
+             "budget that follows the class) or both (one run of each per image, the smaller mask wins; 2x "
+             "the time)."),
     detail: Optional[int] = typer.Option(  # noqa: UP045
         None, help="Side of the mask's learned logit map (default: half the image side, 112 at 224; "
                    "the mask generator's own resolution, 28 at 224, gives smoother but larger masks; 0: no "
