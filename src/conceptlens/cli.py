@@ -102,7 +102,7 @@ def demo(
         None, help="Comma-separated methods to compare (default: every method and the masks)."),
     n_concepts: int = typer.Option(10, "--n-concepts", "-k", help="Number of concepts of every method."),
     patch: int = typer.Option(112, help="Crop size in pixels of the 224-px photos (resized to the input)."),
-    masks: int = typer.Option(2, "--masks", help="Photos explained by minimal masks (an optimisation each)."),
+    masks: int = typer.Option(1, "--masks", help="Photos explained by minimal masks (an optimisation each)."),
     sweep: str = typer.Option("0,0.1,1", "--kl-weights",
                               help="FACE's λ values for the report's λ curve ('' for none)."),
     seed: int = typer.Option(0, help="Random seed."),

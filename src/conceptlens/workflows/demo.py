@@ -162,7 +162,7 @@ def run_demo(
     methods: str | Sequence[str] = DEMO_METHODS,
     n_concepts: int = 10,
     patch: int = 112,
-    masks: int = 2,
+    masks: int = 1,
     kl_weights: str = "0,0.1,1",
     seed: int = 0,
     echo: Callable[[str], Any] = print,
