@@ -51,7 +51,7 @@ T = 2, λ_area 100, λ_bin 1, λ_tv 500, λ_abd 100; λ_nec 10 is ours (the note
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -170,6 +170,7 @@ def mask_loss(
     area_w: float | torch.Tensor,
     noise: torch.Tensor | None,
     budget: torch.Tensor | None = None,
+    forward: Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, torch.Tensor]]] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """The objective ``L`` per image, for the masks ``generator`` proposes for ``x``.
 
@@ -195,6 +196,10 @@ def mask_loss(
         ``[1,3,H,W]`` this step's noise background (None: no abductive term).
     budget
         ``[n]`` kept fractions of the budgeted rows (NaN on penalised rows), or None.
+    forward
+        ``(batch, rows) -> (logits, {site: output of the first rows images})`` in place of ``model``
+        with hooks on ``sites`` (the search passes a
+        :class:`~conceptlens.attribution.masks.parallel.SplitForward`); None: the plain call.
 
     Returns
     -------
@@ -216,8 +221,11 @@ def mask_loss(
     if w["necessity"] > 0:
         parts["complement"] = (1 - m) * x
     batch = torch.cat(list(parts.values())) if len(parts) > 1 else e
-    with capture(model, sites) as acts:
-        out = logits_of(model(batch))
+    if forward is None:
+        with capture(model, sites) as acts:
+            out = logits_of(model(batch))
+    else:
+        out, acts = forward(batch, n)
     outs = dict(zip(parts, out.split(n), strict=True))
     logits = outs["e"]
     terms: dict[str, torch.Tensor] = {}

@@ -47,6 +47,7 @@ from torch import nn
 
 from conceptlens.attribution.masks.generator import GroupedUNet, take_groups
 from conceptlens.attribution.masks.losses import mask_loss, noise_background, reference
+from conceptlens.attribution.masks.parallel import SplitForward
 from conceptlens.progress import progress_bar
 from conceptlens.split.sites import CallSite, forward_chunks, logits_of
 
@@ -164,13 +165,13 @@ def search(
     rows = torch.arange(n, device=x.device)  # the rows still optimised
     xa, ya, refa, p_refa = x, y, ref, p_ref
     history: list[dict[str, float]] = []
-    with frozen(s.model):
+    with frozen(s.model), SplitForward(s.model, s.sites) as fw:
         for step in progress_bar(range(s.steps), desc="mask steps", enable=s.progress):
             noise = noise_background(step, x, noise_gen) if use_abd else None
             area_w = s.weights["area"] * s.area_end * (st.clock[rows] + 1) / s.steps
             budget = None if st.budget is None else st.budget[rows]
             loss, terms, hard, out, rank = mask_loss(
-                s.model, net, xa, ya, refa, p_refa, s.sites, s.layers, s.weights, area_w, noise, budget
+                s.model, net, xa, ya, refa, p_refa, s.sites, s.layers, s.weights, area_w, noise, budget, fw
             )
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
@@ -196,9 +197,9 @@ def search(
                 net, opt = _select_rows(net, opt, keep, s.lr)
                 xa, ya, p_refa = xa[keep], ya[keep], p_refa[keep]
                 refa = {k: v[keep] for k, v in refa.items()}
-    found = torch.isfinite(st.key)
-    if st.rank is not None and bool(found.any()):
-        st.mask, st.area, st.key = refine(s, x, y, st.mask, st.key, st.rank)
+        found = torch.isfinite(st.key)
+        if st.rank is not None and bool(found.any()):
+            st.mask, st.area, st.key = refine(s, x, y, st.mask, st.key, st.rank, fw)
     masks = torch.where(found[:, None, None, None], st.mask, st.last)
     if r == 1:
         return masks, st.step, history
@@ -298,7 +299,7 @@ def selection_key(area: torch.Tensor, complement: torch.Tensor | None, y: torch.
 
 def refine(
     s: Search, x: torch.Tensor, y: torch.Tensor, best: torch.Tensor, best_key: torch.Tensor,
-    rank: torch.Tensor,
+    rank: torch.Tensor, forward: SplitForward | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Shrink each found mask along its own pixel ranking while the target stays top-1.
 
@@ -308,7 +309,7 @@ def refine(
     with ``select="all"`` also on one draw of each noise background; with the necessity term on, their
     complements too); the candidate of smallest key that keeps the target replaces the mask when its key is
     smaller (so a mask whose complement lost the class is only shrunk while the complement still loses
-    it). Returns the new ``(best, area, key)``.
+    it). ``forward`` runs the passes (None: the plain model). Returns the new ``(best, area, key)``.
     """
     idx = torch.isfinite(best_key).nonzero()[:, 0]
     flat = rank[idx].reshape(idx.numel(), -1)
@@ -324,9 +325,12 @@ def refine(
     xi = x[idx].repeat_interleave(len(fracs), 0)
     yi = y[idx].repeat_interleave(len(fracs), 0)
     chunk = max(s.batch_size, 1) * 4
+    def logits(z: torch.Tensor) -> torch.Tensor:
+        return forward_chunks(s.model, z, chunk) if forward is None else forward.logits(z, chunk)
+
     with torch.no_grad():
-        pred = forward_chunks(s.model, cands * xi, chunk).argmax(1)
-        comp = forward_chunks(s.model, (1 - cands) * xi, chunk) if s.weights["necessity"] > 0 else None
+        pred = logits(cands * xi).argmax(1)
+        comp = logits((1 - cands) * xi) if s.weights["necessity"] > 0 else None
     keeps = pred == yi
     if s.select == "all":
         gen = torch.Generator().manual_seed(s.seed + 5)
