@@ -17,12 +17,16 @@ are split differently), and a result must not change with the machine's load.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from typing import TypeVar
 
 import torch
 
-__all__ = ["threads", "small_ops"]
+__all__ = ["threads", "small_ops", "one_thread_each"]
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -53,3 +57,36 @@ def threads(n: int | None) -> Iterator[int]:
 def small_ops() -> AbstractContextManager[int]:
     """``threads(1)``: for a loop of small ops, where threads cost more at their barriers than they give."""
     return threads(1)
+
+
+def one_thread_each(calls: Sequence[Callable[[], T]], workers: int | None = None) -> list[T]:
+    """The results of ``calls``, each run in a worker thread of its own with one intra-op thread.
+
+    For independent calls that run in one thread anyway (a method declaring ``fit_threads = 1``): each
+    result is the one a sequential run gives, bit for bit, while up to ``workers`` of them (default: the
+    process's intra-op thread count) use the cores side by side. Beside a busy process this is also the
+    robust way to use two cores: the workers never wait for each other inside an op. With one worker, or
+    one call, the calls run one after the other in the calling thread.
+
+    Parameters
+    ----------
+    calls
+        Callables without arguments.
+    workers
+        Threads at most; None: ``torch.get_num_threads()``.
+
+    Returns
+    -------
+    list
+        The calls' results, in order; the first exception (in order) is raised after every call ended.
+    """
+    before = torch.get_num_threads()
+    p = min(len(calls), max(1, before if workers is None else int(workers)))
+    if p <= 1:
+        return [c() for c in calls]
+    try:
+        with ThreadPoolExecutor(p, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            futures = [pool.submit(c) for c in calls]
+            return [f.result() for f in futures]
+    finally:
+        torch.set_num_threads(before)  # the workers' start set the count new threads inherit

@@ -7,6 +7,9 @@ user can make. Messages say what was wrong *and* what to do about it.
 from __future__ import annotations
 
 import difflib
+import os
+import sys
+import warnings
 from collections.abc import Iterable
 
 __all__ = [
@@ -27,6 +30,7 @@ __all__ = [
     "OutputError",
     "HeadError",
     "nearest",
+    "warn_user",
 ]
 
 
@@ -40,6 +44,21 @@ class ConvergenceWarning(ConceptLensWarning):
 
 class DegenerateConceptsWarning(ConceptLensWarning):
     """Concepts that are never used (all-zero codes) or that duplicate another concept."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn_user(message: str, category: type[Warning] = ConceptLensWarning) -> None:
+    """Warn at the user's own line: the first caller outside the conceptlens package.
+
+    A fixed ``stacklevel`` points at the wrong line when the call goes through wrappers (the per-method
+    thread count wraps every ``fit``) or through another method (FACE starts from NMF).
+    """
+    frame, level = sys._getframe(1), 2
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
 
 
 class ConceptLensError(Exception):

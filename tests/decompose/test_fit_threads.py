@@ -11,7 +11,7 @@ import torch
 
 from conceptlens import decompose
 from conceptlens.decompose.base import Decomposition
-from conceptlens.errors import ParameterError
+from conceptlens.errors import ConvergenceWarning, ParameterError
 
 
 class _Probe(Decomposition):
@@ -70,3 +70,47 @@ def test_one_thread_method_gives_the_same_bank_at_any_process_count(two_threads)
     torch.set_num_threads(1)
     one = decompose.get("kmeans")(n_concepts=5, seed=0).fit(A).components_
     assert torch.equal(one, two)
+
+
+def test_warnings_point_at_the_users_line_through_the_thread_wrapper() -> None:
+    # the fit_threads wrapper added a frame: a fixed stacklevel pointed at decompose/base.py
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(200, 3, generator=g) @ torch.rand(3, 12, generator=g)
+    with pytest.warns(ConvergenceWarning) as rec:
+        decompose.NMF(3, max_iter=2, seed=0).fit(A); line = _line()  # noqa: E702
+    assert [(w.filename, w.lineno) for w in rec] == [(__file__, line)]
+    with pytest.warns(RuntimeWarning, match="all-zero") as rec:
+        decompose.NMF(2, seed=0).fit_encode(torch.zeros(20, 4)); line = _line()  # noqa: E702
+    assert {(w.filename, w.lineno) for w in rec} == {(__file__, line)}
+
+
+def _line() -> int:
+    import sys
+
+    return sys._getframe(1).f_lineno
+
+
+def test_one_thread_each_gives_the_sequential_results_in_order_and_restores_the_count() -> None:
+    from conceptlens._threads import one_thread_each, threads
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+
+    def call(i: int) -> float:
+        seen.append(torch.get_num_threads())
+        g = torch.Generator().manual_seed(i)
+        return float((torch.rand(300, 300, generator=g) @ torch.rand(300, 300, generator=g)).sum())
+
+    calls = [lambda i=i: call(i) for i in range(5)]
+    with threads(1):  # what a one-thread method gives, one call after the other
+        seq = [c() for c in calls]
+    seen.clear()
+    assert one_thread_each(calls, workers=2) == seq
+    assert seen == [1] * 5 and torch.get_num_threads() == before
+
+    def bad() -> float:
+        raise ParameterError("second")
+
+    with pytest.raises(ParameterError, match="second"):
+        one_thread_each([calls[0], bad, calls[1]], workers=2)
+    assert torch.get_num_threads() == before

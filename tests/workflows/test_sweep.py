@@ -287,3 +287,28 @@ def test_same_seed_same_numbers_other_seed_other_split(face_toy) -> None:
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in a.rows]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in b.rows]
     assert a.config["split"] == b.config["split"] != other.config["split"]
+
+
+def test_fits_side_by_side_in_worker_threads_give_the_sequential_rows(face_toy, monkeypatch) -> None:
+    # FACE declares fit_threads = 1: the sweep fits its λ values in worker threads (one intra-op thread
+    # each); every number must be the one the fits give one after the other
+    from conceptlens import _threads
+    from conceptlens.workflows import sweep
+    from conceptlens.workflows.sweep import face_sweep
+
+    A, head = face_toy
+    c = int(head(A).argmax(1).mode().values)
+    kw = dict(n_concepts=3, n_designs=16, references=(), max_iter=8)
+    calls: list[int] = []
+
+    def two_workers(fits):
+        calls.append(len(fits))
+        return _threads.one_thread_each(fits, workers=2)
+
+    seq = face_sweep(A, head, c, (0.1, 1.0, 3.0), **kw)
+    monkeypatch.setattr(sweep, "one_thread_each", two_workers)
+    par = face_sweep(A, head, c, (0.1, 1.0, 3.0), **kw)
+    assert calls == [3]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in seq.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in par.rows]
+    assert [r["kl_weight"] for r in par.rows] == [0.1, 1.0, 3.0]

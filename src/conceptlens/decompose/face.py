@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, cast
 
@@ -84,7 +83,7 @@ from conceptlens.decompose.nmf import (
     normalise_rows,
     sweep_budget,
 )
-from conceptlens.errors import ActivationError, HeadError, ParameterError
+from conceptlens.errors import ActivationError, HeadError, ParameterError, warn_user
 
 __all__ = ["FACE", "KLTerm", "face_objective", "check_head"]
 
@@ -357,11 +356,9 @@ class FACE(Decomposition):
         k = self.n_concepts
         self.history_: list[dict[str, float]] = []
         if float(X.abs().max()) == 0.0:
-            warnings.warn(
+            warn_user(
                 "FACE was fitted on all-zero activations: the concept bank is all zeros; check the layer",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+                RuntimeWarning)
             self.components_ = torch.zeros(k, C, dtype=dtype, device=X.device)
             self.n_iter_, self.reconstruction_err_ = 0, 0.0
             self.objective_ = {"mse": 0.0, "kl": 0.0, "total": 0.0}

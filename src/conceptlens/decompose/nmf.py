@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -64,7 +63,13 @@ from conceptlens.decompose._nmf_tuning import (
     STORE_BATCH,
 )
 from conceptlens.decompose.base import Decomposition, as_rows, check_finite, register
-from conceptlens.errors import ActivationError, ConvergenceWarning, DegenerateConceptsWarning, ParameterError
+from conceptlens.errors import (
+    ActivationError,
+    ConvergenceWarning,
+    DegenerateConceptsWarning,
+    ParameterError,
+    warn_user,
+)
 
 __all__ = [
     "NMF",
@@ -302,12 +307,10 @@ class NMF(Decomposition):
         self.history_: list[float] = []
         self.times_: list[float] = []
         if normA2 == 0.0:
-            warnings.warn(
+            warn_user(
                 "NMF was fitted on all-zero activations: the concept bank is all zeros and every code "
                 "will be zero; check the layer and the images",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+                RuntimeWarning)
             self.components_ = torch.zeros(k, C, dtype=dtype, device=X.device)
             self.n_iter_, self.reconstruction_err_ = 0, 0.0
             return torch.zeros(k, n, dtype=dtype, device=X.device), lead
@@ -372,22 +375,22 @@ class NMF(Decomposition):
         codes ``Ut [k, n]`` are zero on every row or whose bank rows ``W [k, C]`` repeat another's."""
         if not self.converged_ and self.n_iter_ >= self.max_iter and len(self.history_) > 1:
             drop = self.history_[-2] - self.history_[-1]
-            warnings.warn(f"NMF stopped at max_iter={self.max_iter} before its stopping rule "
+            warn_user(f"NMF stopped at max_iter={self.max_iter} before its stopping rule "
                           f"(tol={self.tol}) was met: the relative error {self.history_[-1]:.5f} still fell "
                           f"by {drop:.2e} in the last iteration; raise max_iter for a converged bank",
-                          ConvergenceWarning, stacklevel=4)
+                          ConvergenceWarning)
         dead = torch.nonzero(Ut.amax(1) <= 0).flatten().tolist()
         norms = W.norm(dim=1, keepdim=True).clamp_min(1e-30)
         cos = (W / norms) @ (W / norms).T
         cos.fill_diagonal_(0)
         dup = sorted({(min(i, j), max(i, j)) for i, j in torch.nonzero(cos > 0.999).tolist()})
         if dead or dup:
-            warnings.warn(f"NMF with k={W.shape[0]}: "
+            warn_user(f"NMF with k={W.shape[0]}: "
                           + (f"concepts {dead} have zero codes on every row (k may exceed the data's rank; "
                              "their bank rows are arbitrary)" if dead else "")
                           + ("; " if dead and dup else "")
                           + (f"concept pairs {dup} are duplicates (cosine > 0.999)" if dup else "")
-                          + " — use fewer concepts", DegenerateConceptsWarning, stacklevel=4)
+                          + " — use fewer concepts", DegenerateConceptsWarning)
 
     @staticmethod
     def _final_error(
@@ -511,12 +514,10 @@ class NMF(Decomposition):
             if it == 1:
                 normA2, n = float(extra[0]), int(extra[1])
                 if normA2 == 0.0:
-                    warnings.warn(
+                    warn_user(
                         "NMF was fitted on all-zero activations: the concept bank is all zeros and every "
                         "code will be zero; check the layer and the images",
-                        RuntimeWarning,
-                        stacklevel=3,
-                    )
+                        RuntimeWarning)
                     self.components_ = torch.zeros(k, C, dtype=dtype, device=device)
                     self.n_iter_, self.reconstruction_err_ = 0, 0.0
                     return

@@ -24,6 +24,7 @@ bank frozen); the fit-codes numbers remain only as the labelled ``fitted_*`` col
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
 import time
@@ -34,6 +35,7 @@ from typing import Any, cast
 import torch
 
 from conceptlens._check import check_float, check_int
+from conceptlens._threads import one_thread_each
 from conceptlens.decompose.base import Decomposition, get
 from conceptlens.decompose.face import KLTerm
 from conceptlens.errors import ParameterError, TargetError
@@ -283,18 +285,25 @@ def _reference_row(
     return row
 
 
+def _swept_fit(make: Callable[[], Decomposition], A_fit: torch.Tensor) -> tuple[Any, torch.Tensor, float]:
+    """``(fitted decomposition, its codes of A_fit, the fit's wall time)``."""
+    d: Any = make()
+    t0 = time.perf_counter()
+    U_fitted = d.fit_encode(A_fit)
+    return d, U_fitted, time.perf_counter() - t0
+
+
 def _swept_row(
     make: Callable[[], Decomposition],
     lam: float,
     ev: _Eval,
     with_stability: bool,
     n_images: float,
+    fitted: tuple[Any, torch.Tensor, float],
 ) -> dict[str, Any]:
-    """The row of FACE at one ``λ`` (``make()`` builds the configured, unfitted decomposition)."""
-    d: Any = make()
-    t0 = time.perf_counter()
-    U_fitted = d.fit_encode(ev.A_fit)
-    elapsed = time.perf_counter() - t0
+    """The row of FACE at one ``λ`` (``make()`` builds the configured, unfitted decomposition; ``fitted``
+    is :func:`_swept_fit`'s result)."""
+    d, U_fitted, elapsed = fitted
     row = {
         "method": _SWEPT,
         "kl_weight": float(lam),
@@ -307,6 +316,13 @@ def _swept_row(
     if with_stability:
         row["stability"] = stability(lambda a: make().fit(a).components_, ev.A_fit)
     return row
+
+
+def _make(swept: Any, k: int, seed: int, param: str, lam: float, params: dict[str, Any],
+          head: Head) -> Decomposition:
+    """The swept method, unfitted, at ``param = lam`` with the head set."""
+    out: Decomposition = swept(n_concepts=k, seed=seed, **{param: lam}, **params).set_head(head)
+    return out
 
 
 def _split(
@@ -452,12 +468,13 @@ def face_sweep(
 
     for ref in refs:
         say(_reference_row(ref, ev, k, crops_fit, cidx_fit, with_stability, n_images))
-    for lam in lams:
-
-        def make(lam: float = float(lam)) -> Decomposition:
-            return swept(n_concepts=k, seed=seed, **{param: lam}, **face_params).set_head(head)
-
-        say(_swept_row(make, lam, ev, with_stability, n_images))
+    makers = [functools.partial(_make, swept, k, seed, param, float(lam), face_params, head) for lam in lams]
+    fits = [functools.partial(_swept_fit, m, ev.A_fit) for m in makers]
+    # FACE's fits run in one thread each (fit_threads = 1): side by side in worker threads they give the
+    # same banks as one after the other, in about half the time on two cores
+    done = one_thread_each(fits) if swept.fit_threads == 1 else [f() for f in fits]
+    for lam, m, fitted in zip(lams, makers, done, strict=True):
+        say(_swept_row(m, lam, ev, with_stability, n_images, fitted))
 
     cfg = {
         "n_concepts": k,
