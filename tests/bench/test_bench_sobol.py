@@ -55,3 +55,30 @@ def test_quick_bench_writes_its_row(tmp_path, one_thread_unless_slow) -> None:  
     assert row["write_floor_over_bare"] == pytest.approx(row["write_floor_s"] / row["bare_h_s"], rel=1e-2)
     assert len(row["indices"]) == 10 and all(math.isfinite(v) for v in row["indices"])
     assert (tmp_path / "sobol.json").exists()
+
+
+def test_pooled_estimator_calls_h_on_one_position_per_row_in_the_planned_shapes() -> None:
+    g = torch.Generator().manual_seed(0)
+    N, k = 6, 4
+    U, W = torch.rand(N, 2, 3, k, generator=g), torch.rand(k, 6, generator=g)
+    h, seen = Recorder(6), []
+    inner = h.__call__
+
+    def spy(a: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(a.shape[1:]))
+        return inner(a)
+
+    pooled = concept_total_indices(U, W, spy, 0, n_designs=8, n_boot=0, progress=False, batch_size=50,
+                                   pooled=True)
+    n = sobol_design(k, 8, 0)[0].shape[0]
+    assert h.sizes == bench_sobol.call_sizes(N, n, k, call_plan(N, n, k, 6 * 4, 50, chunk_budget("auto", "cpu")))
+    assert set(seen) == {(1, 1, 6)}
+    full = concept_total_indices(U, W, Recorder(6), 0, n_designs=8, n_boot=0, progress=False, batch_size=50)
+    torch.testing.assert_close(pooled.indices, full.indices, rtol=1e-4, atol=1e-6)
+
+
+def test_quick_bench_measures_the_pooled_path(tmp_path, one_thread_unless_slow) -> None:  # noqa: ANN001
+    row = bench_sobol.run_benchmark(quick=True, out=tmp_path)["row"]
+    assert row["pools_first"] is True  # Lite0's layer "auto": GAP + linear
+    assert row["pooled_overhead"] == pytest.approx(row["pooled_s"] / row["bare_h_pooled_s"] - 1, abs=2e-3)
+    assert row["pooled_max_index_diff"] < 1e-4

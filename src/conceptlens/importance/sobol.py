@@ -287,6 +287,7 @@ def concept_total_indices(
     *,
     offset: torch.Tensor | None = None,
     chunk_bytes: int | str | None = "auto",
+    pooled: bool = False,
 ) -> SobolResult:
     """CRAFT's concept importance: Sobol total indices of the concept masks, per image and averaged.
 
@@ -336,6 +337,12 @@ def concept_total_indices(
         about twice as fast as 4096-row calls), 1 GiB on other devices; None = only
         ``batch_size`` limits the calls. Peak extra memory is about ``2 · rows · prod(...) · C`` elements
         for ``rows`` activation rows per call.
+    pooled
+        ``h`` reads the activations only through their mean over the positions (``h(A) = g(mean_s A)``,
+        e.g. ``split.pools_first()``). Since a design's mask is the same at every position,
+        ``mean_s((U ⊙ M) @ W) = (mean_s U ⊙ M) @ W``: the estimator then pools the codes first and calls
+        ``h`` on one position per row (``[B, 1, 1, C]``), the same numbers up to rounding for ``|S|``
+        times fewer activations. False for any other head (the default).
 
     Returns
     -------
@@ -362,6 +369,8 @@ def concept_total_indices(
     A = A_np.to(dev, dtype)
     B = B_np.to(dev, dtype)
     Ur = U.reshape(N, S, k)
+    if pooled and S > 1:  # a pool-first head: the mean codes give the same h at one position per row
+        Ur, S, spatial = Ur.mean(1, keepdim=True), 1, (1,) * len(spatial)
     if offset is not None:
         offset = torch.as_tensor(offset).to(dev, dtype).reshape(-1)
         if offset.numel() != C:
@@ -512,6 +521,7 @@ def sobol_importance(ctx: Context) -> Importance:
     D, offset = concept_directions(ctx.decomposition)
     head = ctx.split.linear_head()
     n_boot = opts.get("n_boot", 1000)
+    pools_first = getattr(ctx.split, "pools_first", None)  # a split-like object without it: full grid
     if head is not None and opts.get("exact", "auto") in ("auto", True):
         res = concept_total_indices_linear(ctx.U, D, head.weight[ctx.target], seed=ctx.seed, n_boot=n_boot)
     else:
@@ -523,6 +533,7 @@ def sobol_importance(ctx: Context) -> Importance:
             ctx.U, D, ctx.split.h, ctx.target, n_designs=opts.get("n_designs", 32), seed=ctx.seed,
             batch_size=opts.get("batch_size", 4096), n_boot=n_boot, progress=ctx.progress,
             offset=offset if bool(offset.any()) else None,
+            pooled=bool(pools_first()) if callable(pools_first) else False,
         )
     if head is not None:
         weights = linear_weights(ctx.decomposition, head.weight[ctx.target])

@@ -222,6 +222,7 @@ class ModelSplit:
         if self._cut is not site:  # auto's last try already cut there
             self._select(site)
         self._linear: LinearHead | None | bool = False  # False = not computed yet
+        self._pools: bool | None = None
         if check:
             self.check(probe, atol=atol)
 
@@ -550,6 +551,28 @@ class ModelSplit:
         if rel < 1e-4:
             self._linear = LinearHead(weight=w, bias=b)
         return self._linear  # type: ignore[return-value]
+
+    def pools_first(self) -> bool:
+        """Whether ``h`` reads a spatial layer only through its mean over positions: ``h(A) = g(mean_hw A)``.
+
+        True for a verified GAP + linear head; else ``h`` of random activations (both signs, the layer's
+        scale) must equal ``h`` of their mean at every position (relative error < 1e-5). False for token
+        and flat layers. (CRAFT's sampled Sobol then pools the codes first: ``concept_total_indices(...,
+        pooled=True)``.)
+        """
+        shape = tuple(self.activation_shape)
+        grid = self.layout.spatial and len(shape) == 3 and self.layout.kind != "tokens"
+        if self._pools is None and not grid:
+            self._pools = False
+        if self._pools is None and self.linear_head() is None:
+            gen = torch.Generator().manual_seed(2)
+            s = max(getattr(self, "_act_scale", 2.0), 1e-6)
+            A = torch.cat([torch.rand(2, *shape, generator=gen) * s,
+                           (torch.rand(2, *shape, generator=gen) * 2 - 1) * s]).to(self.device, self._dtype)
+            with torch.no_grad():
+                got, exp = self.h(A), self.h(A.mean((1, 2), keepdim=True).expand_as(A).contiguous())
+            self._pools = float((got - exp).abs().max() / exp.abs().max().clamp_min(1e-12)) < 1e-5
+        return True if self._pools is None else self._pools
 
     def __repr__(self) -> str:
         return (f"ModelSplit({type(self.model).__name__}, layer={self.layer!r}, mode={self.mode!r}, "
