@@ -100,3 +100,18 @@ def test_two_threads_search_is_deterministic_and_keeps_the_class() -> None:
     b = MaskExplainer(model, steps=20, size=8, progress=False).explain(x)
     assert torch.equal(a.masks, b.masks) and a.history == b.history
     assert torch.get_num_threads() == 2
+
+
+def test_a_model_that_cannot_be_copied_runs_the_plain_call() -> None:
+    model, x, sites = _setup(4)
+
+    class NoCopy(TinyNet):
+        def __deepcopy__(self, memo: dict) -> NoCopy:
+            raise TypeError("cannot copy")
+
+    nc = NoCopy()
+    nc.load_state_dict(model.state_dict())
+    with SplitForward(nc, sites, workers=2) as fw:
+        assert fw.workers == 1 and fw._pool is None
+        out, _ = fw(x)
+    torch.testing.assert_close(out, model(x))

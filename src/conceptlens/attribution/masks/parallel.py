@@ -60,7 +60,10 @@ class SplitForward:
         on_cpu = all(p.device.type == "cpu" for p in model.parameters())
         if not on_cpu:
             self.workers = 1
-        self.models = [model] + [copy.deepcopy(model) for _ in range(self.workers - 1)]
+        try:
+            self.models = [model] + [copy.deepcopy(model) for _ in range(self.workers - 1)]
+        except Exception:  # a model that cannot be copied (an open handle, a C++ module): the plain call
+            self.models, self.workers = [model], 1
         self._threads = torch.get_num_threads()
         self._pool: ThreadPoolExecutor | None = None
         if self.workers > 1:
