@@ -71,7 +71,8 @@ def test_pooled_estimator_calls_h_on_one_position_per_row_in_the_planned_shapes(
     pooled = concept_total_indices(U, W, spy, 0, n_designs=8, n_boot=0, progress=False, batch_size=50,
                                    pooled=True)
     n = sobol_design(k, 8, 0)[0].shape[0]
-    assert h.sizes == bench_sobol.call_sizes(N, n, k, call_plan(N, n, k, 6 * 4, 50, chunk_budget("auto", "cpu")))
+    plan = call_plan(N, n, k, 6 * 4, 50, chunk_budget("auto", "cpu"))  # one position of 6 floats per row
+    assert h.sizes == bench_sobol.call_sizes(N, n, k, plan)
     assert set(seen) == {(1, 1, 6)}
     full = concept_total_indices(U, W, Recorder(6), 0, n_designs=8, n_boot=0, progress=False, batch_size=50)
     torch.testing.assert_close(pooled.indices, full.indices, rtol=1e-4, atol=1e-6)
