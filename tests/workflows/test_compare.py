@@ -243,3 +243,41 @@ def test_side_by_side_shows_every_method_per_image(result) -> None:
     assert len(fig.axes) == 1 + len(res.explainers)  # the picture + one panel per method
     with pytest.raises(ParameterError, match="select no image"):
         side_by_side_section(res, x, [50])
+
+
+def test_one_thread_methods_fit_side_by_side_with_the_same_rows(result, monkeypatch) -> None:
+    # k-means, FACE and EDDP declare fit_threads = 1: compare fits them in one-thread workers first
+    from conceptlens import _threads
+    from conceptlens.workflows import compare as compare_mod
+
+    _, x, split = result
+    calls: list[int] = []
+
+    def two_workers(fits):  # noqa: ANN001, ANN202
+        calls.append(len(fits))
+        return _threads.one_thread_each(fits, workers=2)
+
+    kw = dict(methods=("pca", "kmeans", "face"), n_concepts=3, seed=0, progress=False,
+              method_params={"face": {"max_iter": 20}})
+    with _threads.threads(1):  # each one-thread fit's own result, one after the other
+        seq = compare(split, x, 0, **kw)
+    monkeypatch.setattr(compare_mod, "one_thread_each", two_workers)
+    with _threads.threads(1):
+        par = compare(split, x, 0, **kw)
+    assert calls == [2]  # k-means and FACE; PCA keeps the process's threads
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in seq.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in par.rows]
+    assert all(r["error"] == "" for r in par.rows)
+
+
+def test_a_failing_one_thread_method_is_its_rows_error(result, monkeypatch) -> None:
+    from conceptlens import _threads
+    from conceptlens.workflows import compare as compare_mod
+
+    _, x, split = result
+    monkeypatch.setattr(compare_mod, "one_thread_each", lambda fits: _threads.one_thread_each(fits, workers=2))
+    res = compare(split, x, 0, methods=("kmeans", "face"), n_concepts=3, progress=False,
+                  method_params={"face": {"max_iter": -1}})
+    km, face = res.rows
+    assert km["error"] == "" and face["error"].startswith("ParameterError")
+    assert "face" not in res.explainers and "kmeans" in res.explainers
