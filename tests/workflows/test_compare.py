@@ -275,7 +275,8 @@ def test_a_failing_one_thread_method_is_its_rows_error(result, monkeypatch) -> N
     from conceptlens.workflows import compare as compare_mod
 
     _, x, split = result
-    monkeypatch.setattr(compare_mod, "one_thread_each", lambda fits: _threads.one_thread_each(fits, workers=2))
+    monkeypatch.setattr(compare_mod, "one_thread_each",
+                        lambda fits: _threads.one_thread_each(fits, workers=2))
     res = compare(split, x, 0, methods=("kmeans", "face"), n_concepts=3, progress=False,
                   method_params={"face": {"max_iter": -1}})
     km, face = res.rows

@@ -40,6 +40,9 @@ def _one_thread() -> None:
 class SplitForward:
     """``(logits [N,K], {site: φ_ℓ [N,...]})`` of a batch, computed in ``P`` worker threads.
 
+    While it is open, the calling thread runs with one intra-op thread too. Use it as a context manager:
+    the threads end, and the process's thread count is restored, on exit.
+
     Parameters
     ----------
     model
@@ -49,9 +52,6 @@ class SplitForward:
     workers
         ``P``; None: the process's intra-op thread count. One worker (or a model on a GPU) is the plain call
         in the calling thread.
-
-    While it is open, the calling thread runs with one intra-op thread too. Use it as a context manager
-    (the threads end, and the process's thread count is restored, on exit).
     """
 
     def __init__(self, model: nn.Module, sites: Sequence[CallSite], workers: int | None = None) -> None:
