@@ -87,6 +87,10 @@ class CompareResult:
     mask_indices : list[int]
         The indices in ``x`` of the images the masks explain (``masks.masks[j]`` is image
         ``mask_indices[j]``).
+    side_by_side : list[str]
+        The methods fitted side by side in one-thread workers (their ``seconds`` overlap in time).
+    side_by_side_s : float
+        The wall time of that side-by-side block.
     """
 
     rows: list[dict[str, Any]]
@@ -94,6 +98,8 @@ class CompareResult:
     target: int = -1
     masks: Any = None
     mask_indices: list[int] = field(default_factory=list)
+    side_by_side: list[str] = field(default_factory=list)
+    side_by_side_s: float = 0.0
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the table to ``path`` atomically (one row per method, columns :data:`COLUMNS`; floats
@@ -347,8 +353,11 @@ def compare(
     # the methods that fit in one thread (fit_threads = 1) fit side by side in one-thread workers first:
     # the same explainers as one after the other, in the time of the longest on two cores
     alone = [n for n in names if n != "masks" and getattr(get(ALIASES.get(n, n)), "fit_threads", None) == 1]
+    alone = alone if len(alone) > 1 else []
+    t_side = time.perf_counter()
     fitted = dict(zip(alone, one_thread_each([functools.partial(_outcome, fit, n) for n in alone]),
-                      strict=True)) if len(alone) > 1 else {}
+                      strict=True))
+    t_side = time.perf_counter() - t_side
     for name in progress_bar(names, "methods", enable=progress):
         row = _empty_row(name, n_concepts)
         try:
@@ -369,7 +378,8 @@ def compare(
             row["error"] = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
         rows.append(row)
     return CompareResult(rows=rows, explainers=explainers, target=c, masks=mask_expl,
-                         mask_indices=mask_idx if mask_expl is not None else [])
+                         mask_indices=mask_idx if mask_expl is not None else [], side_by_side=alone,
+                         side_by_side_s=t_side if alone else 0.0)
 
 
 def _outcome(f: Callable[[str], tuple[Any, float]], name: str) -> tuple[Any, float]:
