@@ -135,3 +135,28 @@ def test_pca_runs_its_lapack_step_in_one_thread(monkeypatch: pytest.MonkeyPatch,
         assert seen == [1] and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_small_nmf_fit_runs_in_one_thread_a_large_one_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conceptlens.decompose import nmf as nmf_mod
+
+    seen: list[int] = []
+    real = nmf_mod.NMF._fit_rows
+
+    def spy(self, A, layer_name):  # noqa: ANN001, ANN202
+        seen.append(torch.get_num_threads())
+        return real(self, A, layer_name)
+
+    monkeypatch.setattr(nmf_mod.NMF, "_fit_rows", spy)
+    A = torch.rand(100, 20, generator=torch.Generator().manual_seed(0))  # n·C·k = 6,000
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(nmf_mod, "SMALL_FIT", 6_001)
+        nmf_mod.NMF(3, seed=0).fit(A)
+        nmf_mod.NMF(3, seed=0).fit_encode(A)
+        monkeypatch.setattr(nmf_mod, "SMALL_FIT", 6_000)
+        nmf_mod.NMF(3, seed=0).fit(A)
+        assert seen == [1, 1, 2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -37,11 +37,13 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import Any, ClassVar
 
 import torch
 
 from conceptlens._check import check_float, check_int
+from conceptlens._threads import small_ops, threads
 from conceptlens.decompose._nmf_encode import nnls_codes
 from conceptlens.decompose._nmf_init import INITS, nndsvd_init, top_svd
 from conceptlens.decompose._nmf_products import DataProducts, cross_product
@@ -91,7 +93,11 @@ __all__ = [
     "cross_product",
     "POWER_ITERS",
     "SPARSE_DENSITY",
+    "SMALL_FIT",
 ]
+
+#: An in-memory fit with ``n · C · k`` below this runs in one thread (see ``NMF._small_in_one_thread``).
+SMALL_FIT = 200_000_000
 
 
 @register("nmf")
@@ -248,8 +254,19 @@ class NMF(Decomposition):
         if self._streamed(A):
             self._fit_online(A, layer_name)
         else:
-            self._fit_rows(A, layer_name)
+            with self._small_in_one_thread(A):
+                self._fit_rows(A, layer_name)
         return self
+
+    def _small_in_one_thread(self, A: torch.Tensor) -> AbstractContextManager[int]:
+        """One thread for an in-memory fit smaller than :data:`SMALL_FIT` (``n · C · k``), else as it is.
+
+        Measured on 2 cores: the demo's ICE fit (5,733 × 1,280, k = 10) took 0.055 s with two threads and
+        0.065 s with one alone, but 0.12-3.4 s with two and 0.09-0.16 s with one beside a busy 2-thread
+        process; at 12,500 × 1,280, k = 25, two threads are 1.5× faster alone and stay ≥ 5× scikit-learn's
+        cd beside the same load. The rule reads the problem's size only, never the load.
+        """
+        return small_ops() if A.numel() * self.n_concepts < SMALL_FIT else threads(None)
 
     def _streamed(self, A: Any) -> bool:
         return (
@@ -281,7 +298,8 @@ class NMF(Decomposition):
                 )
             self._fit_online(A, layer_name)
             return self.encode(A)
-        Ut, lead = self._fit_rows(A, layer_name)
+        with self._small_in_one_thread(A):
+            Ut, lead = self._fit_rows(A, layer_name)
         return Ut.T.reshape(*lead, Ut.shape[0])
 
     def _fit_rows(self, A: torch.Tensor, layer_name: str | None) -> tuple[torch.Tensor, tuple[int, ...]]:

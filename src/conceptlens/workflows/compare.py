@@ -42,7 +42,7 @@ import torch
 
 from conceptlens._check import fmt_pct, is_finite
 from conceptlens._io import atomic_write
-from conceptlens._threads import one_thread_each
+from conceptlens._threads import one_thread_each, small_ops
 from conceptlens.decompose.base import get
 from conceptlens.errors import ParameterError, TargetError
 from conceptlens.explainer import ConceptExplainer, layer_activations, resolve_target
@@ -369,7 +369,8 @@ def compare(
                 ex, row["seconds"] = _outcome(fit, name) if name not in fitted else fitted[name]
                 if isinstance(ex, BaseException):
                     raise ex
-                row.update(_concept_metrics(ex, A, c, seed))
+                with small_ops():  # encodings, curves and subsets: small ops (see conceptlens._threads)
+                    row.update(_concept_metrics(ex, A, c, seed))
                 if stability:
                     row["stability"] = _stability(ex, A)
                 explainers[name] = ex
