@@ -35,7 +35,7 @@ from typing import Any, cast
 import torch
 
 from conceptlens._check import check_float, check_int
-from conceptlens._threads import one_thread_each
+from conceptlens._threads import one_thread_each, small_ops
 from conceptlens.decompose.base import Decomposition, get
 from conceptlens.decompose.face import KLTerm
 from conceptlens.errors import ParameterError, TargetError
@@ -466,15 +466,19 @@ def face_sweep(
         if progress:
             print(format_table([row], header=len(rows) == 1), flush=True)
 
-    for ref in refs:
-        say(_reference_row(ref, ev, k, crops_fit, cidx_fit, with_stability, n_images))
+    # the rows' fits on held activations and their measures are loops of small ops: one thread (beside a
+    # busy process the sweep's two-thread measures took 4× their time alone; see conceptlens._threads)
+    with small_ops():
+        for ref in refs:
+            say(_reference_row(ref, ev, k, crops_fit, cidx_fit, with_stability, n_images))
     makers = [functools.partial(_make, swept, k, seed, param, float(lam), face_params, head) for lam in lams]
     fits = [functools.partial(_swept_fit, m, ev.A_fit) for m in makers]
     # FACE's fits run in one thread each (fit_threads = 1): side by side in worker threads they give the
     # same banks as one after the other, in about half the time on two cores
     done = one_thread_each(fits) if swept.fit_threads == 1 else [f() for f in fits]
-    for lam, m, fitted in zip(lams, makers, done, strict=True):
-        say(_swept_row(m, lam, ev, with_stability, n_images, fitted))
+    with small_ops():
+        for lam, m, fitted in zip(lams, makers, done, strict=True):
+            say(_swept_row(m, lam, ev, with_stability, n_images, fitted))
 
     cfg = {
         "n_concepts": k,
