@@ -85,6 +85,12 @@ class SplitForward:
             self._pool = None
             torch.set_num_threads(self._threads)
 
+    def _map(self, fn: Any, *chunks: Any) -> list[Any]:
+        """``fn`` over the chunks in the workers, results in order."""
+        if self._pool is None:
+            raise RuntimeError("SplitForward has no workers (closed, or one worker): use its plain call")
+        return list(self._pool.map(fn, *chunks))
+
     @property
     def model(self) -> nn.Module:
         """The model itself (the first worker's)."""
@@ -118,7 +124,7 @@ class SplitForward:
         names = [s.name for s in self.sites] if rows > 0 else []
         if not (torch.is_grad_enabled() and x.requires_grad):
             with torch.no_grad():
-                parts = list(self._pool.map(self._plain, range(len(sizes)), x.split(sizes), need))
+                parts = self._map(self._plain, range(len(sizes)), x.split(sizes), need)
             return _join(parts, names)
         out, *acts = _Split.apply(x, self, sizes, need, names)
         return out, dict(zip(names, acts, strict=True))
@@ -147,8 +153,7 @@ class _Split(torch.autograd.Function):
                 out, acts = runner._plain(i, leaf, need[i])
             return leaf, out, acts
 
-        assert runner._pool is not None
-        done = list(runner._pool.map(run, range(len(sizes)), x.split(sizes)))
+        done = runner._map(run, range(len(sizes)), x.split(sizes))
         ctx.done, ctx.runner, ctx.need, ctx.names = done, runner, need, names
         out = torch.cat([d[1].detach() for d in done])
         return (out, *(torch.cat([d[2][k].detach() for d in done if k in d[2]]) for k in names))
@@ -173,7 +178,6 @@ class _Split(torch.autograd.Function):
                                         allow_unused=True)
             return torch.zeros_like(leaf) if gx is None else gx
 
-        assert ctx.runner._pool is not None
-        gx = torch.cat(list(ctx.runner._pool.map(back, range(len(need)))))
+        gx = torch.cat(ctx.runner._map(back, range(len(need))))
         ctx.done = None
         return gx, None, None, None, None
