@@ -128,3 +128,20 @@ def test_devices() -> None:
             cl.models.load("timm:resnet18", device="cuda")
     m = cl.models.load("timm:resnet18", device="cpu")
     assert cl.ModelSplit(m, "layer3", check=False).device == torch.device("cpu")
+
+
+def test_any_accelerator_is_checked_by_its_own_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    # not only CUDA: a device type is asked of its torch backend (torch.<type>.is_available / device_count)
+    import types
+
+    from conceptlens.io.models import resolve_device
+
+    fake = types.SimpleNamespace(is_available=lambda: True, device_count=lambda: 2)
+    monkeypatch.setattr(torch, "xpu", fake, raising=False)
+    assert resolve_device("xpu:1") == torch.device("xpu:1")
+    with pytest.raises(ModelError, match=r"only 2 GPU\(s\) \(xpu:0…xpu:1\)"):
+        resolve_device("xpu:2")
+    monkeypatch.setattr(fake, "is_available", lambda: False)
+    with pytest.raises(ModelError, match="no XPU GPU here; use --device cpu"):
+        resolve_device("xpu")
+    assert resolve_device("cpu") == torch.device("cpu")

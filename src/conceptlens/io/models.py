@@ -319,7 +319,7 @@ def load(
     preset
         Override the input preset (size, mean, std, class names).
     device
-        Where to put the model: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (default: CPU); see
+        Where to put the model: ``"cpu"``, ``"cuda[:N]"`` (any torch device) or ``"auto"`` (default: CPU); see
         :func:`resolve_device`.
     **kwargs
         Passed to the factory of ``"package.module:factory"`` models; refused for the other names.
@@ -423,26 +423,29 @@ def load(
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` … as a device.
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda[:N]"`` or another torch device, checked.
 
     Raises
     ------
     ModelError
-        A CUDA device asked for on a machine without one (or an index beyond the GPUs there), or a name
-        torch does not know.
+        An accelerator asked for on a machine without one (its torch backend, e.g. ``torch.cuda``, says it is
+        not available, or the index is beyond its devices), or a name torch does not know.
     """
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ModelError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from exc
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ModelError(f"unknown device {device!r}; use 'cpu', 'cuda[:N]' or 'auto'") from exc
+    if dev.type != "cpu":  # an accelerator: its torch backend (torch.cuda, torch.mps, torch.xpu…) decides
+        backend = getattr(torch, dev.type, None)
+        available = getattr(backend, "is_available", None)
+        count = getattr(backend, "device_count", None)
+        n = (count() if callable(count) else 1) if callable(available) and available() else 0
         if n == 0:
-            raise ModelError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU here; use "
-                             "--device cpu (or 'auto', which falls back to the CPU)")
+            raise ModelError(f"device {str(device)!r} asked for, but torch sees no {dev.type.upper()} GPU "
+                             "here; use --device cpu (or 'auto', which falls back to the CPU)")
         if dev.index is not None and dev.index >= n:
             raise ModelError(f"device {str(device)!r} asked for, but there are only {n} GPU(s) "
-                             f"(cuda:0…cuda:{n - 1})")
+                             f"({dev.type}:0…{dev.type}:{n - 1})")
     return dev
