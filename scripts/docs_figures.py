@@ -2,7 +2,8 @@
 
 ICE (NMF, k = 10) on EfficientNet-Lite0 and the bundled photos, target "Egyptian cat", seed 0, one thread
 (the same pictures on every machine); ``cl.report.write`` draws them and this script keeps a few, shrunk to
-at most 900 px wide so that the repository stays small.
+at most 900 px wide so that the repository stays small. The report draws its local explanations as inline
+SVG; ``local_0.png`` is the same chart of the first image drawn by ``figures.local_figure``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ OUT = Path(__file__).resolve().parents[1] / "docs" / "img"
 KEEP = {"importance.png": "importance.png", "local_000.png": "local_0.png", "input_000.png": "input_0.png"}
 
 
+def _local_png(ex: cl.ConceptExplainer, x: torch.Tensor, path: Path) -> None:
+    """The report's local explanation of image 0 (concepts most important first) as a PNG at ``path``."""
+    e = ex.explain(x[:1], maps="none")
+    order = torch.argsort(ex.importance_, descending=True, stable=True).tolist()
+    fig = cl.report.figures.local_figure(
+        e.contributions[0, order], [f"concept {j}" for j in order], residual=float(e.residual[0]),
+        bias=float(e.bias), logit=float(e.logits[0]), title=f"image 0: logit of {ex.target_name_}")
+    cl.report.figures.save_png(fig, path)
+
+
 def main(out: Path = OUT) -> list[Path]:
     """Fit, write the report to a temporary folder, keep the pictures of :data:`KEEP` and of the two most
     important concepts (``concept_top1.png``, ``concept_top2.png``) in ``out``."""
@@ -36,6 +47,7 @@ def main(out: Path = OUT) -> list[Path]:
     written = []
     with tempfile.TemporaryDirectory() as tmp:
         cl.report.write(ex, x, tmp)
+        _local_png(ex, x, Path(tmp, "img", "local_000.png"))
         for src, dst in keep.items():
             im = Image.open(Path(tmp, "img", src)).convert("RGB")
             if im.width > 900:

@@ -211,7 +211,12 @@ def test_report_files_exist_and_images_are_pngs(report: Path) -> None:
     assert report.name == "index.html" and report.is_file()
     html = report.read_text("utf-8")
     p = _parse(html)
-    assert len(p.imgs) >= 1 + 3 + 2 * 3  # importance, one strip per concept, thumb + bars per local
+    assert len(p.imgs) == 1 + 3 + 3  # importance, one strip per concept, a thumbnail per local
+    locals_ = re.findall(r'<article class="card" id="image-\d+">(.*?)</article>', html, flags=re.S)
+    assert len(locals_) == 3
+    for card in locals_:  # the bars: one inline SVG chart, no PNG
+        assert card.count("<svg") == 1 and card.count("<img") == 1 and 'role="img"' in card
+    assert not list((report.parent / "img").glob("local_*"))
     for a in p.imgs:
         src = str(a["src"])
         assert not src.startswith(("http:", "https:", "//", "/")), src
@@ -229,8 +234,15 @@ def test_report_files_exist_and_images_are_pngs(report: Path) -> None:
 
 
 def test_report_escapes_user_text(report: Path, fitted: cl.ConceptExplainer) -> None:
+    import xml.etree.ElementTree as ET
+
     html = report.read_text("utf-8")
     assert fitted.target_name_ == EVIL
+    svgs = re.findall(r"<svg .*?</svg>", html, flags=re.S)
+    assert len(svgs) == 3
+    for svg, name in zip(svgs, NAMES, strict=False):  # escaped, and well-formed XML
+        root = ET.fromstring(svg)
+        assert root.get("aria-label") == f"Contributions of the concepts to the {EVIL} logit on {name}"
     assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html  # the target name, escaped
     assert "<b>bold</b>" not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     assert "tiny&lt;net&gt;" in html and "<net>" not in html

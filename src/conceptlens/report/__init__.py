@@ -9,7 +9,8 @@
 prototypes (ICE heatmaps) and the local explanations; later analyses add :class:`Section` s through
 ``extra_sections`` (:mod:`conceptlens.report.sections` holds one module per such section).
 :mod:`conceptlens.report.figures` holds the reusable pieces (``heatmap_overlay``, ``save_png``, the bar
-charts) and :mod:`conceptlens.report.table` the one table renderer.
+charts), ``conceptlens.report.svg`` the page's inline SVG chart of each local explanation and
+:mod:`conceptlens.report.table` the one table renderer.
 
 matplotlib and jinja2 load on first use of ``write`` or ``figures``: importing :class:`Section` or
 :mod:`conceptlens.report.table` (as the workflows do) costs nothing.

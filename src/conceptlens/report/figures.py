@@ -91,6 +91,14 @@ def _width(text: str, size: float = _FONT) -> float:
     return max(float(font.getlength(line)) for line in str(text).split("\n")) / 4
 
 
+def _shorten(text: str, most: float, size: float = _FONT) -> str:
+    """``text`` with its end replaced by an ellipsis until it is at most ``most`` wide (:func:`_width`)."""
+    t = str(text)
+    while _width(t, size) > most and len(t) > 2:
+        t = t[:-2] + "…"
+    return t
+
+
 def _xlabel(ax: Any, text: str) -> None:
     """``text`` under the axes, centred on them where it fits (:func:`_fixed_layout`'s bottom margin holds
     it), else centred on the figure, so that a long label is never cut at the figure's edge."""
@@ -111,14 +119,8 @@ def _fixed_layout(fig: Figure, left: Sequence[str], right: Sequence[str] = (), t
     """
     w_pt, h_pt = (float(v) * 72 for v in fig.get_size_inches())
     width = _width
-
-    def fit(t: str, most: float) -> str:
-        while width(t) > most and len(t) > 2:
-            t = t[:-2] + "…"
-        return t
-
     pad = 8.0  # points: tick marks and their gap, plus a margin to the figure's edge
-    labels = [fit(str(t), 0.55 * w_pt - 2 * pad) for t in left]
+    labels = [_shorten(t, 0.55 * w_pt - 2 * pad) for t in left]
     right_w = max((width(str(t)) for t in right), default=0.0) + 2 * pad if right else 2.5 * _FONT
     top = pad + _FONT / 2
     if title:  # drawn by _title once the axes exist
@@ -495,9 +497,7 @@ def _title(ax: Any, text: str) -> None:
     """The axes' left title, starting at the figure's left edge (over the tick labels), shortened to fit."""
     w_pt = float(ax.get_figure().get_size_inches()[0]) * 72
     pos = ax.get_position()
-    t = str(text)
-    while _width(t) > w_pt - 16 and len(t) > 2:
-        t = t[:-2] + "…"
+    t = _shorten(text, w_pt - 16)
     ax.set_title(_lit(t), fontsize=_FONT, loc="left", x=(8 / w_pt - pos.x0) / pos.width)
 
 
