@@ -17,6 +17,15 @@ pytest_plugins = ["shared_fixtures"]
 HEAVY_FIXTURES = frozenset({"lite0", "lite0_split", "photos", "photo_acts", "world_model"})
 
 
+@pytest.fixture
+def two_threads():
+    """The block at two intra-op threads (the count of the machine the thread choices were measured on)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):

@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import torch
 
-__all__ = ["threads", "small_ops", "one_thread_each"]
+__all__ = ["threads", "small_ops", "one_thread_each", "one_thread_pool"]
 
 T = TypeVar("T")
 
@@ -57,6 +57,40 @@ def threads(n: int | None) -> Iterator[int]:
 def small_ops() -> AbstractContextManager[int]:
     """``threads(1)``: for a loop of small ops, where threads cost more at their barriers than they give."""
     return threads(1)
+
+
+@contextmanager
+def one_thread_pool(workers: int, prefix: str = "conceptlens") -> Iterator[ThreadPoolExecutor | None]:
+    """``workers`` worker threads with one intra-op thread each, the calling thread at one thread too.
+
+    For a stage cut into independent one-thread pieces that meet once per pass (a chunk of a batch, a
+    block of rows): the threads never wait for each other inside an op. The calling thread's own ops (the
+    small ones between the passes) run in one thread, since a team of two would keep a thread spinning at
+    each barrier beside the workers. On exit the workers end and the process's thread count is restored.
+
+    Parameters
+    ----------
+    workers
+        Worker threads; ≤ 1 yields None (the caller runs its plain path, nothing is changed).
+    prefix
+        The workers' thread names.
+
+    Yields
+    ------
+    ThreadPoolExecutor or None
+    """
+    if workers <= 1:
+        yield None
+        return
+    before = torch.get_num_threads()
+    pool = ThreadPoolExecutor(int(workers), initializer=torch.set_num_threads, initargs=(1,),
+                              thread_name_prefix=prefix)
+    try:
+        torch.set_num_threads(1)
+        yield pool
+    finally:
+        pool.shutdown(wait=True)
+        torch.set_num_threads(before)  # the workers' start set the count new threads inherit
 
 
 def one_thread_each(calls: Sequence[Callable[[], T]], workers: int | None = None) -> list[T]:

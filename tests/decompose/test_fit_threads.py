@@ -37,14 +37,6 @@ class _Inherits(_Probe):
     fit_threads: ClassVar[int | None] = None  # the process's count, through the parent's fit
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_fit_runs_with_the_declared_threads_and_restores(two_threads) -> None:
     _Probe.seen.clear()
     _Probe().fit(torch.ones(4, 3))

@@ -105,6 +105,37 @@ class DataProducts:
         if self.sparse:
             self._csr, self._csr_t = _csr_pair(A, parts)
 
+    def row_blocks(self, parts: int) -> list[DataProducts]:
+        """This data cut into at most ``parts`` contiguous blocks of rows, each with its own products.
+
+        The blocks are views (no copy of ``A`` or of its CSR copies); with CSR copies the cuts fall on
+        the borders of ``Aᵀ``'s column blocks (see :func:`_csr_pair`), so that each block's ``Aᵀ M`` uses
+        the same cached blocks. ``A M`` is the concatenation of the blocks' and ``Aᵀ M`` their sum.
+        """
+        n = self.A.shape[0]
+        if not self.sparse:
+            p = max(1, min(int(parts), n))
+            cuts = [n * i // p for i in range(p + 1)]
+            return [DataProducts(self.A[lo:hi], sparse=False)
+                    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
+        t = self._csr_t
+        p = max(1, min(int(parts), len(t)))
+        groups = [t[len(t) * i // p: len(t) * (i + 1) // p] for i in range(p)]
+        crow, col, val = self._csr.crow_indices(), self._csr.col_indices(), self._csr.values()
+        out = []
+        for g in groups:
+            lo, hi = g[0][0], g[-1][1]
+            a, z = int(crow[lo]), int(crow[hi])
+            b = DataProducts(self.A[lo:hi], sparse=False)
+            b.sparse, b.density = True, self.density
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                b._csr = torch.sparse_csr_tensor(crow[lo: hi + 1] - a, col[a:z], val[a:z],
+                                                 size=(hi - lo, self.A.shape[1]), check_invariants=False)
+            b._csr_t = [(l0 - lo, h0 - lo, blk) for l0, h0, blk in g]
+            out.append(b)
+        return out
+
     def mean_max(self) -> tuple[torch.Tensor, float]:
         """``(mean(A), max(A))``, from the non-zeros alone when CSR copies exist (a tenth of the reads)."""
         if self.sparse:

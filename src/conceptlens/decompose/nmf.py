@@ -43,7 +43,7 @@ from typing import Any, ClassVar
 import torch
 
 from conceptlens._check import check_float, check_int
-from conceptlens._threads import small_ops, threads
+from conceptlens._threads import one_thread_pool, small_ops, threads
 from conceptlens.decompose._nmf_encode import nnls_codes
 from conceptlens.decompose._nmf_init import INITS, nndsvd_init, top_svd
 from conceptlens.decompose._nmf_products import DataProducts, cross_product
@@ -56,6 +56,7 @@ from conceptlens.decompose._nmf_solvers import (
     normalise_rows,
     sweep_budget,
 )
+from conceptlens.decompose._nmf_split import RowBlocks
 from conceptlens.decompose._nmf_tuning import (
     DEFAULT_TOL,
     DELTA,
@@ -263,8 +264,8 @@ class NMF(Decomposition):
 
         Measured on 2 cores: the demo's ICE fit (5,733 × 1,280, k = 10) took 0.055 s with two threads and
         0.065 s with one alone, but 0.12-3.4 s with two and 0.09-0.16 s with one beside a busy 2-thread
-        process; at 12,500 × 1,280, k = 25, two threads are 1.5× faster alone and stay ≥ 5× scikit-learn's
-        cd beside the same load. The rule reads the problem's size only, never the load.
+        process. A larger fit keeps the process's threads, as one-thread workers over blocks of rows
+        (:mod:`~conceptlens.decompose._nmf_split`). The rule reads the problem's size only, never the load.
         """
         return small_ops() if A.numel() * self.n_concepts < SMALL_FIT else threads(None)
 
@@ -338,11 +339,6 @@ class NMF(Decomposition):
         floor_u = FLOOR * hi
         dens = data.density if data.sparse else 1.0
         sweeps_u, sweeps_w = self._sweep_budget(n, C, k, dens)
-        Ut, W = nndsvd_init(X, k, self.init, self.seed, sparse=data.sparse, power_iters=POWER_ITERS,
-                            data=data)
-        self.sparse_used_ = data.sparse
-        Ut, W = normalise_rows(Ut.clamp_min(floor_u), W.clamp_min(floor_w))
-
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -350,12 +346,20 @@ class NMF(Decomposition):
         )
         it = 0
         stop_below = self.stop_below
-        try:
+        self.sparse_used_ = data.sparse
+        # a CPU fit with several threads: blocks of rows in one-thread workers (see _nmf_split)
+        parts = torch.get_num_threads() if X.device.type == "cpu" else 1
+        with bar, one_thread_pool(parts, "nmf") as pool:
+            blocks = RowBlocks(data, pool, parts) if pool is not None else None
+            Ut, W = nndsvd_init(X, k, self.init, self.seed, sparse=data.sparse, power_iters=POWER_ITERS,
+                                data=blocks or data)
+            Ut, W = normalise_rows(Ut.clamp_min(floor_u), W.clamp_min(floor_w))
             for it in range(1, self.max_iter + 1):
-                # U half-step: products once, then cheap sweeps.
-                Ut = solve(data.mm(W.T).T.contiguous(), W @ W.T, Ut, sweeps_u, floor=floor_u, delta=DELTA)
-                # W half-step.
-                R, S = data.rmm(Ut.T).T.contiguous(), Ut @ Ut.T
+                if blocks is not None:  # U half-step and the W half-step's products, block by block
+                    Ut, R, S = blocks.u_half_step(solve, Ut, W, sweeps_u, floor=floor_u, delta=DELTA)
+                else:  # U half-step: products once, then cheap sweeps; the W half-step's products
+                    Ut = solve(data.mm(W.T).T.contiguous(), W @ W.T, Ut, sweeps_u, floor=floor_u, delta=DELTA)
+                    R, S = data.rmm(Ut.T).T.contiguous(), Ut @ Ut.T
                 W = solve(R, S, W, sweeps_w, floor=floor_w, delta=DELTA)
                 # ‖A − UW‖² from the Gram products already at hand: ‖A‖² − 2⟨UᵀA, W⟩ + ⟨UᵀU, WWᵀ⟩.
                 err2 = normA2 - 2.0 * float((R * W).sum()) + float((S * (W @ W.T)).sum())
@@ -371,8 +375,6 @@ class NMF(Decomposition):
                     break
                 if stop_below is not None and rel <= stop_below:
                     break
-        finally:
-            bar.close()
 
         # Entries held at the floor are zeros of the exact problem.
         W = torch.where(W <= 1e3 * floor_w, torch.zeros_like(W), W)
