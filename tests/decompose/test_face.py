@@ -244,3 +244,40 @@ def test_explainer_attaches_the_head(tiny, tiny_images) -> None:
     )
     d = ex.decomposition_
     assert isinstance(d, FACE) and d.head is not None and float(ex.concepts_.min()) >= 0
+
+
+def test_kl_term_pools_first_for_a_gap_linear_split_with_the_same_values_and_gradient() -> None:
+    # ModelSplit.h of a GAP + linear head: the term evaluates h on the positions' mean and spreads the
+    # gradient evenly; a plain callable (the same function, not a bound split) sees every position
+    from helpers import TinyNet
+
+    split = cl.ModelSplit(TinyNet().eval(), "features")
+    g = torch.Generator().manual_seed(0)
+    A = split.g(torch.randn(6, 3, 32, 32, generator=g))
+    pooled, plain = KLTerm(split.h, A, 4), KLTerm(lambda a: split.h(a), A, 4)
+    assert pooled.pooled and not plain.pooled
+    A_hat = A * torch.rand(A.shape, generator=g) + 0.05 * torch.rand(A.shape, generator=g)
+    kl_p, g_p = pooled.value_and_grad(A_hat)
+    kl_f, g_f = plain.value_and_grad(A_hat)
+    assert torch.allclose(kl_p, kl_f, rtol=1e-5, atol=1e-9) and bool((kl_f > 1e-4).all())
+    assert g_p.shape == A_hat.shape
+    assert torch.allclose(g_p, g_f, rtol=1e-4, atol=1e-7 * float(g_f.abs().max()))
+    assert torch.allclose(pooled.value(A_hat.reshape(-1, A.shape[-1])), kl_f, rtol=1e-5, atol=1e-9)
+
+
+def test_squared_error_from_the_gram_products_or_the_residual() -> None:
+    from conceptlens.decompose import face as face_mod
+
+    g = torch.Generator().manual_seed(1)
+    Ut, W = torch.rand(4, 3000, generator=g), torch.rand(4, 50, generator=g)
+    other = 1.5 * (Ut.T @ W)  # not the factors' product: shows which way the error was computed
+    for noise, gram in ((1.0, True), (0.01, False)):  # relative errors of about 0.4 and 0.003
+        X = (Ut.T @ W) * (1 + noise * torch.rand(3000, 50, generator=g))
+        n2 = float((X.double() ** 2).sum())
+        exact = float(((X.double() - (Ut.T @ W).double()) ** 2).sum())
+        assert face_mod._squared_error(X, Ut.T @ W, (Ut, W, n2)) == pytest.approx(exact, rel=1e-5)
+        via_other = float(((X.double() - other.double()) ** 2).sum())
+        # above 4 % of ‖X‖² the Gram products (Â itself unused); below, the residual of the Â given
+        want = exact if gram else via_other
+        assert face_mod._squared_error(X, other, (Ut, W, n2)) == pytest.approx(want, rel=1e-5)
+        assert face_mod._squared_error(X, other, None) == pytest.approx(via_other, rel=1e-6)

@@ -298,17 +298,24 @@ def test_fits_side_by_side_in_worker_threads_give_the_sequential_rows(face_toy, 
 
     A, head = face_toy
     c = int(head(A).argmax(1).mode().values)
-    kw = dict(n_concepts=3, n_designs=16, references=(), max_iter=8)
+    kw: dict = dict(n_concepts=3, n_designs=16, max_iter=8)
     calls: list[int] = []
 
     def two_workers(fits):
         calls.append(len(fits))
         return _threads.one_thread_each(fits, workers=2)
 
+    def one_after_the_other(fits):
+        with _threads.threads(1):
+            return [f() for f in fits]
+
+    kw["references"] = ("ice",)  # the reference rows run beside the fits too
+    monkeypatch.setattr(sweep, "one_thread_each", one_after_the_other)
     seq = face_sweep(A, head, c, (0.1, 1.0, 3.0), **kw)
     monkeypatch.setattr(sweep, "one_thread_each", two_workers)
     par = face_sweep(A, head, c, (0.1, 1.0, 3.0), **kw)
-    assert calls == [3]
+    assert calls == [4]
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in seq.rows]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in par.rows]
-    assert [r["kl_weight"] for r in par.rows] == [0.1, 1.0, 3.0]
+    assert [(r["method"], r["kl_weight"]) for r in par.rows] == [("ice", 0.0), ("face", 0.1), ("face", 1.0),
+                                                                  ("face", 3.0)]

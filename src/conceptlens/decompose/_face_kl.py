@@ -22,13 +22,14 @@ new point, so every accepted step decreases the objective.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 
 from conceptlens.decompose.nmf import DELTA, hals
 from conceptlens.errors import HeadError
 
-__all__ = ["Head", "check_head", "KLTerm", "face_objective"]
+__all__ = ["Head", "check_head", "KLTerm", "Grad", "face_objective"]
 
 Head = Callable[[torch.Tensor], torch.Tensor]
 
@@ -112,12 +113,19 @@ class KLTerm:
     -----
     The KL is computed in float64 from the head's logits (``log_softmax`` in float64), so that the
     backtracking tests of the solver are not dominated by float32 rounding of the softmax.
+
+    When ``head`` is a bound ``ModelSplit.h`` whose split reads a spatial layer only through its mean over
+    positions (:meth:`~conceptlens.split.ModelSplit.pools_first`: ``h(Â) = g(mean_hw Â)``), ``Â`` is
+    pooled first and the head runs on one position per image, ``[B, 1, 1, C]``; the gradient is the
+    pooled one spread evenly over the positions, ``∂/∂Â_{i,s} = ∂/∂(mean Â_i) / (h·w)``. Same values up to
+    rounding, at a fraction of the cost (:attr:`pooled`).
     """
 
     def __init__(self, head: Head, A: torch.Tensor, batch_images: int = 64) -> None:
         self.head = head
         self.shape = tuple(A.shape)
         self.batch = max(int(batch_images), 1)
+        self.pooled = _pools_first(head, self.shape)
         N = A.shape[0]
         logits = []
         with torch.no_grad():
@@ -144,6 +152,7 @@ class KLTerm:
         """
         self = cls.__new__(cls)
         self.head, self.shape, self.batch = head, tuple(shape), max(int(batch_images), 1)
+        self.pooled = _pools_first(head, self.shape)
         if logits.ndim != 2 or logits.shape[0] != self.shape[0]:
             raise HeadError(f"reference logits must be [N, K] with N = {self.shape[0]} images, got "
                             f"{list(logits.shape)}")
@@ -161,9 +170,14 @@ class KLTerm:
         logq = torch.log_softmax(logits.to(torch.float64), dim=1)
         return self.neg_entropy[sl] - (self.p[sl] * logq).sum(1)
 
+    def _rows(self, A_hat: torch.Tensor) -> torch.Tensor:
+        """``A_hat`` as ``[N, *S, C]``, or pooled to ``[N, 1, 1, C]`` (see the class notes)."""
+        Ah = A_hat.reshape(self.shape)
+        return Ah.mean((1, 2), keepdim=True) if self.pooled else Ah
+
     def value(self, A_hat: torch.Tensor) -> torch.Tensor:
         """Per-image ``KL(p_i ‖ q_i)`` ``[N]`` (float64) for ``A_hat [N, *S, C]`` or its rows ``[n, C]``."""
-        Ah = A_hat.reshape(self.shape)
+        Ah = self._rows(A_hat)
         out = []
         with torch.no_grad():
             for i in range(0, self.shape[0], self.batch):
@@ -173,7 +187,23 @@ class KLTerm:
 
     def value_and_grad(self, A_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image KL ``[N]`` (float64) and ``∂ Σ_i KL_i / ∂Â`` with the shape and dtype of ``A_hat``."""
-        Ah = A_hat.detach().reshape(self.shape)
+        kl, g = self.value_and_grad_op(A_hat)
+        return kl, g.dense().reshape(A_hat.shape)
+
+    def value_and_grad_op(
+        self, A_hat: torch.Tensor, codes: torch.Tensor | None = None, bank: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, Grad]:
+        """Per-image KL ``[N]`` (float64) and the gradient ``∂ Σ_i KL_i / ∂Â`` as a :class:`Grad`.
+
+        ``A_hat`` is ``[N, *S, C]`` or its rows ``[n, C]``. When the term pools first, ``codes [k, n]`` and
+        ``bank [k, C]`` with ``A_hat = codesᵀ bank`` give the pooled rows from the factors (``[N, k] ×
+        [k, C]``) instead of a pass over ``A_hat``, and the gradient stays pooled (never ``[n, C]``).
+        """
+        if self.pooled and codes is not None and bank is not None:
+            N, k = self.shape[0], codes.shape[0]
+            Ah = (codes.reshape(k, N, -1).mean(2).T @ bank).reshape(N, 1, 1, -1)
+        else:
+            Ah = self._rows(A_hat.detach())
         grads, out = [], []
         with torch.enable_grad():
             for i in range(0, self.shape[0], self.batch):
@@ -185,7 +215,45 @@ class KLTerm:
                 grads.append(g)
                 out.append(kl.detach())
         grad = grads[0] if len(grads) == 1 else torch.cat(grads)
-        return torch.cat(out), grad.reshape(A_hat.shape)
+        if self.pooled:  # the pooled gradient, spread evenly over the positions
+            S = self.shape[1] * self.shape[2]
+            return torch.cat(out), Grad(grad.reshape(self.shape[0], -1) / S, S)
+        return torch.cat(out), Grad(grad.reshape(-1, self.shape[-1]), 1)
+
+
+class Grad:
+    """``∂ Σ_i KL_i / ∂Â`` ``[n, C]`` (rows: ``N`` images × ``S`` positions), kept as ``G [N·S/s, C]`` with
+    each row repeated ``s`` times: ``s = S`` when the term pools first (every position of an image has the
+    same gradient), ``s = 1`` otherwise. The solvers need it only through ``[k, ·]`` products.
+    """
+
+    __slots__ = ("G", "s")
+
+    def __init__(self, G: torch.Tensor, s: int) -> None:
+        self.G, self.s = G, int(s)
+
+    def dense(self) -> torch.Tensor:
+        """``[n, C]`` the gradient itself."""
+        return self.G if self.s == 1 else self.G.repeat_interleave(self.s, 0)
+
+    def left(self, W: torch.Tensor) -> torch.Tensor:
+        """``W @ gradᵀ``: ``[k, C] → [k, n]``."""
+        out = W @ self.G.T
+        return out if self.s == 1 else out.repeat_interleave(self.s, 1)
+
+    def right(self, Ut: torch.Tensor) -> torch.Tensor:
+        """``Ut @ grad``: ``[k, n] → [k, C]``."""
+        if self.s == 1:
+            return Ut @ self.G
+        return Ut.reshape(Ut.shape[0], -1, self.s).sum(2) @ self.G
+
+
+def _pools_first(head: Head, shape: tuple[int, ...]) -> bool:
+    """Whether ``head`` (a bound ``ModelSplit.h``) reads ``[N, h, w, C]`` activations through their mean over
+    positions; False for any other callable or shape (the head then sees every position)."""
+    split = getattr(head, "__self__", None)
+    check = getattr(split, "pools_first", None)
+    return len(shape) == 4 and callable(check) and bool(check())
 
 
 def face_objective(
@@ -227,11 +295,12 @@ def face_objective(
 
 
 class _Point:
-    """The KL state at the current iterate: per-image KL ``[N]``, ``∂ΣKL/∂Â`` ``[n, C]`` and ``Â`` itself."""
+    """The KL state at the current iterate: per-image KL ``[N]``, ``∂ΣKL/∂Â`` (a :class:`Grad`, None where
+    no gradient was taken) and ``Â`` itself ``[n, C]``."""
 
     __slots__ = ("kl", "grad", "A_hat")
 
-    def __init__(self, kl: torch.Tensor, grad: torch.Tensor, A_hat: torch.Tensor) -> None:
+    def __init__(self, kl: torch.Tensor, grad: Grad | None, A_hat: torch.Tensor) -> None:
         self.kl = kl
         self.grad = grad
         self.A_hat = A_hat
@@ -255,11 +324,12 @@ def _prox_step(
     (when no ``L`` works within the backtracking budget the block is returned unchanged).
     """
     # The KL gradient enters only through [k, ·] products, so μ scales those, not the [n, C] arrays.
+    grad = cast(Grad, pt.grad)
     if block == "u":
-        Q0, gX, X0 = W @ W.T, mu * (W @ pt.grad.T), Ut  # X0 = Uᵀ [k, n]
+        Q0, gX, X0 = W @ W.T, mu * grad.left(W), Ut  # X0 = Uᵀ [k, n]
         P0 = W @ X.T - gX
     else:
-        Q0, gX, X0 = Ut @ Ut.T, mu * (Ut @ pt.grad), W  # X0 = W [k, C]
+        Q0, gX, X0 = Ut @ Ut.T, mu * grad.right(Ut), W  # X0 = W [k, C]
         P0 = Ut @ X - gX
     eye = torch.eye(Q0.shape[0], dtype=Q0.dtype, device=Q0.device)
     f0 = mu * float(pt.kl.sum())
@@ -270,8 +340,9 @@ def _prox_step(
         d2 = float(D.square().sum())
         if d2 == 0.0:
             return X0, pt, L, False
-        A_new = Xn.T @ W if block == "u" else Ut.T @ Xn
-        kl_new, g_new = term.value_and_grad(A_new)
+        codes, bank = (Xn, W) if block == "u" else (Ut, Xn)
+        A_new = codes.T @ bank
+        kl_new, g_new = term.value_and_grad_op(A_new, codes, bank)
         f_new = mu * float(kl_new.sum())
         lin = float((g64 * D).sum())
         excess = f_new - f0 - lin  # ≤ (L/2)‖D‖² is the majorisation we need
@@ -310,10 +381,10 @@ def kl_code_steps(
     -------
     Ut : Tensor ``[k, n]``
     point : _Point
-        The per-image KL ``[N]``, its gradient ``[n, C]`` and ``Â`` at the returned codes.
+        The per-image KL ``[N]``, its gradient (:class:`Grad`) and ``Â`` at the returned codes.
     """
     A_hat = Ut.T @ W
-    pt, L = _Point(*term.value_and_grad(A_hat), A_hat), 0.0
+    pt, L = _Point(*term.value_and_grad_op(A_hat, Ut, W), A_hat), 0.0
     for _ in range(steps):
         Ut, pt, L, ok = _prox_step(X, Ut, W, "u", term, mu, pt, L, sweeps, 0.0)
         if not ok:

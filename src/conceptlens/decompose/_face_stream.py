@@ -151,7 +151,7 @@ class MinibatchFACE:
             S += (Ut @ Ut.T).to(f64)
             R += (Ut @ X).to(f64)
             if self.mu > 0:
-                G += (Ut @ pt.grad).to(f64)
+                G += pt.grad.right(Ut).to(f64)
             # the residual itself (not from the Gram products): acceptance compares objectives closely
             err2 += torch.linalg.vector_norm(X - pt.A_hat, dtype=f64) ** 2
             kl += pt.kl.sum()

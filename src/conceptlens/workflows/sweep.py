@@ -293,6 +293,12 @@ def _swept_fit(make: Callable[[], Decomposition], A_fit: torch.Tensor) -> tuple[
     return d, U_fitted, time.perf_counter() - t0
 
 
+def _swept_job(make: Callable[[], Decomposition], lam: float, ev: _Eval, with_stability: bool,
+               n_images: float) -> dict[str, Any]:
+    """The row of FACE at ``lam``: its fit on the fit images, then its measures."""
+    return _swept_row(make, lam, ev, with_stability, n_images, _swept_fit(make, ev.A_fit))
+
+
 def _swept_row(
     make: Callable[[], Decomposition],
     lam: float,
@@ -468,17 +474,27 @@ def face_sweep(
 
     # the rows' fits on held activations and their measures are loops of small ops: one thread (beside a
     # busy process the sweep's two-thread measures took 4× their time alone; see conceptlens._threads)
-    with small_ops():
-        for ref in refs:
-            say(_reference_row(ref, ev, k, crops_fit, cidx_fit, with_stability, n_images))
     makers = [functools.partial(_make, swept, k, seed, param, float(lam), face_params, head) for lam in lams]
-    fits = [functools.partial(_swept_fit, m, ev.A_fit) for m in makers]
-    # FACE's fits run in one thread each (fit_threads = 1): side by side in worker threads they give the
-    # same banks as one after the other, in about half the time on two cores
-    done = one_thread_each(fits) if swept.fit_threads == 1 else [f() for f in fits]
-    with small_ops():
-        for lam, m, fitted in zip(lams, makers, done, strict=True):
-            say(_swept_row(m, lam, ev, with_stability, n_images, fitted))
+    jobs = [functools.partial(_reference_row, ref, ev, k, crops_fit, cidx_fit, with_stability, n_images)
+            for ref in refs]
+    jobs += [functools.partial(_swept_job, m, lam, ev, with_stability, n_images)
+             for m, lam in zip(makers, lams, strict=True)]
+    if swept.fit_threads == 1:
+        # every row (fit, then measures) runs in one thread: side by side in worker threads they give the
+        # rows one after the other would, in about half the time on two cores; the largest λ (the most
+        # iterations) first, so that the other rows fill the second core meanwhile
+        order = [*sorted(range(len(refs), len(jobs)), key=lambda j: -lams[j - len(refs)]), *range(len(refs))]
+        done = one_thread_each([jobs[j] for j in order])
+        rows_out = [done[order.index(j)] for j in range(len(jobs))]
+    else:  # the fits with the process's threads, the measures in one
+        with small_ops():
+            rows_out = [job() for job in jobs[: len(refs)]]
+        fitted = [_swept_fit(m, ev.A_fit) for m in makers]
+        with small_ops():
+            rows_out += [_swept_row(m, lam, ev, with_stability, n_images, f)
+                         for m, lam, f in zip(makers, lams, fitted, strict=True)]
+    for row in rows_out:
+        say(row)
 
     cfg = {
         "n_concepts": k,
