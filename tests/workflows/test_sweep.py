@@ -319,3 +319,23 @@ def test_fits_side_by_side_in_worker_threads_give_the_sequential_rows(face_toy, 
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in par.rows]
     assert [(r["method"], r["kl_weight"]) for r in par.rows] == [("ice", 0.0), ("face", 0.1), ("face", 1.0),
                                                                   ("face", 3.0)]
+
+
+def test_a_swept_method_with_its_own_threads_fits_in_the_calling_thread(face_toy, monkeypatch) -> None:
+    # a swept method that does not declare fit_threads = 1 is fitted with the process's threads, in the
+    # calling thread, the rows measured in one thread: the same rows as the side-by-side path
+    from conceptlens import _threads
+    from conceptlens.decompose import get
+    from conceptlens.workflows import sweep
+    from conceptlens.workflows.sweep import face_sweep
+
+    A, head = face_toy
+    c = int(head(A).argmax(1).mode().values)
+    kw: dict = dict(n_concepts=3, n_designs=16, max_iter=8, references=("ice",))
+    with _threads.threads(1):
+        side = face_sweep(A, head, c, (0.1, 1.0), **kw)
+        monkeypatch.setattr(get("face"), "fit_threads", None)
+        monkeypatch.setattr(sweep, "one_thread_each", lambda fits: pytest.fail("no workers expected"))
+        own = face_sweep(A, head, c, (0.1, 1.0), **kw)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in side.rows]
+    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in own.rows]

@@ -472,8 +472,8 @@ def face_sweep(
         if progress:
             print(format_table([row], header=len(rows) == 1), flush=True)
 
-    # the rows' fits on held activations and their measures are loops of small ops: one thread (beside a
-    # busy process the sweep's two-thread measures took 4× their time alone; see conceptlens._threads)
+    # the measures are loops of small ops: one thread (beside a busy process the sweep's two-thread
+    # measures took 4× their time alone; see conceptlens._threads)
     makers = [functools.partial(_make, swept, k, seed, param, float(lam), face_params, head) for lam in lams]
     jobs = [functools.partial(_reference_row, ref, ev, k, crops_fit, cidx_fit, with_stability, n_images)
             for ref in refs]
@@ -486,13 +486,12 @@ def face_sweep(
         order = [*sorted(range(len(refs), len(jobs)), key=lambda j: -lams[j - len(refs)]), *range(len(refs))]
         done = one_thread_each([jobs[j] for j in order])
         rows_out = [done[order.index(j)] for j in range(len(jobs))]
-    else:  # the fits with the process's threads, the measures in one
-        with small_ops():
-            rows_out = [job() for job in jobs[: len(refs)]]
+    else:  # the fits with the process's threads, the rest in one
         fitted = [_swept_fit(m, ev.A_fit) for m in makers]
         with small_ops():
-            rows_out += [_swept_row(m, lam, ev, with_stability, n_images, f)
-                         for m, lam, f in zip(makers, lams, fitted, strict=True)]
+            rows_out = [job() for job in jobs[: len(refs)]] + [
+                _swept_row(m, lam, ev, with_stability, n_images, f)
+                for m, lam, f in zip(makers, lams, fitted, strict=True)]
     for row in rows_out:
         say(row)
 
