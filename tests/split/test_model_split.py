@@ -170,3 +170,34 @@ def test_a_head_linear_only_on_non_negative_activations_is_not_taken_for_gap_lin
     after = cl.ModelSplit(net, "relu")  # after the ReLU the head is GAP + linear, exactly
     lh = after.linear_head()
     assert lh is not None and torch.equal(lh.weight, net.fc.weight.detach())
+
+
+def test_hook_mode_g_and_h_give_the_sequential_results_from_two_threads() -> None:
+    # hook mode adds a hook to a module shared by every call: concurrent calls (the side-by-side fits and
+    # measures) must not see each other's hooks
+    from concurrent.futures import ThreadPoolExecutor
+
+    class ConvHead(nn.Module):  # not GAP + linear: h runs the network through the hook
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU())
+            self.mix = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.relu(self.mix(self.features(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    split = cl.ModelSplit(ConvHead().eval(), "features", mode="hooks", probe=torch.randn(2, 3, 16, 16))
+    assert split.mode == "hooks" and split.linear_head() is None
+    g = torch.Generator().manual_seed(1)
+    xs = [torch.randn(2 + i % 3, 3, 16, 16, generator=g) for i in range(12)]
+    with torch.no_grad():
+        want_A = [split.g(x) for x in xs]
+        want = [split.h(a) for a in want_A]
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(4):
+                got = list(pool.map(split.h, want_A))
+                got_A = list(pool.map(split.g, xs))
+                assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+                assert all(torch.equal(a, b) for a, b in zip(got_A, want_A, strict=True))

@@ -16,8 +16,8 @@ Two ways to cut:
 * **fx** (when ``torch.fx`` traces the model): the graph is split at the node; ``h`` is a small
   GraphModule that runs only the rest of the network (cheap: Sobol and FACE call it thousands of times).
 * **hooks** (any other model): ``g`` runs the model with a forward hook that captures the call site's output
-  and stops; ``h`` runs the model on a zero input with a hook that substitutes the output. Correct only when
-  the rest of the network depends on nothing else, which the construction-time check verifies.
+  and stops; ``h`` runs the model on a zero input with a hook that substitutes the output (correct only when
+  the rest depends on nothing else, as the construction-time check verifies; one hooked pass at a time).
 
 At construction ``h(g(x)) == model(x)`` is checked on a probe input; a mismatch is a :class:`SplitError`.
 
@@ -35,15 +35,15 @@ patch grid alone, which is what concept methods decompose; it equals ``model(x)`
 the network reads the extra tokens only through the patches (average-pooled heads) or when ``extra`` is
 passed.
 
-A float64 / float16 / bfloat16 model runs as it is: images and activations are cast to the model's dtype on
-the way in; ``g`` / ``h`` return float32 for half-precision models (the dtype the rest of conceptlens computes
-in) and the model's own dtype otherwise (a float64 model keeps its precision).
+A float64 / float16 / bfloat16 model runs as it is: inputs are cast to the model's dtype; ``g`` / ``h``
+return float32 for half-precision models, else the model's own dtype (a float64 model keeps its precision).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,8 +110,7 @@ class ModelSplit:
     Parameters
     ----------
     model
-        An image classifier ``model(x [N,3,H,W]) -> logits [N,K]``. Switched to eval mode (with a warning)
-        if it is training.
+        A classifier ``model(x [N,3,H,W]) -> logits [N,K]``; put in eval mode (with a warning) if training.
     layer
         ``"auto"`` (see :mod:`conceptlens.split.auto`), a dotted module name (``"layer4"``, ``"_swish@1"``,
         ``"blocks.10"``), an fx node name, or the module object itself.
@@ -332,11 +331,12 @@ class ModelSplit:
                 return fn(out)
             return None
 
-        handle = mod.register_forward_hook(hook)
-        try:
-            yield
-        finally:
-            handle.remove()
+        with _HOOKED:  # a concurrent hooked pass would run this hook too (and this pass its)
+            handle = mod.register_forward_hook(hook)
+            try:
+                yield
+            finally:
+                handle.remove()
 
     def _g_raw(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "fx":
@@ -577,6 +577,9 @@ class ModelSplit:
     def __repr__(self) -> str:
         return (f"ModelSplit({type(self.model).__name__}, layer={self.layer!r}, mode={self.mode!r}, "
                 f"A=[N, {', '.join(map(str, self.activation_shape))}])")
+
+
+_HOOKED = threading.RLock()  # held by hook-mode passes (g and h), which add a hook to a shared module
 
 
 def _widen(t: torch.Tensor) -> torch.Tensor:
