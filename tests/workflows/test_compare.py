@@ -264,7 +264,7 @@ def test_one_thread_methods_fit_side_by_side_with_the_same_rows(result, monkeypa
     monkeypatch.setattr(compare_mod, "one_thread_each", two_workers)
     with _threads.threads(1):
         par = compare(split, x, 0, **kw)
-    assert calls == [2]  # k-means and FACE; PCA keeps the process's threads
+    assert calls == [2, 3]  # the fits of k-means and FACE (PCA keeps the process's threads), every metric
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in seq.rows]
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in par.rows]
     assert all(r["error"] == "" for r in par.rows)
@@ -282,3 +282,21 @@ def test_a_failing_one_thread_method_is_its_rows_error(result, monkeypatch) -> N
     km, face = res.rows
     assert km["error"] == "" and face["error"].startswith("ParameterError")
     assert "face" not in res.explainers and "kmeans" in res.explainers
+
+
+def test_a_failing_metric_is_its_rows_error_and_the_others_are_measured(result, monkeypatch) -> None:
+    from conceptlens.workflows import _compare_rows
+
+    _, x, split = result
+    real = _compare_rows.concept_metrics
+
+    def broken_for_pca(ex, *a):  # noqa: ANN001, ANN202
+        if ex.method == "pca":
+            raise ValueError("no curve\nsecond line")
+        return real(ex, *a)
+
+    monkeypatch.setattr(_compare_rows, "concept_metrics", broken_for_pca)
+    res = compare(split, x, 0, methods=("pca", "kmeans"), n_concepts=3, progress=False)
+    pca, km = res.rows
+    assert pca["error"] == "ValueError: no curve" and "pca" not in res.explainers
+    assert km["error"] == "" and km["fid_c"] == km["fid_c"] and "kmeans" in res.explainers

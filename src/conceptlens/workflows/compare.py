@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,14 +41,22 @@ import torch
 
 from conceptlens._check import fmt_pct, is_finite
 from conceptlens._io import atomic_write
-from conceptlens._threads import one_thread_each, small_ops
+from conceptlens._threads import one_thread_each
 from conceptlens.decompose.base import get
-from conceptlens.errors import ParameterError, TargetError
+from conceptlens.errors import ParameterError
 from conceptlens.explainer import ConceptExplainer, layer_activations, resolve_target
 from conceptlens.io.sources import as_source
 from conceptlens.report.base import Section
 from conceptlens.report.table import Column, Table
 from conceptlens.split.model_split import ModelSplit
+from conceptlens.workflows._compare_rows import (
+    empty_row,
+    error_text,
+    mask_row,
+    metrics_of,
+    outcome,
+    stability_of,
+)
 from conceptlens.workflows.columns import (
     _CSV_COLUMNS,
     ALIASES,
@@ -166,82 +173,6 @@ class CompareResult:
         return compare_html(self.rows, METRIC_COLUMNS, label=method_label, reading=reading(self))
 
 
-# ------------------------------------------------------------------------------------------------ measuring
-def _empty_row(method: str, k: int) -> dict[str, Any]:
-    return {"method": method, "n_concepts": k, **{m: _NAN for m in METRICS}, "error": ""}
-
-
-def _concept_metrics(ex: ConceptExplainer, A: torch.Tensor, target: int, seed: int) -> dict[str, float]:
-    """Every concept metric of a fitted explainer from one encoding of ``A``."""
-    from conceptlens import metrics
-    from conceptlens.importance.base import concept_directions
-    from conceptlens.metrics.craft import c_deletion_curve, c_insertion_curve, c_mu_fidelity_raw
-
-    d = ex.decomposition_
-    h = ex.split.h
-    with torch.no_grad():
-        U = d.encode(A)
-        A_hat = d.decode(U)
-        F = h(A)
-        Fh = h(A_hat)
-    try:
-        acc = metrics.reconstruction_accuracy(h, A, A_hat, target)
-    except TargetError:  # no image is classified as the target: the number is undefined, not an error
-        acc = _NAN
-    D, offset = concept_directions(d)
-    off = offset if bool(offset.any()) else None
-    imp = ex.importance_
-    mu = c_mu_fidelity_raw(U, D, h, target, imp, seed=seed, offset=off)
-    ok = ~torch.isnan(mu)
-    return {
-        "fid_c": metrics.fid_c(F, Fh),
-        "fid_r": metrics.fid_r(F[:, target], Fh[:, target]),
-        "accuracy": acc,
-        "reconstruction_error": metrics.reconstruction_error(A, A_hat),
-        "c_insertion": float(c_insertion_curve(U, D, h, target, imp, offset=off)[0].mean()),
-        "c_deletion": float(c_deletion_curve(U, D, h, target, imp, offset=off)[0].mean()),
-        "c_mu_fidelity": float(mu[ok].mean()) if bool(ok.any()) else _NAN,
-        "c_gini": metrics.c_gini(imp),
-        "sparsity": metrics.sparsity(U),
-    }
-
-
-def _stability(ex: ConceptExplainer, A: torch.Tensor) -> float:
-    """FACE's stability of the method: banks refitted on 5 folds of the images (on positions of ``A``)."""
-    from conceptlens import decompose
-    from conceptlens.metrics.face import stability
-
-    cls = decompose.get(ex.method)
-
-    def fit(A_train: torch.Tensor) -> Any:
-        # the explainer's own parameters: a crop-fitted method's crop sizes (``crop_params()``) only tell
-        # the explainer how to cut its fit images, and fit() takes the rows it is given
-        d = cls(n_concepts=ex.n_concepts, seed=ex.seed, **ex.method_params)
-        if cls.uses_head:
-            d.set_head(ex.split.h)
-        return d.fit(A_train)
-
-    return stability(fit, A, n_folds=min(5, int(A.shape[0])))
-
-
-def _mask_row(split: ModelSplit, x: torch.Tensor, target: int, seed: int, params: Mapping[str, Any],
-              progress: bool | None) -> tuple[dict[str, float], Any]:
-    from conceptlens.attribution.masks.explainer import MaskExplainer
-    from conceptlens.metrics.pixels import pixel_deletion_auc, pixel_insertion_auc
-
-    t0 = time.perf_counter()
-    me = MaskExplainer(split.model, seed=seed, progress=progress, **dict(params))
-    e = me.explain(x, target)
-    seconds = time.perf_counter() - t0
-    return {
-        "accuracy": float(e.same_top1.double().mean()),
-        "kept_area": float(e.kept_fraction.double().mean()),
-        "pixel_deletion": float(pixel_deletion_auc(split.model, x, e.masks, e.target, seed=seed).mean()),
-        "pixel_insertion": float(pixel_insertion_auc(split.model, x, e.masks, e.target, seed=seed).mean()),
-        "seconds": seconds,
-    }, e
-
-
 def check_methods(methods: Sequence[str] | str) -> list[str]:
     """Validated, lower-case method names (a sequence or one comma-separated string), as :func:`compare`
     reads them; raises ParameterError for an unknown or repeated one."""
@@ -355,40 +286,41 @@ def compare(
     alone = [n for n in names if n != "masks" and getattr(get(ALIASES.get(n, n)), "fit_threads", None) == 1]
     alone = alone if len(alone) > 1 else []
     t_side = time.perf_counter()
-    fitted = dict(zip(alone, one_thread_each([functools.partial(_outcome, fit, n) for n in alone]),
+    fitted = dict(zip(alone, one_thread_each([functools.partial(outcome, fit, n) for n in alone]),
                       strict=True))
     t_side = time.perf_counter() - t_side
+    pending: list[tuple[dict[str, Any], str, Any]] = []  # (row, method, explainer) awaiting its metrics
     for name in progress_bar(names, "methods", enable=progress):
-        row = _empty_row(name, n_concepts)
+        row = empty_row(name, n_concepts)
+        rows.append(row)
         try:
             if name == "masks":
-                vals, mask_expl = _mask_row(split, x[mask_idx], c, seed, params.get(name, {}), progress)
+                vals, mask_expl = mask_row(split, x[mask_idx], c, seed, params.get(name, {}), progress)
                 row.update(vals)
                 row["n_concepts"] = 0
             else:
-                ex, row["seconds"] = _outcome(fit, name) if name not in fitted else fitted[name]
-                if isinstance(ex, BaseException):
-                    raise ex
-                with small_ops():  # encodings, curves and subsets: small ops (see conceptlens._threads)
-                    row.update(_concept_metrics(ex, A, c, seed))
-                if stability:
-                    row["stability"] = _stability(ex, A)
-                explainers[name] = ex
+                ex, row["seconds"] = outcome(fit, name) if name not in fitted else fitted[name]
+                pending.append((row, name, ex))
         except Exception as exc:  # noqa: BLE001 - one failing method must not sink the whole comparison
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            row["error"] = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
-        rows.append(row)
+            row["error"] = error_text(exc)
+    # every method's metrics in one thread (encodings, curves and subsets: small ops, see
+    # conceptlens._threads), side by side in one-thread workers: the same numbers in about half the time
+    got = one_thread_each([functools.partial(outcome, metrics_of(ex, A, c, seed), name)
+                           for _, name, ex in pending])
+    for (row, name, ex), (vals, _) in zip(pending, got, strict=True):
+        try:
+            for failed in (ex, vals):
+                if isinstance(failed, BaseException):
+                    raise failed
+            row.update(vals)
+            if stability:
+                row["stability"] = stability_of(ex, A)
+            explainers[name] = ex
+        except Exception as exc:  # noqa: BLE001 - reported in the method's row
+            row["error"] = error_text(exc)
     return CompareResult(rows=rows, explainers=explainers, target=c, masks=mask_expl,
                          mask_indices=mask_idx if mask_expl is not None else [], side_by_side=alone,
                          side_by_side_s=t_side if alone else 0.0)
-
-
-def _outcome(f: Callable[[str], tuple[Any, float]], name: str) -> tuple[Any, float]:
-    """``f(name)``, or ``(the exception, nan)`` when it raised: one method's failure is its row's error."""
-    try:
-        return f(name)
-    except Exception as exc:  # noqa: BLE001 - reported in the method's row
-        return exc, math.nan
 
 
 def _mask_indices(sel: int | Sequence[int] | None, n: int, is_target: torch.Tensor) -> list[int]:
