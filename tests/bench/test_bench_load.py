@@ -36,6 +36,8 @@ def test_quick_load_bench(tmp_path, one_thread_unless_slow) -> None:  # noqa: AN
     assert (tmp_path / "load.json").exists()
     d = out["demo"]
     assert d["ratio"] == pytest.approx(d["loaded_s"] / d["alone_s"], abs=0.01)
+    alone = out["headline"][-1]
+    assert alone["value"] == f"{d['alone_s']:.1f} s" and alone["met"] == (d["alone_s"] <= 60.0)
     assert list(out["stages"]) == ["load", "extract", "fit ice", "fit kmeans", "metrics", "sweep", "report"]
     for v in out["stages"].values():
         if v["alone_s"] > 0.05:
