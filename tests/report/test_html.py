@@ -440,3 +440,25 @@ def test_edit_figure_draws_bars_and_dots() -> None:
         figures.edit_figure(d, ["a"])
     with pytest.raises(ParameterError, match="k concepts"):
         figures.edit_figure(np.ones(3), ["a", "b", "c"])
+
+
+def test_pictures_are_written_in_the_background_with_their_sizes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from conceptlens.errors import ParameterError
+    from conceptlens.report.html import _Pictures
+
+    (tmp_path / "img").mkdir()
+    pics = _Pictures(tmp_path)
+    rng = np.random.default_rng(0)
+    descr = [pics.add(f"p{i}.png", rng.random((20 + i, 30, 3)), f"alt {i}") for i in range(3)]
+    pics.wait()
+    for i, dsc in enumerate(descr):
+        with Image.open(tmp_path / dsc["src"]) as im:
+            assert im.size == (dsc["width"], dsc["height"]) == (30, 20 + i)
+    bad = _Pictures(tmp_path)
+    bad.add("ok.png", rng.random((4, 4, 3)), "")
+    bad.add("bad.png", rng.random((4, 4)), "")  # not [H, W, 3]: the writer's error is raised at the end
+    with pytest.raises(ParameterError, match="picture must be"):
+        bad.wait()
+    assert (tmp_path / "img" / "ok.png").is_file()

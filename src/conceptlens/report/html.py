@@ -122,6 +122,29 @@ def _slug(text: str, used: set[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ files
+class _Pictures:
+    """Pictures ``[H,W,3]`` written as PNGs under ``img/`` by a background thread while the page is built
+    (Pillow's encoder releases the GIL, so the encoding runs beside the figures' Python work)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.out = out_dir
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="png")
+        self.pending: list[Any] = []
+
+    def add(self, name: str, pic: Any, alt: str) -> dict[str, Any]:
+        """Queue ``pic`` as ``img/name`` and describe it for the template (its size is the picture's)."""
+        self.pending.append(self.pool.submit(figures.save_picture, pic, self.out / "img" / name))
+        return {"src": f"img/{name}", "width": int(pic.shape[1]), "height": int(pic.shape[0]), "alt": alt}
+
+    def wait(self) -> None:
+        """Wait for every file; raise the first error (in the order queued)."""
+        self.pool.shutdown(wait=True)
+        for f in self.pending:
+            f.result()
+
+
 def _img(out_dir: Path, name: str, save: Callable[[Path], Any], alt: str) -> dict[str, Any]:
     """Write one PNG under ``img/`` and describe it for the template (relative src, size, alt)."""
     from PIL import Image
@@ -247,12 +270,17 @@ def write(
     used = {"overview", "importance", "metrics", "concepts", "local"}
     used |= {f"concept-{j}" for j in range(data.k)} | {f"image-{i}" for i in range(n_local)}
     jobs: list[Callable[[], None]] = [functools.partial(_importance_job, data, out, page)]
-    jobs.extend(functools.partial(_concept_job, data, out, page, r, j) for r, j in enumerate(data.order))
-    jobs.extend(functools.partial(_local_job, data, out, page, i) for i in range(n_local))
+    pics = _Pictures(out)
+    jobs.extend(functools.partial(_concept_job, data, pics, page, r, j) for r, j in enumerate(data.order))
+    jobs.extend(functools.partial(_local_job, data, pics, page, i) for i in range(n_local))
     jobs.extend(_section_job(s, out, page["leads"], used) for s in lead_sections)
     jobs.extend(_section_job(s, out, page["extras"], used) for s in extra_sections)
-    for job in progress_bar(jobs, desc="report", enable=progress):
-        job()
+    try:
+        for job in progress_bar(jobs, desc="report", enable=progress):
+            job()
+    finally:
+        pics.pool.shutdown(wait=True)  # no file is left half-written, whatever happened
+    pics.wait()
     index = out / "index.html"
     atomic_write(index, _render(ex, data, page, imgs.metrics, title, N, threshold, dim))
     return index
@@ -390,7 +418,7 @@ def _importance_job(d: _Data, out: Path, page: dict[str, Any]) -> None:
                                   f"Bar chart of the importance of the {d.k} concepts for {d.target}")
 
 
-def _concept_job(d: _Data, out: Path, page: dict[str, Any], rank: int, j: int) -> None:
+def _concept_job(d: _Data, pics: _Pictures, page: dict[str, Any], rank: int, j: int) -> None:
     names, scores = d.names, d.scores
     idx = d.top[:, j]
     caps = [f"{short(names[i])} · {float(scores[i, j]):.3g}" for i in idx]
@@ -410,8 +438,7 @@ def _concept_job(d: _Data, out: Path, page: dict[str, Any], rank: int, j: int) -
         "weight_reading": f"one unit of score {effect} {abs(w):.3g} "
                           f"{'to' if w >= 0 else 'from'} the “{d.target}” logit",
         "mean_score": fmt_num(float(scores[:, j].mean())),
-        "img": _img(out, f"concept_{j:03d}.png", lambda p: figures.save_picture(strip, p),
-                    f"The {len(idx)} prototypes of {d.labels[j]}: "
+        "img": pics.add(f"concept_{j:03d}.png", strip, f"The {len(idx)} prototypes of {d.labels[j]}: "
                     + ", ".join(names[i] for i in idx)
                     + "; the concept's region is bright, the rest dimmed"),
         "prototypes": [{"name": names[i], "score": fmt_num(float(scores[i, j])), "index": int(i)}
@@ -419,7 +446,7 @@ def _concept_job(d: _Data, out: Path, page: dict[str, Any], rank: int, j: int) -
     })
 
 
-def _local_job(d: _Data, out: Path, page: dict[str, Any], i: int) -> None:
+def _local_job(d: _Data, pics: _Pictures, page: dict[str, Any], i: int) -> None:
     contrib, order, labels, name = d.contrib, d.order, d.labels, d.names[i]
     c = contrib[i, order]
     total = float(contrib[i].sum() + d.residual[i] + d.bias)
@@ -435,7 +462,7 @@ def _local_job(d: _Data, out: Path, page: dict[str, Any], i: int) -> None:
         "anchor": f"image-{i}",
         "name": name,
         "predicted": d.classes[p] if p < len(d.classes) else str(p),
-        "thumb": _img(out, f"input_{i:03d}.png", lambda q: figures.save_picture(d.pics[r], q), name),
+        "thumb": pics.add(f"input_{i:03d}.png", d.pics[r], name),
         "svg": Markup(svg),  # inline: escaped by local_svg, drawn in ~1 ms where a PNG took ~0.2 s
         "equation": _sum_line([float(contrib[i].sum()), float(d.residual[i]), d.bias], total),
         "logit": minus(f"{logit:.3f}"),
