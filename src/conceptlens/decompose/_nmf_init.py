@@ -41,7 +41,8 @@ def top_svd(
     gen : torch.Generator
         Source of the random test matrix (on ``A``'s device).
     data : DataProducts, optional
-        The products with ``A`` to use (CSR copies when sparse); default dense products.
+        The products with ``A`` to use (CSR copies when sparse; or anything with the same ``mm`` / ``rmm``,
+        such as the fit's :class:`~conceptlens.decompose._nmf_split.RowBlocks`); default dense products.
     power_iters : int
         Power iterations (more: closer to the exact leading subspace).
 
@@ -96,7 +97,8 @@ def nndsvd_init(
     power_iters : int
         Power iterations of the randomised SVD (more: closer to the exact leading subspace).
     data : DataProducts, optional
-        The products with ``A`` already built for the fit (saves building CSR copies twice).
+        The products with ``A`` already built for the fit (saves building CSR copies twice; the fit passes
+        its :class:`~conceptlens.decompose._nmf_split.RowBlocks`, whose products run in its workers).
 
     Returns
     -------
