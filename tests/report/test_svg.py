@@ -147,3 +147,16 @@ def test_invalid_input_raises_the_library_error() -> None:
         local_svg(["x"], ["a"], residual=0.0, bias=0.0, logit=0.0)
     with pytest.raises(ConceptLensError, match="must be numbers"):
         local_svg([1.0], ["a"], residual="big", bias=0.0, logit=0.0)  # type: ignore[arg-type]
+
+
+def test_the_png_chart_and_the_svg_chart_share_their_rows_and_checks() -> None:
+    from conceptlens.errors import ParameterError
+    from conceptlens.report import figures
+
+    vals, rows, colors = figures.local_terms([1.0, -2.0], ["a", "b"], 0.5, 0.25, -0.25)
+    assert vals.tolist() == [1.0, -2.0, 0.5, 0.25, -0.25]
+    assert rows == ["a", "b", "residual", "bias", "logit (sum)"]
+    assert colors == [figures.POSITIVE, figures.NEGATIVE, figures.NEUTRAL, figures.NEUTRAL, figures.TOTAL]
+    for draw in (figures.local_figure, local_svg):  # one check for both renderers
+        with pytest.raises(ParameterError, match="finite"):
+            draw([1.0, float("nan")], ["a", "b"], residual=0.0, bias=0.0, logit=1.0)

@@ -38,6 +38,7 @@ __all__ = [
     "importance_figure",
     "prototype_strip",
     "local_figure",
+    "local_terms",
     "edit_figure",
     "POSITIVE",
     "NEGATIVE",
@@ -460,11 +461,8 @@ def local_figure(
     -------
     matplotlib.figure.Figure
     """
-    c = _labelled(contributions, "contributions", labels, "contributions")
-    k = c.shape[0]
-    vals = np.concatenate([c, np.asarray([residual, bias, logit], dtype=np.float32)])
-    names = [*labels, "residual", "bias", "logit (sum)"]
-    colors = [POSITIVE if v >= 0 else NEGATIVE for v in c] + [NEUTRAL, NEUTRAL, TOTAL]
+    vals, names, colors = local_terms(contributions, labels, residual, bias, logit)
+    k = vals.shape[0] - 3
     fig = Figure(figsize=(5.4, 1.2 + 0.36 * (k + 3)))
     value_text = [f"{v:+.3g}".replace("-", "\u2212") for v in vals]
     names = [_lit(t) for t in _fixed_layout(fig, names, value_text, title)]
@@ -493,6 +491,29 @@ def local_figure(
     if title:
         _title(ax, title)
     return fig
+
+
+def local_terms(contributions: Any, labels: Sequence[str], residual: float, bias: float,
+                logit: float) -> tuple[np.ndarray, list[str], list[str]]:
+    """The rows of a local explanation's chart (:func:`local_figure`, ``report.svg.local_svg``).
+
+    Returns ``(values [k + 3] float64, row names, colours)``: the ``k`` contributions, then the residual, the
+    bias and the logit; checked: one contribution per label, numbers, all finite (else a ParameterError).
+    """
+    c = _labelled(contributions, "contributions", labels, "contributions").astype(np.float64)
+    try:
+        vals = np.concatenate([c, [float(residual), float(bias), float(logit)]])
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"residual, bias and logit must be numbers, got {residual!r}, {bias!r}, "
+                             f"{logit!r}") from exc
+    if not np.isfinite(vals).all():
+        names = [*map(str, labels), "residual", "bias", "logit"]
+        bad = [n for n, ok in zip(names, np.isfinite(vals), strict=True) if not ok]
+        raise ParameterError(f"the terms of a local explanation must be finite; NaN or ±inf in "
+                             f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}: check the model's output "
+                             "on this image (are the images normalised with the model's preset?)")
+    colors = [POSITIVE if v >= 0 else NEGATIVE for v in c] + [NEUTRAL, NEUTRAL, TOTAL]
+    return vals, [*map(str, labels), "residual", "bias", "logit (sum)"], colors
 
 
 def _title(ax: Any, text: str) -> None:

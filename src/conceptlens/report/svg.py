@@ -18,12 +18,9 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-import numpy as np
-
 from conceptlens._check import minus
-from conceptlens.errors import ParameterError
 from conceptlens.report.base import signed
-from conceptlens.report.figures import NEGATIVE, NEUTRAL, POSITIVE, TOTAL, _labelled, _shorten, _width
+from conceptlens.report.figures import NEUTRAL, TOTAL, _shorten, _width, local_terms
 
 __all__ = ["local_svg"]
 
@@ -98,12 +95,11 @@ def local_svg(
         One ``<svg>`` element (``role="img"``, ``width``/``height`` and a ``viewBox``), every user string
         escaped: well-formed XML, ready to insert into HTML as it is.
     """
-    vals = _terms(contributions, labels, residual, bias, logit)
+    vals, rows, colors = local_terms(contributions, labels, residual, bias, logit)
     k = vals.shape[0] - 3
     most = 0.55 * _WIDTH - 2 * _PAD  # a label takes at most about half the chart
-    names = [_shorten(t, most, _FONT) for t in [*labels, "residual", "bias", "logit (sum)"]]
+    names = [_shorten(t, most, _FONT) for t in rows]
     value_text = [signed(float(v)) for v in vals]
-    colors = [POSITIVE if v >= 0 else NEGATIVE for v in vals[:k]] + [NEUTRAL, NEUTRAL, TOTAL]
 
     # horizontal layout: labels | bars | values (as local_figure's _fixed_layout)
     left = max(_width(t, _FONT) for t in names) + 2 * _PAD
@@ -160,22 +156,3 @@ def local_svg(
     out.append(f'</g><text class="xlabel" x="{_n(cx)}" y="{_n(bottom + 2.5 * _FONT + 2)}" '
                f'text-anchor="middle">{note}</text></svg>')
     return "".join(out)
-
-
-def _terms(contributions: Any, labels: Sequence[str], residual: float, bias: float,
-           logit: float) -> np.ndarray:
-    """The ``[k + 3]`` values of the chart's rows (float64), checked: one contribution per label, numbers,
-    all finite."""
-    c = _labelled(contributions, "contributions", labels, "contributions").astype(np.float64)
-    try:
-        vals = np.concatenate([c, [float(residual), float(bias), float(logit)]])
-    except (TypeError, ValueError) as exc:
-        raise ParameterError(f"residual, bias and logit must be numbers, got {residual!r}, {bias!r}, "
-                             f"{logit!r}") from exc
-    if not np.isfinite(vals).all():
-        names = [*map(str, labels), "residual", "bias", "logit"]
-        bad = [n for n, ok in zip(names, np.isfinite(vals), strict=True) if not ok]
-        raise ParameterError(f"the terms of a local explanation must be finite; NaN or ±inf in "
-                             f"{', '.join(bad[:5])}{' …' if len(bad) > 5 else ''}: check the model's output "
-                             "on this image (are the images normalised with the model's preset?)")
-    return vals
