@@ -93,3 +93,37 @@ def test_pool_restores_the_thread_count_after_an_error(two_threads) -> None:
     assert torch.get_num_threads() == 2
     with one_thread_pool(1) as none:
         assert none is None and torch.get_num_threads() == 2
+
+
+def test_encode_blocks_run_in_one_thread_workers_with_the_one_thread_codes(two_threads, monkeypatch) -> None:
+    """With two threads the encode's blocks are solved in two one-thread workers; the codes are bit for bit
+    those of a one-thread encode (each row's solve is its block's own), and a bad row still raises."""
+    from conceptlens.decompose import _nmf_encode
+    from conceptlens.errors import ActivationError
+
+    A = _relu_data(3000, 48)
+    W = decompose.NMF(6, seed=0).fit(A).components_
+    monkeypatch.setattr(_nmf_encode, "ENCODE_ELEMS", 6 * 256)  # 256 rows a block: 12 blocks, the last ragged
+    seen: list[tuple[str, int]] = []
+    orig = _nmf_encode._nnls_hals
+
+    def spy(*a, **kw):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return orig(*a, **kw)
+
+    monkeypatch.setattr(_nmf_encode, "_nnls_hals", spy)
+    two = _nmf_encode.nnls_codes(A, W)
+    assert len(seen) == 12 and {t for _, t in seen} == {1}
+    assert len({name for name, _ in seen}) == 2 and all(name.startswith("nnls") for name, _ in seen)
+    assert torch.get_num_threads() == 2  # restored
+    torch.set_num_threads(1)
+    seen.clear()
+    one = _nmf_encode.nnls_codes(A, W)
+    assert {name for name, _ in seen} == {threading.current_thread().name}  # one thread: no workers
+    assert torch.equal(one, two)
+    torch.set_num_threads(2)
+    bad = A.clone()
+    bad[2900, 3] = float("nan")  # in the last block
+    with pytest.raises(ActivationError):
+        _nmf_encode.nnls_codes(bad, W)
+    assert torch.get_num_threads() == 2

@@ -32,6 +32,11 @@ block principal pivoting (Kim & Park, *Fast nonnegative matrix factorization: an
 and comparisons*, SIAM J. Sci. Comput. 2011) started from the HALS support, on ``Q`` and ``P``
 recomputed in float64 for those rows (a float32 Gram cannot resolve a near-collinear pair), which ends at
 the exact NNLS solution (up to rounding), usually in one or two solves.
+
+**Blocks.** Rows are solved in blocks of ``ENCODE_ELEMS / k`` (a block's products and codes stay in the
+core's cache through its sweeps); with several threads on a CPU each block runs in a one-thread worker
+(``_threads.one_thread_pool``), so the many small sweep kernels never wait at a barrier, and a block's
+codes are bit for bit those of a one-thread encode.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import math
 
 import torch
 
+from conceptlens._threads import one_thread_pool
 from conceptlens.decompose._nmf_products import cross_product
 from conceptlens.decompose._nmf_solvers import SOLVERS, _gram_diagonal, _hals_sweeper, mu
 from conceptlens.decompose._nmf_tuning import (
@@ -264,6 +270,42 @@ def _solve_on_support(Q: torch.Tensor, Pt: torch.Tensor, f: torch.Tensor) -> tor
     return x * fm
 
 
+class _Bank:
+    """A frozen bank's products (``Q = W Wᵀ``, ``Q⁺``, ``W`` in float64, ``τ``) and the solve of one block."""
+
+    def __init__(self, W: torch.Tensor, Q: torch.Tensor, Qinv: torch.Tensor, W64: torch.Tensor, tau: float,
+                 solver: str) -> None:
+        self.W, self.Q, self.Qinv, self.W64, self.tau, self.solver = W, Q, Qinv, W64, tau, solver
+        self.live = _gram_diagonal(Q)[0]
+        self.all_live = bool(self.live.all())
+
+    def encode(self, rows: torch.Tensor, X: torch.Tensor) -> None:
+        """Codes ``X [k, m]`` (written in place) of ``rows [m, C]``."""
+        W, Q = self.W, self.Q
+        P = cross_product(W, rows)  # W Aᵀ [k, m]
+        # A NaN or Inf in a row of A makes its column of P non-finite (0 × Inf = NaN), so checking P (a
+        # C/k-th of A's size) settles the usual case; the exact check on A runs only when P is not finite.
+        if not bool(torch.isfinite(P.sum())):
+            check_finite(rows)
+        # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
+        if X.is_contiguous():  # one block: straight into the output
+            torch.mm(self.Qinv, P, out=X)
+        else:
+            X.copy_(self.Qinv @ P)
+        X.clamp_min_(0.0)
+        if not self.all_live:
+            X[~self.live] = 0.0  # a zero bank row (a dead concept) explains nothing: its codes are 0
+        if self.solver == "hals":
+            idx = _nnls_hals(P, Q, X, self.tau)
+            if idx.numel():  # the exact finish, on products recomputed in float64 for these rows only
+                W64 = self.W64
+                exact, ok = exact_nnls(W64 @ rows[idx].double().T, W64 @ W64.T, X[:, idx] > 0)
+                X[:, idx] = torch.where(ok, exact.to(X.dtype), X[:, idx])
+            return
+        X.clamp_min_(torch.finfo(X.dtype).eps * max(float(P.abs().max()), 1e-30))
+        X.copy_(mu(P, Q, X, ENCODE_MAX_SWEEPS, floor=0.0, delta=ENCODE_DELTA))
+
+
 def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.Tensor:
     """Non-negative least-squares codes ``U [n, k] = argmin_{U≥0} ‖A − U W‖_F`` for a frozen bank.
 
@@ -297,37 +339,26 @@ def nnls_codes(A: torch.Tensor, W: torch.Tensor, solver: str = "hals") -> torch.
     Qinv = torch.linalg.pinv(Q)
     W64 = W.double()
     tau = kkt_tolerance(W64 @ W64.T, W.dtype) if solver == "hals" else 0.0
-    live = _gram_diagonal(Q)[0]
-    all_live = bool(live.all())
     k, n = W.shape[0], A.shape[0]
     # The codes are solved as X = Uᵀ [k, n] in the output's own storage (returned transposed): no copy
     # into a separate [n, k] result.
     outT = torch.empty(k, n, dtype=W.dtype, device=A.device)
-    # Rows are independent problems: blocks of rows bound the working memory. (A dense product: building
-    # CSR copies costs about as much as the dense product it would replace, measured at 10 % density.)
+    # Rows are independent problems: blocks of rows bound the working memory and keep each block's sweeps in
+    # cache. (A dense product: building CSR copies costs about as much as the dense product it would
+    # replace, measured at 10 % density.)
     b = max(64, ENCODE_ELEMS // max(k, 1))
-    for s in range(0, n, b):
-        rows = A[s : s + b]
-        P = cross_product(W, rows)  # W Aᵀ [k, b]
-        # A NaN or Inf in a row of A makes its column of P non-finite (0 × Inf = NaN), so checking P (a
-        # C/k-th of A's size) settles the usual case; the exact check on A runs only when P is not finite.
-        if not bool(torch.isfinite(P.sum())):
-            check_finite(rows)
-        # A good start: the unconstrained solution clipped at zero; the solver then makes it exact.
-        X = outT[:, s : s + b]
-        if X.is_contiguous():  # one block: straight into the output
-            torch.mm(Qinv, P, out=X)
+    bank = _Bank(W, Q, Qinv, W64, tau, solver)
+    starts = range(0, n, b)
+    # With several threads and blocks, each block runs in a one-thread worker (its many small sweep kernels
+    # then never wait at a barrier); a block's codes are the same whichever worker runs it.
+    workers = min(torch.get_num_threads(), len(starts)) if A.device.type == "cpu" else 1
+    with one_thread_pool(workers, "nnls") as pool:
+        def block(s: int) -> None:
+            bank.encode(A[s : s + b], outT[:, s : s + b])
+
+        if pool is None:
+            for s in starts:
+                block(s)
         else:
-            X.copy_(Qinv @ P)
-        X.clamp_min_(0.0)
-        if not all_live:
-            X[~live] = 0.0  # a zero bank row (a dead concept) explains nothing: its codes are 0
-        if solver == "hals":
-            idx = _nnls_hals(P, Q, X, tau)
-            if idx.numel():  # the exact finish, on products recomputed in float64 for these rows only
-                exact, ok = exact_nnls(W64 @ rows[idx].double().T, W64 @ W64.T, X[:, idx] > 0)
-                X[:, idx] = torch.where(ok, exact.to(X.dtype), X[:, idx])
-            continue
-        X.clamp_min_(torch.finfo(X.dtype).eps * max(float(P.abs().max()), 1e-30))
-        X.copy_(mu(P, Q, X, ENCODE_MAX_SWEEPS, floor=0.0, delta=ENCODE_DELTA))
+            list(pool.map(block, starts))
     return outT.T

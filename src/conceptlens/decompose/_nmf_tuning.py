@@ -65,8 +65,10 @@ ENCODE_COMPACT = 0.8
 # whose rows that do not settle keep their HALS codes.
 EXACT_TOL = 1e-10
 EXACT_MAX_ITER = 30
-# Codes per encode block (k × rows): bounds the encode's working memory (P and X, 16 MB each in float32).
-ENCODE_ELEMS = 2**22
+# Codes per encode block (k × rows): bounds the encode's working memory (P and X, 2 MB each in float32) and
+# keeps a block's sweeps in the core's cache. 100,000 real Lite0 rows, k = 25, one thread (16:40, load
+# ~1.2): 2**22 (16 MB) 0.35-0.37 s, 2**19 0.26-0.33 s, 2**18 0.25-0.34 s (more blocks: more small kernels).
+ENCODE_ELEMS = 2**19
 
 # -- the products with A --------------------------------------------------------------------------
 # Entries of A per block of the product W Aᵀ on CPU: a block that stays in cache was ~20 % faster than the
